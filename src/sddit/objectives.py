@@ -1,0 +1,276 @@
+"""Training objectives. Each turns a clean batch into a scalar loss plus named terms for the log.
+
+All three share the backbone, the EDM preconditioning (`EDMPrecond`), the sampler and the training
+loop; they differ only in what they ask of the network and how they score it:
+
+- `DiTObjective`     the plain EDM loss on every pixel (Peebles & Xie's DiT under EDM).
+- `MaskDiTObjective` 50% of tokens dropped before the encoder; EDM loss on visible patches plus
+                     0.1 x an MAE loss on masked patches (Zheng et al.).
+- `SDDiTObjective`   20% masking for the student; an EMA teacher encoder sees the same x0 and the
+                     same noise at a small sigma (a pair on one PF-ODE trajectory); DINO/iBOT-style
+                     cross-entropy between their projected tokens, plus the EDM loss on visible patches.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Config
+from .diffusion import EDMPrecond, edm_loss, precond_coeffs, sample_sigma
+from .distributed import all_reduce_mean
+
+Terms = dict[str, Tensor]
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(net, "module"):
+            net = net.module
+        elif hasattr(net, "_orig_mod"):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def patchify(x: Tensor, p: int) -> Tensor:
+    """(B, C, H, W) -> (B, T, p*p*C), tokens in row-major order like the patch embedding."""
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H // p, p, W // p, p)  # (B, C, h, p, w, p)
+    return torch.einsum("nchpwq->nhwpqc", x).reshape(B, (H // p) * (W // p), p * p * C)
+
+
+def per_patch_mean(loss: Tensor, p: int) -> Tensor:
+    """Average a per-element loss (B, C, H, W) within each patch -> (B, T)."""
+    return F.avg_pool2d(loss.mean(dim=1, keepdim=True), p).flatten(1)
+
+
+def masked_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """Per-sample weighted mean over tokens, then the batch mean (MaskDiT normalises per sample)."""
+    return ((values * weights).sum(1) / weights.sum(1).clamp_min(1)).mean()
+
+
+class DiTObjective:
+    """L = E_{x0, sigma, eps} lambda(sigma) |D(x0 + sigma eps; sigma, y) - x0|^2 (SPEC section 2)."""
+
+    name = "dit"
+
+    def __init__(self, cfg: Config, net: EDMPrecond):
+        self.cfg = cfg
+        self.dcfg = cfg.diffusion
+
+    def sample_noise(self, x0: Tensor) -> tuple[Tensor, Tensor]:
+        sigma = sample_sigma(x0.shape[0], self.dcfg.P_mean, self.dcfg.P_std, device=x0.device)  # (B,)
+        return sigma, torch.randn_like(x0)  # (B,), (B, C, H, W)
+
+    def loss(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
+        sigma, eps = self.sample_noise(x0)
+        denoised = net(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma, y)  # (B, C, H, W)
+        loss = edm_loss(denoised.float(), x0, sigma.view(-1, 1, 1, 1), self.dcfg.sigma_data).mean()
+        return loss, {"loss_gen": loss.detach()}
+
+    def after_step(self, net: nn.Module, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class MaskDiTObjective(DiTObjective):
+    """MaskDiT: EDM loss on visible patches + mae_loss_coef * MAE loss on masked ones.
+
+    The MAE target is the noisy input x0 + sigma*eps, normalised per patch (mean 0, var 1), and the
+    prediction is the denoiser output D at the masked positions (as in the MaskDiT code base).
+    """
+
+    name = "maskdit"
+
+    def __init__(self, cfg: Config, net: EDMPrecond):
+        super().__init__(cfg, net)
+        self.mcfg = cfg.maskdit
+        self.patch = cfg.model.patch_size
+
+    def mask_ratio(self, step: int) -> float:
+        finetune_from = self.cfg.train.max_steps - self.mcfg.unmask_finetune_steps
+        return 0.0 if step >= finetune_from else self.mcfg.mask_ratio
+
+    def loss(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
+        sigma, eps = self.sample_noise(x0)
+        x_noisy = x0 + sigma.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
+        out = net(x_noisy, sigma, y, mask_ratio=self.mask_ratio(step), return_tokens=True)
+        denoised = out["denoised"].float()  # (B, C, H, W)
+        visible = 1.0 - out["mask"].float()  # (B, T), 1 = visible
+        per_patch = per_patch_mean(edm_loss(denoised, x0, sigma.view(-1, 1, 1, 1), self.dcfg.sigma_data), self.patch)
+        loss_gen = masked_mean(per_patch, visible)
+        terms = {"loss_gen": loss_gen.detach()}
+        loss = loss_gen
+        if self.mcfg.mae_loss_coef > 0 and bool((visible < 1).any()):
+            target = patchify(x_noisy, self.patch)  # (B, T, p*p*C)
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+            mae = (patchify(denoised, self.patch) - target).pow(2).mean(-1)  # (B, T)
+            loss_mae = masked_mean(mae, 1.0 - visible)
+            loss = loss + self.mcfg.mae_loss_coef * loss_mae
+            terms["loss_mae"] = loss_mae.detach()
+        return loss, terms
+
+
+# ----------------------------------------------------------------------------- SD-DiT
+
+
+def cosine_schedule(step: int, total: int, start: float, end: float) -> float:
+    """DINO's momentum schedule: start -> end along half a cosine over `total` steps."""
+    if total <= 0:
+        return end
+    progress = min(max(step / total, 0.0), 1.0)
+    return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def teacher_temperature(step: int, warmup_steps: int, start: float, end: float) -> float:
+    """iBOT/DINO teacher temperature: linear warm-up start -> end, then constant."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return end
+    return start + (end - start) * step / warmup_steps
+
+
+def self_distillation_ce(student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float, tau_t: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Cross-entropy H(p_T, p_S) per token, with p_T = softmax((t - C)/tau_T), p_S = softmax(s/tau_S).
+
+    Returns (ce, teacher_entropy, kl) per token, all in float32 (softmax in bf16 is what makes
+    DINO-style losses drift: SPEC section 6).
+    """
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        p_t = F.softmax((teacher_logits.float() - center) / tau_t, dim=-1).detach()  # (..., K)
+        log_p_s = F.log_softmax(student_logits.float() / tau_s, dim=-1)  # (..., K)
+        ce = -(p_t * log_p_s).sum(-1)  # (...)
+        entropy = -(p_t * torch.log(p_t.clamp_min(1e-12))).sum(-1)  # (...)
+        return ce, entropy, ce.detach() - entropy
+
+
+class SDDiTObjective(DiTObjective):
+    """SD-DiT (SPEC section 3): L = L_gen(visible patches) + lambda_D * (CE_cls + mean_i CE_patch_i)."""
+
+    name = "sddit"
+
+    def __init__(self, cfg: Config, net: EDMPrecond):
+        super().__init__(cfg, net)
+        self.scfg = cfg.sddit
+        self.patch = cfg.model.patch_size
+        student = unwrap(unwrap(net).model)
+        if getattr(student, "head", None) is None:
+            raise ValueError("objective=sddit needs a model with a projection head (model.head_dim > 0)")
+        self.use_cls = bool(getattr(student, "use_cls_token", False))
+        # The teacher: EMA of embedders, [CLS], encoder blocks and head. A plain attribute of this
+        # object, not of the student module, so it is never inside DDP and never in the optimiser.
+        self.teacher = student.make_teacher()
+        K = cfg.model.head_dim
+        device = next(student.parameters()).device
+        self.center_cls = torch.zeros(1, K, device=device)
+        self.center_patch = torch.zeros(1, 1, K, device=device)
+        warm = self.scfg.teacher_temp_warmup_steps or int(0.3 * cfg.train.max_steps)
+        self.temp_warmup_steps = warm
+
+    # -- schedules
+    def teacher_sigma(self, sigma_s: Tensor) -> Tensor:
+        s = self.scfg
+        if s.teacher_sigma == "min":
+            return torch.full_like(sigma_s, self.dcfg.sigma_min)
+        if s.teacher_sigma == "fixed":
+            return torch.full_like(sigma_s, s.teacher_sigma_value)
+        return sigma_s * s.teacher_sigma_value  # fraction of the student's sigma
+
+    def momentum(self, step: int) -> float:
+        s = self.scfg
+        if s.teacher_momentum_schedule == "fixed":
+            return s.teacher_momentum
+        return cosine_schedule(step, self.cfg.train.max_steps, s.teacher_momentum, s.teacher_momentum_final)
+
+    def tau_t(self, step: int) -> float:
+        return teacher_temperature(step, self.temp_warmup_steps, self.scfg.teacher_temp_warmup, self.scfg.teacher_temp)
+
+    # -- the step
+    @torch.no_grad()
+    def teacher_logits(self, x_t: Tensor, sigma_t: Tensor, y: Tensor, drop: Tensor) -> Tensor:
+        """Teacher head logits on [CLS] + all tokens of x_T = x0 + sigma_T eps, with EDM's input scaling."""
+        _, _, c_in, c_noise = precond_coeffs(sigma_t.view(-1, 1, 1, 1), self.dcfg.sigma_data)
+        enc = self.teacher.encode(c_in * x_t, c_noise.flatten(), y, force_drop_ids=drop)  # tokens (B, [1+]T, D)
+        return self.teacher.head(enc["tokens"]).float()  # (B, [1+]T, K)
+
+    def loss(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
+        sigma_s, eps = self.sample_noise(x0)  # same eps for student and teacher: one PF-ODE trajectory
+        sigma_t = self.teacher_sigma(sigma_s)
+        x_s = x0 + sigma_s.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
+        x_t = x0 + sigma_t.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
+
+        # Label dropout (for CFG) drawn here so the teacher sees the same (possibly null) label.
+        drop = (torch.rand(x0.shape[0], device=x0.device) < self.cfg.model.class_dropout_prob).long()  # (B,)
+        out = net(x_s, sigma_s, y, mask_ratio=self.scfg.mask_ratio, return_tokens=True, force_drop_ids=drop)
+        visible = 1.0 - out["mask"].float()  # (B, T)
+        per_patch = per_patch_mean(edm_loss(out["denoised"].float(), x0, sigma_s.view(-1, 1, 1, 1), self.dcfg.sigma_data), self.patch)
+        loss_gen = masked_mean(per_patch, visible)
+
+        t_logits = self.teacher_logits(x_t, sigma_t, y, drop)  # (B, [1+]T, K)
+        s_logits = out["head"]  # (B, [1+]T_keep, K)
+        n_cls = 1 if self.use_cls else 0
+        t_patch_all = t_logits[:, n_cls:]  # (B, T, K)
+        ids_keep = out["ids_keep"]  # (B, T_keep)
+        t_patch = torch.gather(t_patch_all, 1, ids_keep.unsqueeze(-1).expand(-1, -1, t_patch_all.shape[-1]))  # (B, T_keep, K)
+        tau_t = self.tau_t(step)
+        ce_p, ent_p, kl_p = self_distillation_ce(s_logits[:, n_cls:], t_patch, self.center_patch, self.scfg.student_temp, tau_t)
+        loss_patch = ce_p.mean()
+        terms: Terms = {"loss_gen": loss_gen.detach(), "loss_patch": loss_patch.detach()}
+        entropy, kl = ent_p.mean(), kl_p.mean()
+        loss_d = loss_patch
+        if self.use_cls:
+            ce_c, ent_c, kl_c = self_distillation_ce(s_logits[:, 0], t_logits[:, 0], self.center_cls, self.scfg.student_temp, tau_t)
+            loss_cls = ce_c.mean()
+            loss_d = loss_d + loss_cls
+            terms["loss_cls"] = loss_cls.detach()
+            entropy, kl = (entropy + ent_c.mean()) / 2, (kl + kl_c.mean()) / 2
+        terms.update(loss_disc=loss_d.detach(), teacher_entropy=entropy.detach(), kl_teacher_student=kl.detach(), tau_t=torch.tensor(tau_t))
+        self._update_centers(t_logits, n_cls)  # after the loss used the old centers [ibot]
+        return loss_gen + self.scfg.lambda_d * loss_d, terms
+
+    @torch.no_grad()
+    def _update_centers(self, t_logits: Tensor, n_cls: int) -> None:
+        m = self.scfg.center_momentum
+        if n_cls:
+            batch_cls = all_reduce_mean(t_logits[:, 0].mean(0, keepdim=True))  # (1, K)
+            self.center_cls.mul_(m).add_(batch_cls, alpha=1 - m)
+        batch_patch = all_reduce_mean(t_logits[:, n_cls:].mean((0, 1)).view(1, 1, -1))  # (1, 1, K)
+        self.center_patch.mul_(m).add_(batch_patch, alpha=1 - m)
+
+    @torch.no_grad()
+    def after_step(self, net: nn.Module, step: int) -> None:
+        """Teacher <- m * teacher + (1 - m) * student, matched by parameter name."""
+        m = self.momentum(step)
+        student = dict(unwrap(unwrap(net).model).named_parameters())
+        for name, p_t in self.teacher.named_parameters():
+            p_t.lerp_(student[name].detach().to(p_t.dtype), 1.0 - m)
+
+    def state_dict(self) -> dict:
+        return {"teacher": self.teacher.state_dict(), "center_cls": self.center_cls, "center_patch": self.center_patch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.center_cls.copy_(state["center_cls"])
+        self.center_patch.copy_(state["center_patch"])
+
+
+OBJECTIVES = {"dit": DiTObjective, "maskdit": MaskDiTObjective, "sddit": SDDiTObjective}
+
+
+def build_objective(cfg: Config, net: EDMPrecond) -> DiTObjective:
+    return OBJECTIVES[cfg.objective](cfg, net)
+
+
+def copy_for_ema(net: nn.Module) -> nn.Module:
+    """A frozen deep copy for the sampling EMA."""
+    return copy.deepcopy(unwrap(net)).eval().requires_grad_(False)

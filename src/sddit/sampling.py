@@ -1,0 +1,94 @@
+"""Generating images from a trained denoiser, and writing them as grids.
+
+`generate` draws sample k from seed k alone (EDM's per-sample generators), so a set of samples is
+the same whatever the batch size or the number of processes that produce it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from .diffusion import StackedRandomGenerator, edm_sampler
+
+
+@torch.no_grad()
+def generate(
+    net: nn.Module,
+    labels: Tensor,
+    seeds: list[int] | range,
+    shape: tuple[int, int, int],
+    *,
+    num_steps: int = 40,
+    cfg_scale: float = 1.0,
+    null_label: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    solver: str = "heun",
+    sampler_kwargs: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Samples for (labels[k], seeds[k]) as float images in [-1, 1], shape (N, C, H, W), on the CPU.
+
+    `net(x, sigma, y)` is an EDM denoiser (e.g. the sampling-EMA `EDMPrecond`); `sampler_kwargs` go
+    to `edm_sampler` (sigma_min/max, rho, churn). `progress(n)` is called after each batch.
+    """
+    seeds = list(seeds)
+    if len(seeds) != len(labels):
+        raise ValueError(f"{len(seeds)} seeds for {len(labels)} labels")
+    net.eval()
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        batch_seeds = seeds[start : start + batch_size]
+        rnd = StackedRandomGenerator(device, batch_seeds)
+        latents = rnd.randn((len(batch_seeds), *shape), device=device)  # (b, C, H, W)
+        y = labels[start : start + batch_size].to(device)
+        x = edm_sampler(
+            net, latents, y, num_steps=num_steps, cfg_scale=cfg_scale, null_label=null_label,
+            solver=solver, randn_like=rnd.randn_like, **(sampler_kwargs or {}),
+        )
+        out.append(x.clamp(-1, 1).cpu())
+        if progress is not None:
+            progress(len(batch_seeds))
+    return torch.cat(out)
+
+
+def quantize(images: Tensor) -> Tensor:
+    """[-1, 1] float (N, C, H, W) -> uint8 (N, C, H, W), as EDM's generate.py: x*127.5+128, clip, floor."""
+    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def save_grid(images: Tensor, nrow: int, path: str | Path, scale: int = 1, pad: int = 2) -> Path:
+    """Tile images (N, C, H, W) in [-1, 1] into rows of `nrow` and write a PNG (scaled by `scale`)."""
+    arr = quantize(images).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    n, h, w, c = arr.shape
+    rows = (n + nrow - 1) // nrow
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = arr[i]
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def class_grid(
+    net: nn.Module, num_classes: int, per_class: int, shape: tuple[int, int, int], path: str | Path, *,
+    seed: int = 0, num_steps: int = 40, cfg_scale: float = 1.0, device: str | torch.device = "cpu", **kwargs,
+) -> Path:
+    """One row per class, `per_class` samples each, seeds seed, seed+1, ... in row-major order."""
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    seeds = range(seed, seed + len(labels))
+    images = generate(net, labels, seeds, shape, num_steps=num_steps, cfg_scale=cfg_scale,
+                      null_label=num_classes, device=device, **kwargs)
+    scale = max(1, 64 // shape[-1])
+    return save_grid(images, per_class, path, scale=scale)

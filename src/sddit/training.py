@@ -1,0 +1,271 @@
+"""The training loop shared by every objective (dit, maskdit, sddit). Read it top to bottom.
+
+    setup -> data -> student (EDMPrecond around DiT or SplitDiT) -> objective (teacher, centers)
+          -> sampling EMA -> optimiser -> resume? -> loop { loss, step, EMA, teacher, log, save }
+          -> final checkpoint -> class grid PNG -> FID
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed as dist
+from .checkpoint import CheckpointError, load_latest, save_checkpoint
+from .config import Config, config_to_dict
+from .data import EpochSampler, ImageDataset, build_dataset
+from .diffusion import EDMPrecond
+from .models import DiT, DiT_models
+from .models.split import SplitDiT, SplitDiT_models
+from .objectives import build_objective, copy_for_ema, unwrap
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: device '{name}' requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The raw network F: a DiT for objective=dit, an encoder/decoder SplitDiT otherwise."""
+    m = cfg.model
+    common = dict(input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
+                  class_dropout_prob=m.class_dropout_prob, learn_sigma=m.learn_sigma)
+    if cfg.objective == "dit":
+        if m.preset:
+            if m.preset not in DiT_models:
+                raise SystemExit(f"error: unknown DiT preset '{m.preset}'; choose one of {', '.join(DiT_models)}")
+            model = DiT_models[m.preset](**common)
+        else:
+            model = DiT(patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
+                        mlp_ratio=m.mlp_ratio, **common)
+    else:
+        split = dict(
+            mask_token=m.mask_token,
+            use_cls_token=m.use_cls_token and cfg.objective == "sddit",
+            head_dim=m.head_dim if cfg.objective == "sddit" else 0,
+            head_hidden_dim=m.head_hidden_dim, head_bottleneck_dim=m.head_bottleneck_dim,
+        )
+        if m.preset:
+            if m.preset not in SplitDiT_models:
+                raise SystemExit(f"error: unknown split preset '{m.preset}'; choose one of {', '.join(SplitDiT_models)}")
+            model = SplitDiT_models[m.preset](**common, **split)
+        else:
+            if not 0 < m.decoder_depth < m.depth:
+                raise SystemExit(f"error: model.decoder_depth={m.decoder_depth} must be between 1 and model.depth-1={m.depth - 1}")
+            model = SplitDiT(
+                patch_size=m.patch_size, hidden_size=m.hidden_size, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                encoder_depth=m.depth - m.decoder_depth, decoder_depth=m.decoder_depth,
+                decoder_hidden_size=m.decoder_hidden_size or None, decoder_num_heads=m.decoder_num_heads or None,
+                **common, **split,
+            )
+    if m.grad_checkpointing:
+        model.grad_checkpointing = True
+    return model
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), net.parameters()):
+        p_ema.lerp_(p.detach(), 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b)
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    warm = cfg.train.warmup_steps
+    return cfg.train.lr * min(1.0, (step + 1) / warm) if warm > 0 else cfg.train.lr
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Holds the state of one run; `fit()` is the loop."""
+
+    def __init__(self, cfg: Config, log=print):
+        self.cfg, self.log = cfg, log
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world, _ = dist.init_from_env(str(self.device))
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        torch.set_flush_denormal(True)  # denormals slow CPU training ~20x (tiny Adam moments)
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+        seed = cfg.train.seed * 1000 + self.rank  # per-rank noise; the data order is shared
+        torch.manual_seed(seed)
+        np.random.seed(seed % (1 << 32))
+        random.seed(seed)
+        self.run_dir = Path(cfg.run_dir)
+
+        # data
+        self.dataset: ImageDataset = build_dataset(cfg.data.dataset, cfg.data.root, "train")
+        if self.dataset.shape != (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size):
+            raise SystemExit(
+                f"error: data is {tuple(self.dataset.shape)} but the model expects "
+                f"({cfg.model.in_channels}, {cfg.model.input_size}, {cfg.model.input_size}); set model.in_channels/model.input_size"
+            )
+        self.sampler = EpochSampler(len(self.dataset), cfg.train.batch_size, cfg.train.seed, self.rank, self.world)
+
+        # student, objective (teacher lives there), sampling EMA, optimiser
+        self.net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data).to(self.device)
+        self.objective = build_objective(cfg, self.net)
+        self.ema = copy_for_ema(self.net)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas,
+                                     weight_decay=cfg.train.weight_decay, fused=fused or None)
+        self.step = 0
+        self._resume()
+
+        self.train_net: nn.Module = self.net
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_net = DDP(self.net, device_ids=ids)
+        if cfg.train.compile:
+            self.train_net = torch.compile(self.train_net)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "version": 1, "step": self.step, "config": config_to_dict(self.cfg),
+            "model": self.net.model.state_dict(), "ema": self.ema.model.state_dict(),
+            "optimizer": self.opt.state_dict(), "objective": self.objective.state_dict(),
+            "sampler": self.sampler.state_dict(), "rng": {self.rank: rng_state()},
+        }
+
+    def save(self) -> None:
+        if dist.is_main():
+            path = save_checkpoint(self.state(), self.run_dir, self.step, self.cfg.train.keep_last)
+            self.log(f"saved {path}")
+        dist.barrier()
+
+    def _resume(self) -> None:
+        state = load_latest(self.run_dir, map_location=self.device, warn=self.log)
+        if state is None:
+            return
+        if state["config"].get("objective") != self.cfg.objective:
+            raise SystemExit(f"error: {state['_path']} was trained with objective={state['config'].get('objective')}, "
+                             f"not {self.cfg.objective}; use another --run-dir")
+        try:
+            self.net.model.load_state_dict(state["model"])
+            self.ema.model.load_state_dict(state["ema"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise SystemExit(f"error: {state['_path']} does not match this model config ({first}); use another --run-dir") from None
+        self.opt.load_state_dict(state["optimizer"])
+        self.objective.load_state_dict(state["objective"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.rank in state["rng"]:
+            set_rng_state(state["rng"][self.rank])
+        self.step = state["step"]
+        self.log(f"resumed from {state['_path']} at step {self.step}")
+
+    # ------------------------------------------------------------------ the loop
+    def autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def fit(self) -> None:
+        cfg, tc = self.cfg, self.cfg.train
+        if dist.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+        metrics_file = self.run_dir / "metrics.jsonl"
+        bar = tqdm(total=tc.max_steps, initial=self.step, desc=f"train {cfg.objective}", unit="step",
+                   disable=not dist.is_main(), dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        count, t_last, step_last = 0, time.perf_counter(), self.step
+        while self.step < tc.max_steps:
+            idx = self.sampler.next()
+            flips = torch.rand(len(idx)) < 0.5 if cfg.data.hflip else None
+            x0, y = self.dataset.batch(idx, flips)
+            x0, y = x0.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            lr = learning_rate(cfg, self.step)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+
+            with self.autocast():
+                loss, terms = self.objective.loss(self.train_net, x0, y, self.step)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
+            self.opt.step()
+            self.objective.after_step(self.net, self.step)
+            decay = min(tc.ema_decay, (1 + self.step) / (10 + self.step)) if tc.ema_warmup else tc.ema_decay
+            ema_update(self.ema, self.net, decay)
+            self.step += 1
+            bar.update(1)
+
+            terms = {"loss": loss.detach(), **terms}
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                now = time.perf_counter()
+                means = torch.tensor([sums[k] / count for k in sums], dtype=torch.float64)
+                means = dist.all_reduce_mean(means.to(self.device)).cpu()
+                record = {"step": self.step, **{k: float(v) for k, v in zip(sums, means)}, "lr": lr,
+                          "img_per_s": (self.step - step_last) * tc.batch_size / max(now - t_last, 1e-9)}
+                if not math.isfinite(record["loss"]):
+                    raise SystemExit(f"error: loss is {record['loss']} at step {self.step}; lower train.lr or use precision=fp32")
+                if dist.is_main():
+                    with metrics_file.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
+                sums, count, t_last, step_last = {}, 0, now, self.step
+            if tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0 and self.step < tc.max_steps:
+                self.save()
+        bar.close()
+        self.save()
+
+
+def train(cfg: Config, log=print) -> Trainer:
+    """Train to cfg.train.max_steps (resuming from the run directory if it has checkpoints)."""
+    trainer = Trainer(cfg, log)
+    trainer.fit()
+    return trainer
+
+
+def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, EDMPrecond]:
+    """The sampling-EMA denoiser of a checkpoint (student encoder + decoder; no teacher, no head use)."""
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .config import config_from_dict
+
+    state = load_checkpoint(resolve_checkpoint(path), map_location="cpu")
+    cfg = config_from_dict(state["config"])
+    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
+    try:
+        net.model.load_state_dict(state["ema"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the config stored with them ({str(e).splitlines()[0]})") from None
+    return cfg, net.to(device).eval().requires_grad_(False)

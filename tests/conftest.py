@@ -1,0 +1,15 @@
+import os
+
+import pytest
+import torch
+
+# Keep CPU tests from oversubscribing a small machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Denormal floats (tiny Adam moments, near-zero weights) make CPU arithmetic ~20x slower.
+torch.set_flush_denormal(True)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Reference FID statistics are cached per test session, never in the user's ~/.cache."""
+    monkeypatch.setenv("SDDIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

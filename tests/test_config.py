@@ -1,0 +1,50 @@
+import pytest
+
+from sddit.config import ConfigError, load_config
+
+
+def test_default_preset_loads():
+    cfg = load_config()
+    assert cfg.objective == "dit" and cfg.data.dataset == "fashion_mnist"
+    assert cfg.model.input_size % cfg.model.patch_size == 0
+
+
+def test_base_chain_and_overrides():
+    cfg = load_config("fmnist_sddit", ["train.lr=2e-4", "sddit.mask_ratio=0.3", "train.betas=0.9,0.95"])
+    assert cfg.objective == "sddit"
+    assert cfg.model.hidden_size == load_config("fmnist_dit").model.hidden_size  # inherited from base
+    assert cfg.train.lr == 2e-4 and cfg.sddit.mask_ratio == 0.3 and cfg.train.betas == (0.9, 0.95)
+
+
+def test_unknown_key_names_the_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.lrr=1"])
+    msg = str(e.value)
+    assert "unknown key 'train.lrr'" in msg and "train.lr" in msg and "train.batch_size" in msg
+    with pytest.raises(ConfigError, match="unknown key 'bogus'.*objective"):
+        load_config(None, ["bogus=1"])
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.max_steps=abc", "expects an integer"),
+        ("train.max_steps=1.5", "expects an integer"),
+        ("train.lr=fast", "expects a number"),
+        ("train.compile=maybe", "expects true/false"),
+        ("objective=gan", "choose one of dit, maskdit, sddit"),
+        ("sddit.mask_ratio=1.5", "must be in [0, 1)"),
+        ("model.patch_size=5", "not divisible"),
+        ("train=3", "is a section"),
+        ("lr", "must look like key=value"),
+    ],
+)
+def test_bad_values_are_one_line_errors(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="fmnist_dit"):
+        load_config("no_such_preset")

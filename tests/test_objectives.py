@@ -1,0 +1,197 @@
+"""SD-DiT and MaskDiT objectives: teacher, centers, schedules, loss values, and what sampling touches."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sddit.config import load_config
+from sddit.data import load_digits
+from sddit.diffusion import EDMPrecond
+from sddit.objectives import (
+    MaskDiTObjective,
+    SDDiTObjective,
+    build_objective,
+    copy_for_ema,
+    cosine_schedule,
+    self_distillation_ce,
+    teacher_temperature,
+)
+from sddit.sampling import generate
+from sddit.training import build_model
+
+
+def make(objective, *overrides):
+    cfg = load_config("digits_tiny", [f"objective={objective}", *overrides])
+    torch.manual_seed(0)
+    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
+    return cfg, net, build_objective(cfg, net)
+
+
+def digits_batch(n=16):
+    ds = load_digits("train")
+    return ds.batch(torch.arange(n))
+
+
+def randomize_(module):
+    """Give zero-initialised layers (adaLN, final layer) random values so outputs are non-trivial."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_teacher_gets_no_gradient_and_follows_the_ema_rule():
+    cfg, net, obj = make("sddit")
+    x0, y = digits_batch()
+    loss, _ = obj.loss(net, x0, y, step=0)
+    loss.backward()
+    assert all(not p.requires_grad and p.grad is None for p in obj.teacher.parameters())
+    assert not any(p is q for p in obj.teacher.parameters() for q in net.parameters())
+    # the teacher is no submodule of the student: it is outside DDP and outside the optimiser
+    assert all(not n.startswith("teacher") for n, _ in net.named_parameters())
+
+    with torch.no_grad():  # move the student
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    before = {n: p.clone() for n, p in obj.teacher.named_parameters()}
+    student = dict(net.model.named_parameters())
+    step = 7
+    m = obj.momentum(step)
+    assert 0.996 < m < 1
+    obj.after_step(net, step)
+    for n, p in obj.teacher.named_parameters():
+        torch.testing.assert_close(p, m * before[n] + (1 - m) * student[n], rtol=1e-6, atol=1e-7)
+    # only encoder-side parts are in the teacher
+    names = {n for n, _ in obj.teacher.named_parameters()}
+    assert not any(n.startswith(("decoder", "final_layer", "mask_token")) for n in names)
+    assert any(n.startswith("head.") for n in names) and any(n.startswith("blocks.") for n in names)
+
+
+def test_schedules():
+    assert cosine_schedule(0, 100, 0.996, 1.0) == pytest.approx(0.996)
+    assert cosine_schedule(50, 100, 0.996, 1.0) == pytest.approx(0.998)
+    assert cosine_schedule(100, 100, 0.996, 1.0) == pytest.approx(1.0)
+    assert teacher_temperature(0, 10, 0.04, 0.07) == pytest.approx(0.04)
+    assert teacher_temperature(5, 10, 0.04, 0.07) == pytest.approx(0.055)
+    assert teacher_temperature(10, 10, 0.04, 0.07) == pytest.approx(0.07)
+    assert teacher_temperature(3, 0, 0.04, 0.07) == pytest.approx(0.07)
+    _, _, obj = make("sddit", "sddit.teacher_momentum_schedule=fixed", "sddit.teacher_momentum=0.99")
+    assert obj.momentum(0) == obj.momentum(10) == 0.99
+
+
+def test_centers_follow_their_ema_and_are_used_before_the_update():
+    cfg, net, obj = make("sddit")
+    K = cfg.model.head_dim
+    logits = torch.randn(4, 1 + 16, K)
+    old_cls, old_patch = obj.center_cls.clone() + 0.3, obj.center_patch.clone() - 0.2
+    obj.center_cls.copy_(old_cls)
+    obj.center_patch.copy_(old_patch)
+    obj._update_centers(logits, n_cls=1)
+    torch.testing.assert_close(obj.center_cls, 0.9 * old_cls + 0.1 * logits[:, 0].mean(0, keepdim=True))
+    torch.testing.assert_close(obj.center_patch, 0.9 * old_patch + 0.1 * logits[:, 1:].mean((0, 1)).view(1, 1, K))
+
+    # a loss call changes the centers (after using them)
+    x0, y = digits_batch(8)
+    before = obj.center_patch.clone()
+    obj.loss(net, x0, y, step=0)
+    assert not torch.equal(before, obj.center_patch)
+
+
+def test_discriminative_loss_equals_direct_cross_entropy():
+    s = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.2, 0.1]])
+    t = torch.tensor([[0.3, 0.1, 0.0], [2.0, -1.0, 0.5]])
+    c = torch.tensor([[0.1, -0.1, 0.0]])
+    tau_s, tau_t = 0.1, 0.04
+    ce, entropy, kl = self_distillation_ce(s, t, c, tau_s, tau_t)
+    for i in range(2):
+        pt = [math.exp((t[i, k] - c[0, k]) / tau_t) for k in range(3)]
+        pt = [v / sum(pt) for v in pt]
+        zs = [math.exp(s[i, k] / tau_s) for k in range(3)]
+        log_ps = [math.log(v / sum(zs)) for v in zs]
+        expected = -sum(p * lp for p, lp in zip(pt, log_ps))
+        assert ce[i].item() == pytest.approx(expected, rel=1e-5)
+        assert entropy[i].item() == pytest.approx(-sum(p * math.log(p) for p in pt if p > 0), rel=1e-5, abs=1e-6)
+        assert kl[i].item() == pytest.approx(expected - entropy[i].item(), rel=1e-5, abs=1e-6)
+
+
+def test_sddit_loss_terms_and_teacher_positions():
+    cfg, net, obj = make("sddit")
+    randomize_(net)
+    obj.teacher.load_state_dict({k: v for k, v in net.model.state_dict().items() if k in obj.teacher.state_dict()})
+    x0, y = digits_batch(8)
+    torch.manual_seed(5)
+    loss, terms = obj.loss(net, x0, y, step=0)
+    assert torch.isfinite(loss)
+    lam = cfg.sddit.lambda_d
+    torch.testing.assert_close(loss.detach(), terms["loss_gen"] + lam * (terms["loss_cls"] + terms["loss_patch"]))
+    K = cfg.model.head_dim
+    assert 0 < terms["teacher_entropy"] < math.log(K) + 1e-4
+    assert terms["kl_teacher_student"] >= -1e-5
+
+
+@pytest.mark.parametrize("objective", ["dit", "maskdit", "sddit"])
+def test_losses_finite_under_bf16_autocast(objective):
+    cfg, net, obj = make(objective)
+    randomize_(net)
+    x0, y = digits_batch(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, terms = obj.loss(net, x0, y, step=0)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_maskdit_mae_term_and_unmasked_finetune():
+    cfg, net, obj = make("maskdit", "maskdit.unmask_finetune_steps=5")
+    assert isinstance(obj, MaskDiTObjective)
+    assert obj.mask_ratio(0) == 0.5 and obj.mask_ratio(cfg.train.max_steps - 5) == 0.0
+    x0, y = digits_batch(8)
+    _, terms = obj.loss(net, x0, y, step=0)
+    assert "loss_mae" in terms
+    _, terms = obj.loss(net, x0, y, step=cfg.train.max_steps - 1)
+    assert "loss_mae" not in terms  # nothing is masked in the fine-tune
+
+
+def test_tiny_sddit_overfits_a_batch_of_16_digits():
+    cfg, net, obj = make("sddit", "train.max_steps=300")
+    x0, y = digits_batch(16)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=2e-3)
+
+    def gen_loss():
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return float(obj.loss(net, x0, y, step=0)[1]["loss_gen"])
+
+    start = gen_loss()
+    for step in range(300):
+        loss, _ = obj.loss(net, x0, y, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        obj.after_step(net, step)
+    end = gen_loss()
+    assert end < 0.5 * start, (start, end)
+
+
+def test_sampling_never_touches_teacher_head_or_mask_token():
+    cfg, net, obj = make("sddit")
+    randomize_(net)
+    ema = copy_for_ema(net)
+    shape = (1, 8, 8)
+    labels = torch.arange(4)
+    ref = generate(ema, labels, range(4), shape, num_steps=3, cfg_scale=1.5, null_label=10)
+    calls = []
+    ema.model.head.register_forward_hook(lambda *a: calls.append("head"))
+    with torch.no_grad():
+        ema.model.mask_token.fill_(float("nan"))
+        for p in ema.model.head.parameters():
+            p.fill_(float("nan"))
+        for p in obj.teacher.parameters():
+            p.fill_(float("nan"))
+    out = generate(ema, labels, range(4), shape, num_steps=3, cfg_scale=1.5, null_label=10)
+    assert calls == [] and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref)
