@@ -59,3 +59,14 @@ def test_unknown_key_from_the_command_line_exits_nonzero():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown key 'train.lrr'" in proc.stderr and "train.lr" in proc.stderr
+
+
+def test_fid_during_training_is_logged_and_drawn(tmp_path):
+    run = tmp_path / "fidrun"
+    assert main(["train", "--config", "digits_tiny", "--run-dir", str(run), "--max-steps", "10", "--no-eval",
+                 "--set", "train.fid_every=5", "--set", "train.fid_samples=10", "--set", "eval.steps=3"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    fids = [r for r in records if "fid" in r]
+    assert [r["step"] for r in fids] == [5, 10] and all(r["fid_samples"] == 10 and r["fid"] > 0 for r in fids)
+    for name in ("loss_curve.png", "fid_curve.png"):
+        assert Image.open(run / name).size[0] > 100

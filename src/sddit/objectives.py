@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,9 @@ from torch import Tensor, nn
 
 from .config import Config
 from .diffusion import EDMPrecond, edm_loss, precond_coeffs, sample_sigma
+from . import distributed as dist
 from .distributed import all_reduce_mean
+from .models.split import num_kept
 
 Terms = dict[str, Tensor]
 
@@ -55,6 +58,17 @@ def masked_mean(values: Tensor, weights: Tensor) -> Tensor:
     return ((values * weights).sum(1) / weights.sum(1).clamp_min(1)).mean()
 
 
+@dataclass
+class StepNoise:
+    """This rank's share of one step's randomness (see `DiTObjective.draw`)."""
+
+    sigma: Tensor  # (B,) noise levels, lognormal
+    eps: Tensor  # (B, C, H, W) unit Gaussian noise
+    drop: Tensor  # (B,) long, 1 = label replaced by the null class (CFG dropout)
+    generator: torch.Generator  # for further draws of the same step (masks)
+    rows: slice  # this rank's rows of the global batch
+
+
 class DiTObjective:
     """L = E_{x0, sigma, eps} lambda(sigma) |D(x0 + sigma eps; sigma, y) - x0|^2 (SPEC section 2)."""
 
@@ -64,14 +78,35 @@ class DiTObjective:
         self.cfg = cfg
         self.dcfg = cfg.diffusion
 
-    def sample_noise(self, x0: Tensor) -> tuple[Tensor, Tensor]:
-        sigma = sample_sigma(x0.shape[0], self.dcfg.P_mean, self.dcfg.P_std, device=x0.device)  # (B,)
-        return sigma, torch.randn_like(x0)  # (B,), (B, C, H, W)
+    def draw(self, x0: Tensor, step: int) -> StepNoise:
+        """All randomness of a step from a generator keyed on (seed, step), drawn for the GLOBAL batch.
+
+        Rank r keeps rows [r*B, (r+1)*B). So N processes see exactly the noise, labels dropped and
+        masks one process would see for the same global batch, and a resumed run draws exactly
+        what the uninterrupted run drew.
+        """
+        B, world, rank = x0.shape[0], dist.world_size(), dist.rank()
+        g = torch.Generator(x0.device).manual_seed(self.cfg.train.seed * 1_000_003 + step)
+        rows = slice(rank * B, (rank + 1) * B)
+        sigma = sample_sigma(B * world, self.dcfg.P_mean, self.dcfg.P_std, device=x0.device, generator=g)[rows]  # (B,)
+        eps = torch.randn((B * world, *x0.shape[1:]), device=x0.device, generator=g)[rows]  # (B, C, H, W)
+        drop = torch.rand(B * world, device=x0.device, generator=g)[rows] < self.cfg.model.class_dropout_prob
+        return StepNoise(sigma, eps, drop.long(), g, rows)
+
+    def draw_mask(self, noise: StepNoise, num_tokens: int, ratio: float) -> Tensor | None:
+        """ids_keep (B, T_keep) of a per-sample uniform random mask, or None at ratio 0."""
+        if ratio == 0:
+            return None
+        world = dist.world_size()
+        B = noise.sigma.shape[0]
+        scores = torch.rand(B * world, num_tokens, device=noise.eps.device, generator=noise.generator)[noise.rows]
+        return scores.argsort(dim=1)[:, : num_kept(num_tokens, ratio)]  # (B, T_keep)
 
     def loss(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
-        sigma, eps = self.sample_noise(x0)
-        denoised = net(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma, y)  # (B, C, H, W)
-        loss = edm_loss(denoised.float(), x0, sigma.view(-1, 1, 1, 1), self.dcfg.sigma_data).mean()
+        n = self.draw(x0, step)
+        x_noisy = x0 + n.sigma.view(-1, 1, 1, 1) * n.eps  # (B, C, H, W)
+        denoised = net(x_noisy, n.sigma, y, force_drop_ids=n.drop)  # (B, C, H, W)
+        loss = edm_loss(denoised.float(), x0, n.sigma.view(-1, 1, 1, 1), self.dcfg.sigma_data).mean()
         return loss, {"loss_gen": loss.detach()}
 
     def after_step(self, net: nn.Module, step: int) -> None:
@@ -98,14 +133,19 @@ class MaskDiTObjective(DiTObjective):
         self.mcfg = cfg.maskdit
         self.patch = cfg.model.patch_size
 
+    def num_tokens(self, x0: Tensor) -> int:
+        return (x0.shape[-2] // self.patch) * (x0.shape[-1] // self.patch)
+
     def mask_ratio(self, step: int) -> float:
         finetune_from = self.cfg.train.max_steps - self.mcfg.unmask_finetune_steps
         return 0.0 if step >= finetune_from else self.mcfg.mask_ratio
 
     def loss(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
-        sigma, eps = self.sample_noise(x0)
-        x_noisy = x0 + sigma.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
-        out = net(x_noisy, sigma, y, mask_ratio=self.mask_ratio(step), return_tokens=True)
+        n = self.draw(x0, step)
+        sigma = n.sigma
+        x_noisy = x0 + sigma.view(-1, 1, 1, 1) * n.eps  # (B, C, H, W)
+        ids_keep = self.draw_mask(n, self.num_tokens(x0), self.mask_ratio(step))  # (B, T_keep) or None
+        out = net(x_noisy, sigma, y, return_tokens=True, ids_keep=ids_keep, force_drop_ids=n.drop)
         denoised = out["denoised"].float()  # (B, C, H, W)
         visible = 1.0 - out["mask"].float()  # (B, T), 1 = visible
         per_patch = per_patch_mean(edm_loss(denoised, x0, sigma.view(-1, 1, 1, 1), self.dcfg.sigma_data), self.patch)
@@ -204,14 +244,15 @@ class SDDiTObjective(DiTObjective):
         return self.teacher.head(enc["tokens"]).float()  # (B, [1+]T, K)
 
     def loss(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
-        sigma_s, eps = self.sample_noise(x0)  # same eps for student and teacher: one PF-ODE trajectory
+        n = self.draw(x0, step)  # the same eps for student and teacher: one PF-ODE trajectory
+        sigma_s, eps, drop = n.sigma, n.eps, n.drop  # drop: the teacher sees the same (maybe null) label
         sigma_t = self.teacher_sigma(sigma_s)
         x_s = x0 + sigma_s.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
         x_t = x0 + sigma_t.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
 
-        # Label dropout (for CFG) drawn here so the teacher sees the same (possibly null) label.
-        drop = (torch.rand(x0.shape[0], device=x0.device) < self.cfg.model.class_dropout_prob).long()  # (B,)
-        out = net(x_s, sigma_s, y, mask_ratio=self.scfg.mask_ratio, return_tokens=True, force_drop_ids=drop)
+        num_tokens = (x0.shape[-2] // self.patch) * (x0.shape[-1] // self.patch)
+        ids_keep = self.draw_mask(n, num_tokens, self.scfg.mask_ratio)  # (B, T_keep) or None
+        out = net(x_s, sigma_s, y, return_tokens=True, ids_keep=ids_keep, force_drop_ids=drop)
         visible = 1.0 - out["mask"].float()  # (B, T)
         per_patch = per_patch_mean(edm_loss(out["denoised"].float(), x0, sigma_s.view(-1, 1, 1, 1), self.dcfg.sigma_data), self.patch)
         loss_gen = masked_mean(per_patch, visible)

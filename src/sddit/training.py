@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from contextlib import nullcontext
@@ -20,13 +19,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from .checkpoint import CheckpointError, load_latest, save_checkpoint
+from .checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint
 from .config import Config, config_to_dict
 from .data import EpochSampler, ImageDataset, build_dataset
 from .diffusion import EDMPrecond
 from .models import DiT, DiT_models
 from .models.split import SplitDiT, SplitDiT_models
 from .objectives import build_objective, copy_for_ema, unwrap
+from .plots import plot_metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,10 +117,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.num_threads)
         torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-        seed = cfg.train.seed * 1000 + self.rank  # per-rank noise; the data order is shared
-        torch.manual_seed(seed)
-        np.random.seed(seed % (1 << 32))
-        random.seed(seed)
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (teacher, EMA too)
         self.run_dir = Path(cfg.run_dir)
 
         # data
@@ -140,7 +137,13 @@ class Trainer:
         fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas,
                                      weight_decay=cfg.train.weight_decay, fused=fused or None)
-        self.step = 0
+        # Per-rank streams for what is drawn outside the objectives (flips, latent posterior samples);
+        # the objectives' noise, masks and label drops come from per-step generators.
+        seed = cfg.train.seed * 1000 + self.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed % (1 << 32))
+        random.seed(seed)
+        self.step, self.bad_steps = 0, 0
         self._resume()
 
         self.train_net: nn.Module = self.net
@@ -153,17 +156,26 @@ class Trainer:
             self.train_net = torch.compile(self.train_net)
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self) -> dict:
+    def state(self, rng_states: list[dict]) -> dict:
+        """Everything a bit-exact resume needs: weights, EMA, teacher + centers, optimiser, data
+        position, and the RNG states of every rank."""
         return {
-            "version": 1, "step": self.step, "config": config_to_dict(self.cfg),
+            "version": 1, "step": self.step, "config": config_to_dict(self.cfg), "world_size": self.world,
             "model": self.net.model.state_dict(), "ema": self.ema.model.state_dict(),
             "optimizer": self.opt.state_dict(), "objective": self.objective.state_dict(),
-            "sampler": self.sampler.state_dict(), "rng": {self.rank: rng_state()},
+            "sampler": self.sampler.state_dict(), "rng": dict(enumerate(rng_states)),
         }
 
     def save(self) -> None:
+        rng_states = dist.gather_objects(rng_state())
         if dist.is_main():
-            path = save_checkpoint(self.state(), self.run_dir, self.step, self.cfg.train.keep_last)
+            try:
+                path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last)
+            except OSError as e:  # e.g. a full disk: the temp file is gone, older checkpoints are intact
+                kept = list_checkpoints(self.run_dir)
+                raise SystemExit(f"error: could not write the step-{self.step} checkpoint ({e.strerror or e}); "
+                                 f"{'the previous one, ' + str(kept[-1]) + ', is intact' if kept else 'no earlier checkpoint exists'}; "
+                                 f"free space in {self.run_dir} and re-run the same command to resume") from None
             self.log(f"saved {path}")
         dist.barrier()
 
@@ -189,6 +201,21 @@ class Trainer:
         self.log(f"resumed from {state['_path']} at step {self.step}")
 
     # ------------------------------------------------------------------ the loop
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """A NaN/inf loss skips its step (on every rank); too many in a row stop the run."""
+        finite = torch.isfinite(loss.detach()).float()
+        if dist.all_reduce_mean(finite).item() == 1.0:
+            self.bad_steps = 0
+            return True
+        self.bad_steps += 1
+        self.log(f"warning: non-finite loss at step {self.step}; step skipped ({self.bad_steps} in a row)")
+        if self.bad_steps >= self.cfg.train.max_bad_steps:
+            last = list_checkpoints(self.run_dir)
+            where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
+            raise SystemExit(f"error: loss was non-finite for {self.bad_steps} steps in a row (step {self.step}); {where}; "
+                             f"lower train.lr, set train.grad_clip, or use train.precision=fp32")
+        return False
+
     def autocast(self):
         if self.cfg.train.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -216,6 +243,10 @@ class Trainer:
             with self.autocast():
                 loss, terms = self.objective.loss(self.train_net, x0, y, self.step)
             self.opt.zero_grad(set_to_none=True)
+            if not self._loss_is_finite(loss):
+                self.step += 1
+                bar.update(1)
+                continue
             loss.backward()
             if tc.grad_clip > 0:
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
@@ -236,17 +267,31 @@ class Trainer:
                 means = dist.all_reduce_mean(means.to(self.device)).cpu()
                 record = {"step": self.step, **{k: float(v) for k, v in zip(sums, means)}, "lr": lr,
                           "img_per_s": (self.step - step_last) * tc.batch_size / max(now - t_last, 1e-9)}
-                if not math.isfinite(record["loss"]):
-                    raise SystemExit(f"error: loss is {record['loss']} at step {self.step}; lower train.lr or use precision=fp32")
                 if dist.is_main():
                     with metrics_file.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
                 sums, count, t_last, step_last = {}, 0, now, self.step
+            if tc.fid_every > 0 and self.step % tc.fid_every == 0:
+                self.log_fid(metrics_file)
             if tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0 and self.step < tc.max_steps:
                 self.save()
         bar.close()
         self.save()
+        if dist.is_main():
+            plot_metrics(self.run_dir)
+
+    def log_fid(self, metrics_file: Path) -> None:
+        """In-training FID of the sampling EMA on `train.fid_samples` samples (rank 0; others wait)."""
+        if dist.is_main():
+            from .evaluation import evaluate_generator
+
+            r = evaluate_generator(self.ema, self.cfg, self.cfg.train.fid_samples, self.device)
+            with metrics_file.open("a") as f:
+                f.write(json.dumps({"step": self.step, "fid": r["fid"], "fid_samples": r["num_samples"],
+                                    "fid_steps": r["steps"], "fid_cfg_scale": r["cfg_scale"]}) + "\n")
+            self.log(f"step {self.step}: FID-{r['num_samples']} = {r['fid']:.2f}")
+        dist.barrier()
 
 
 def train(cfg: Config, log=print) -> Trainer:
