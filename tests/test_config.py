@@ -48,3 +48,24 @@ def test_bad_values_are_one_line_errors(override, fragment):
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError, match="fmnist_dit"):
         load_config("no_such_preset")
+
+
+@pytest.mark.parametrize(
+    "name, params_m",
+    [("imagenet256_dit_xl2", 675.1), ("imagenet256_maskdit_xl2", 712.1), ("imagenet256_sddit_xl2", 684.6)],
+)
+def test_imagenet_presets_build_the_paper_models(name, params_m):
+    import torch
+
+    from sddit.training import build_model
+
+    cfg = load_config(name)
+    assert cfg.data.dataset == "latents" and not cfg.data.hflip
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.ema_decay, cfg.train.precision) == (256, 1e-4, 0.9999, "bf16")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, abs=0.1)
+    if cfg.objective == "sddit":
+        assert model.head is not None and cfg.sddit.mask_ratio == 0.2
+    if cfg.objective == "maskdit":
+        assert cfg.maskdit.mask_ratio == 0.5 and len(model.decoder_blocks) == 8

@@ -107,12 +107,17 @@ def load_digits(split: str = "train", test_fraction: float = 0.2) -> ImageDatase
     )
 
 
-def build_dataset(name: str, root: str, split: str = "train") -> ImageDataset:
+def build_dataset(name: str, root: str, split: str = "train"):
+    """fashion_mnist / digits (pixels in memory) or latents (a folder written by `sddit prepare`)."""
     if name == "fashion_mnist":
         return load_fashion_mnist(root, split)
     if name == "digits":
         return load_digits(split)
-    raise DataError(f"unknown dataset '{name}'; use fashion_mnist or digits")
+    if name == "latents":
+        from .latents import LatentDataset
+
+        return LatentDataset(root)
+    raise DataError(f"unknown dataset '{name}'; use fashion_mnist, digits or latents")
 
 
 class EpochSampler:
