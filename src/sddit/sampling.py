@@ -32,11 +32,15 @@ def generate(
     solver: str = "heun",
     sampler_kwargs: dict | None = None,
     progress: Callable[[int], None] | None = None,
+    precision: str = "fp32",
+    clamp: bool = True,
 ) -> Tensor:
-    """Samples for (labels[k], seeds[k]) as float images in [-1, 1], shape (N, C, H, W), on the CPU.
+    """Samples for (labels[k], seeds[k]) as float images in [-1, 1] (N, C, H, W) on the CPU (latents: clamp=False).
 
     `net(x, sigma, y)` is an EDM denoiser (e.g. the sampling-EMA `EDMPrecond`); `sampler_kwargs` go
     to `edm_sampler` (sigma_min/max, rho, churn). `progress(n)` is called after each batch.
+    `precision="bf16"` runs the network under bf16 autocast (the sampler's own arithmetic stays
+    float64, and EDMPrecond applies the preconditioning in float32).
     """
     seeds = list(seeds)
     if len(seeds) != len(labels):
@@ -48,11 +52,12 @@ def generate(
         rnd = StackedRandomGenerator(device, batch_seeds)
         latents = rnd.randn((len(batch_seeds), *shape), device=device)  # (b, C, H, W)
         y = labels[start : start + batch_size].to(device)
-        x = edm_sampler(
-            net, latents, y, num_steps=num_steps, cfg_scale=cfg_scale, null_label=null_label,
-            solver=solver, randn_like=rnd.randn_like, **(sampler_kwargs or {}),
-        )
-        out.append(x.clamp(-1, 1).cpu())
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            x = edm_sampler(
+                net, latents, y, num_steps=num_steps, cfg_scale=cfg_scale, null_label=null_label,
+                solver=solver, randn_like=rnd.randn_like, **(sampler_kwargs or {}),
+            )
+        out.append((x.clamp(-1, 1) if clamp else x).cpu())  # clamp=False for latents (std ~1, unbounded)
         if progress is not None:
             progress(len(batch_seeds))
     return torch.cat(out)

@@ -1,0 +1,452 @@
+"""`sddit generate`: N class-conditional samples as PNGs plus an ADM-format ``samples.npz``.
+
+What a sample depends on, and what it does not
+-----------------------------------------------
+Sample ``i`` (``0 <= i < N``) uses seed ``seed + i`` alone: its initial noise is the first draw of
+``torch.Generator(device).manual_seed(seed + i)`` (:class:`sddit.diffusion.StackedRandomGenerator`),
+and by default its class label is the next draw of that same generator, ``randint(num_classes)``
+after the noise, which is the convention of NVlabs/edm ``generate.py`` (labels are uniform and
+i.i.d., as in DiT's ``sample_ddp.py`` and EDM). ``balanced=True`` (``--balanced``) uses
+``i % num_classes`` instead (exactly N/num_classes per class when it divides).
+
+The N indices are cut into *global* batches ``[0, B), [B, 2B), ...`` of ``batch_size`` B, and
+global batch ``k`` runs on rank ``k % world_size``. Each batch therefore holds the same samples
+whatever the number of processes, so with a fixed ``--batch-size`` and device type the images are
+bit-identical for 1 or W processes (not only equal in distribution). Changing ``--batch-size`` can
+move a few pixel values by one level (float round-off of batched matmuls), never the content.
+
+Latent models (an sddit checkpoint trained on ``data.dataset: latents``, or an official DiT) are
+decoded with a diffusers ``AutoencoderKL``: ``x = vae.decode(z / scale_factor).sample`` clamped to
+[-1, 1], in float32 whatever ``precision`` the network runs in. The VAE and scale factor come from
+the latent manifest the checkpoint was trained on (``data.root/manifest.json``) when that folder is
+reachable; otherwise ``vae=`` (``--vae``) is required. Official DiT checkpoints default to
+``stabilityai/sd-vae-ft-ema`` (DiT ``sample_ddp.py``'s default) with scale 0.18215.
+
+Outputs in ``out``: ``images/{i:06d}.png`` (grey PNGs for 1-channel data), then, after a barrier,
+rank 0 writes ``samples.npz`` (``arr_0``: uint8 (N, H, W, 3), grey repeated to 3 channels, the
+layout ADM's evaluator reads; ``arr_1``: int64 labels, as in ADM's labelled reference batches) and
+``samples.json`` (settings, checkpoint, sampler, git commit, date). The ``.npz`` is streamed image
+by image, so 50k ImageNet samples (9.8 GB) never sit in memory at once.
+
+``resume=True`` (``--resume``) continues an interrupted run in the same ``out``: global batches
+whose PNGs all exist are skipped (PNGs are written atomically), after checking that
+``samples.json`` records the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed as dist
+from .checkpoint import CheckpointError
+from .data import DataError
+
+__all__ = [
+    "SampleSource",
+    "assign_batches",
+    "decode_latents",
+    "generate_samples",
+    "git_commit",
+    "load_official_source",
+    "load_source",
+    "resolve_vae",
+    "sample_batch",
+    "seed_labels",
+    "write_image_npz",
+]
+
+IMAGES_DIR = "images"
+NPZ_NAME = "samples.npz"
+JSON_NAME = "samples.json"
+OFFICIAL_DIT_VAE = "stabilityai/sd-vae-ft-ema"  # DiT sample_ddp.py's default --vae ema
+# Keys of samples.json that must match for --resume (they decide the bits of every image).
+RESUME_KEYS = ("checkpoint", "official_dit", "model", "image_size", "num_samples", "seed", "steps", "cfg_scale",
+               "labels", "precision", "batch_size", "sampler_kwargs", "vae", "scale_factor", "image_shape")
+
+
+@dataclass
+class SampleSource:
+    """A denoiser ready for :func:`sddit.sampling.generate`, and what it needs around it."""
+
+    net: nn.Module
+    shape: tuple[int, int, int]  # what the network samples: (C, H, W) pixels or latents
+    num_classes: int
+    null_label: int
+    sampler_kwargs: dict[str, float]
+    checkpoint: str
+    kind: str  # "sddit" | "official-dit"
+    latent: bool
+    manifest_root: str | None = None  # the latent folder the checkpoint was trained on
+    describe: dict[str, Any] = field(default_factory=dict)
+
+
+def load_source(checkpoint: str | Path, device: str | torch.device = "cpu") -> SampleSource:
+    """The sampling EMA of an sddit checkpoint (file or run directory)."""
+    from .checkpoint import resolve_checkpoint
+    from .training import load_sampling_net
+
+    path = resolve_checkpoint(checkpoint)
+    cfg, net = load_sampling_net(path, device)
+    m, d = cfg.model, cfg.diffusion
+    latent = cfg.data.dataset == "latents"
+    return SampleSource(
+        net=net, shape=(m.in_channels, m.input_size, m.input_size), num_classes=m.num_classes,
+        null_label=m.num_classes, sampler_kwargs=dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max, rho=d.rho),
+        checkpoint=str(path.resolve()), kind="sddit", latent=latent,
+        manifest_root=cfg.data.root if latent else None,
+        describe={"objective": cfg.objective, "dataset": cfg.data.dataset},
+    )
+
+
+def load_official_source(path: str | Path, model: str = "DiT-XL/2", image_size: int = 256, num_classes: int = 1000,
+                         device: str | torch.device = "cpu", model_kwargs: dict | None = None) -> SampleSource:
+    """An official (DDPM-trained) DiT checkpoint as an EDM denoiser (see :mod:`sddit.vp`)."""
+    from .vp import DiscreteVPDenoiser, load_official_dit
+
+    try:
+        dit = load_official_dit(path, model, image_size, num_classes, model_kwargs=model_kwargs)
+    except (ValueError, RuntimeError) as e:  # OfficialCheckpointNotFound is a ValueError too
+        raise CheckpointError(" ".join(str(e).split())) from None
+    net = DiscreteVPDenoiser(dit).to(device).eval().requires_grad_(False)
+    return SampleSource(
+        net=net, shape=(dit.in_channels, dit.input_size, dit.input_size), num_classes=num_classes,
+        null_label=net.null_label, sampler_kwargs=net.sampler_kwargs(), checkpoint=str(Path(path).resolve()),
+        kind="official-dit", latent=True, describe={"model": model, "image_size": image_size},
+    )
+
+
+def resolve_vae(source: SampleSource, vae: str | None = None,
+                scale_factor: float | None = None) -> tuple[str, float, str]:
+    """(VAE id or directory, scale factor, where they came from) for a latent source.
+
+    Order: ``vae``/``scale_factor`` given by the user, then the checkpoint's latent manifest, then
+    (official DiT only) DiT's defaults. A latent sddit checkpoint whose manifest is not reachable
+    and no ``vae`` is an error that says to pass ``--vae``.
+    """
+    from .prepare import SD_SCALE_FACTOR
+
+    manifest = None
+    if source.manifest_root:
+        from .latents import read_manifest
+
+        try:
+            manifest = read_manifest(source.manifest_root)
+        except DataError:
+            manifest = None
+    if vae is None:
+        if manifest is not None:
+            vae, origin = str(manifest["vae"]), f"manifest {Path(source.manifest_root) / 'manifest.json'}"
+        elif source.kind == "official-dit":
+            vae, origin = OFFICIAL_DIT_VAE, "DiT default"
+        else:
+            raise DataError(
+                f"{source.checkpoint} is a latent model, but its latent folder {source.manifest_root} (manifest.json, "
+                "which names the VAE) is not reachable here: pass --vae ID_OR_DIR, the VAE it was trained with "
+                f"(e.g. {OFFICIAL_DIT_VAE}), and --scale-factor if it is not {SD_SCALE_FACTOR}")
+    else:
+        origin = "--vae"
+    if scale_factor is None:
+        scale_factor = float(manifest["scale_factor"]) if manifest is not None else SD_SCALE_FACTOR
+    return vae, float(scale_factor), origin
+
+
+@torch.no_grad()
+def decode_latents(vae, z: torch.Tensor, scale_factor: float, chunk: int = 16) -> torch.Tensor:
+    """``vae.decode(z / scale_factor).sample`` in float32, clamped to [-1, 1], on the CPU.
+
+    Decodes ``chunk`` latents at a time (a fixed size, so results still do not depend on the number
+    of processes): the SD VAE decoder needs a few hundred MB of activations per 256px image.
+    """
+    device = next(vae.parameters()).device
+    out = []
+    for part in z.split(chunk):
+        x = vae.decode(part.to(device, torch.float32) / scale_factor).sample
+        out.append(x.float().clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def seed_labels(seeds: list[int], num_classes: int, shape: tuple[int, ...], device: str | torch.device) -> torch.Tensor:
+    """Class label of each seed, EDM ``generate.py`` style: ``randint`` right after the noise draw.
+
+    Recomputes what :func:`sample_batch` draws (used for batches that ``resume`` skips).
+    """
+    from .diffusion import StackedRandomGenerator
+
+    rnd = StackedRandomGenerator(device, seeds)
+    rnd.randn((len(seeds), *shape))
+    return rnd.randint(num_classes, size=[len(seeds)]).cpu()
+
+
+@torch.no_grad()
+def sample_batch(
+    source: SampleSource, seeds: list[int], labels: torch.Tensor | None, *, steps: int, cfg_scale: float,
+    precision: str = "fp32", device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of samples (float, on the CPU) and its labels, as NVlabs/edm ``generate.py`` draws them.
+
+    Per seed: noise = ``randn(shape)`` of ``Generator(seed)``, then (if ``labels`` is None) the label
+    = ``randint(num_classes)`` of the same generator; churn noise (if any) continues that stream.
+    Unlike :func:`sddit.sampling.generate` the output is NOT clamped: for latent models it is a
+    latent (std ~1, beyond [-1, 1]) that the VAE decodes; pixel outputs are clamped by the caller.
+    """
+    from .diffusion import StackedRandomGenerator, edm_sampler
+
+    device = torch.device(device)
+    source.net.eval()
+    rnd = StackedRandomGenerator(device, seeds)
+    noise = rnd.randn((len(seeds), *source.shape), device=device)
+    if labels is None:
+        labels = rnd.randint(source.num_classes, size=[len(seeds)], device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        x = edm_sampler(source.net, noise, labels.to(device), num_steps=steps, cfg_scale=cfg_scale,
+                        null_label=source.null_label, solver="heun", randn_like=rnd.randn_like,
+                        **source.sampler_kwargs)
+    return x.float().cpu(), labels.cpu()
+
+
+def assign_batches(num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
+    """This rank's global batches ``[start, stop)``: batch k of size ``batch_size`` goes to rank k % W."""
+    starts = range(0, num_samples, batch_size)
+    return [(s, min(s + batch_size, num_samples)) for k, s in enumerate(starts) if k % world_size == rank]
+
+
+def git_commit() -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the checkout this package runs from, or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def _png_path(out: Path, i: int) -> Path:
+    return out / IMAGES_DIR / f"{i:06d}.png"
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """One HWC uint8 image, written to a temporary name and renamed (never a half-written PNG)."""
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def _read_png_rgb(path: Path, hw: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB"))
+    if arr.shape[:2] != hw:
+        raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, expected {hw[1]}x{hw[0]}: remove stale files from "
+                        "that folder and generate again")
+    return arr
+
+
+def write_image_npz(path: str | Path, images: Iterable[np.ndarray], shape: tuple[int, int, int, int],
+                    labels: np.ndarray | None = None) -> Path:
+    """Stream uint8 HWC images into an ``.npz`` holding ``arr_0`` (N, H, W, 3) (+ ``arr_1`` labels).
+
+    Same container as ``np.savez`` (a zip of ``.npy`` members, stored uncompressed, zip64), written
+    one image at a time to a temporary file that is renamed at the end.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                          "shape": tuple(int(s) for s in shape)}
+                np.lib.format.write_array_header_1_0(f, header)
+                for image in images:
+                    if image.shape != tuple(shape[1:]) or image.dtype != np.uint8:
+                        raise DataError(f"image {count} is {image.dtype} {image.shape}, expected uint8 "
+                                        f"{tuple(shape[1:])}")
+                    f.write(np.ascontiguousarray(image).tobytes())
+                    count += 1
+            if count != shape[0]:
+                raise DataError(f"wrote {count} images into {path}, expected {shape[0]}")
+            if labels is not None:
+                with zf.open("arr_1.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _pngs_in_order(out: Path, n: int, hw: tuple[int, int]) -> Iterator[np.ndarray]:
+    for i in range(n):
+        yield _read_png_rgb(_png_path(out, i), hw)
+
+
+def _check_out_dir(out: Path, settings: dict, resume: bool) -> None:
+    """Refuse to mix two runs' PNGs in one folder; with resume, require the same settings."""
+    existing = any((out / IMAGES_DIR).glob("*.png")) if (out / IMAGES_DIR).is_dir() else False
+    if not resume:
+        if existing:
+            raise DataError(f"{out / IMAGES_DIR} already holds PNGs from an earlier run: pass --resume to finish that "
+                            "run (same settings), or choose an empty --out")
+        return
+    meta = out / JSON_NAME
+    if not meta.exists():
+        if existing:
+            raise DataError(f"--resume: {meta} is missing, so the PNGs in {out / IMAGES_DIR} cannot be checked against "
+                            "these settings; choose an empty --out")
+        return
+    try:
+        old = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"--resume: cannot read {meta}: {e}") from None
+    diff = [k for k in RESUME_KEYS if old.get(k) != settings.get(k)]
+    if diff:
+        changes = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
+        raise DataError(f"--resume: {out} was generated with other settings ({changes}); use the same ones or "
+                        "another --out")
+
+
+def generate_samples(
+    source: SampleSource,
+    out: str | Path,
+    num_samples: int,
+    *,
+    seed: int = 0,
+    steps: int = 40,
+    cfg_scale: float = 1.5,
+    balanced: bool = False,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    vae: str | None = None,
+    scale_factor: float | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Generate, write the PNGs of this rank's batches, then (rank 0) ``samples.npz`` and ``samples.json``.
+
+    Call inside an initialised process group for multi-process runs (``torchrun``; the CLI does
+    it); without one this is the single-process run. Returns the ``samples.json`` dict on rank 0
+    (``{}`` on other ranks).
+    """
+    from .sampling import quantize
+
+    if num_samples < 1 or batch_size < 1 or steps < 1:
+        raise DataError("--num-samples, --batch-size and --steps must be >= 1")
+    if precision not in ("fp32", "bf16"):
+        raise DataError(f"precision must be fp32 or bf16, got {precision!r}")
+    out = Path(out).expanduser()
+    device = torch.device(device)
+    rank, world = dist.rank(), dist.world_size()
+
+    decoder, vae_id, vae_origin = None, None, None
+    if source.latent:
+        vae_id, scale_factor, vae_origin = resolve_vae(source, vae, scale_factor)
+        from .prepare import load_vae, vae_downsample
+
+        decoder = load_vae(vae_id, device)
+        if int(decoder.config.latent_channels) != source.shape[0]:
+            raise DataError(f"the VAE {vae_id} has {decoder.config.latent_channels} latent channels but the model "
+                            f"samples {source.shape[0]}: pass the VAE it was trained with (--vae)")
+        factor = vae_downsample(decoder)
+        image_shape = (3, source.shape[1] * factor, source.shape[2] * factor)
+    else:
+        scale_factor = None
+        image_shape = source.shape
+    settings = {
+        "checkpoint": source.checkpoint if source.kind == "sddit" else None,
+        "official_dit": source.checkpoint if source.kind == "official-dit" else None,
+        "model": source.describe.get("model"), "image_size": source.describe.get("image_size"),
+        "num_samples": num_samples, "seed": seed, "seeds": f"{seed}..{seed + num_samples - 1}",
+        "labels": "balanced (i % num_classes)" if balanced else "drawn from each seed (EDM generate.py)",
+        "num_classes": source.num_classes, "sampler": "edm_heun (Karras et al. 2022, Algorithm 1, deterministic)",
+        "steps": steps, "nfe": 2 * steps - 1, "cfg_scale": cfg_scale,
+        "sampler_kwargs": {k: float(v) for k, v in source.sampler_kwargs.items()},
+        "precision": precision, "batch_size": batch_size, "vae": vae_id, "vae_from": vae_origin,
+        "scale_factor": scale_factor, "image_shape": [image_shape[1], image_shape[2], 3],
+    }
+    _check_out_dir(out, settings, resume)
+    dist.barrier()  # every rank checked the folder before rank 0 writes into it
+    if rank == 0:
+        (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        (out / JSON_NAME).write_text(json.dumps({**settings, "status": "running"}, indent=2))
+    dist.barrier()
+
+    mine = assign_batches(num_samples, batch_size, rank, world)
+    labels_of: dict[int, int] = {}
+    todo, skipped = [], 0
+    for start, stop in mine:
+        idx = range(start, stop)
+        if resume and all(_png_path(out, i).exists() for i in idx):
+            seeds = [seed + i for i in idx]
+            labels = (torch.tensor([i % source.num_classes for i in idx]) if balanced
+                      else seed_labels(seeds, source.num_classes, source.shape, device))
+            labels_of.update(zip(idx, labels.tolist()))
+            skipped += stop - start
+        else:
+            todo.append(idx)
+
+    t0 = time.perf_counter()
+    show = progress and rank == 0
+    from tqdm.auto import tqdm
+
+    desc = f"generate ({steps} Heun steps" + (f", rank 0 of {world})" if world > 1 else ")")
+    with tqdm(total=sum(map(len, todo)), desc=desc, unit="img", disable=not show) as bar:
+        for idx in todo:
+            seeds = [seed + i for i in idx]
+            given = torch.tensor([i % source.num_classes for i in idx]) if balanced else None
+            x, labels = sample_batch(source, seeds, given, steps=steps, cfg_scale=cfg_scale, precision=precision,
+                                     device=device)
+            labels_of.update(zip(idx, labels.tolist()))
+            x = decode_latents(decoder, x, scale_factor) if decoder is not None else x.clamp(-1, 1)
+            arr = quantize(x).permute(0, 2, 3, 1).numpy()  # (b, H, W, C) uint8
+            for i, image in zip(idx, arr):
+                _write_png(_png_path(out, i), image)
+            bar.update(len(seeds))
+    seconds = time.perf_counter() - t0
+
+    all_labels = dist.gather_objects(labels_of)
+    dist.barrier()  # every PNG is on disk
+    if rank != 0:
+        return {}
+    merged: dict[int, int] = {}
+    for part in all_labels:
+        merged.update(part)
+    labels_arr = np.array([merged[i] for i in range(num_samples)], dtype=np.int64)
+    h, w = image_shape[1], image_shape[2]
+    missing = [i for i in range(num_samples) if not _png_path(out, i).exists()]
+    if missing:
+        raise DataError(f"{len(missing)} PNGs are missing in {out / IMAGES_DIR} (first {missing[0]:06d}.png): "
+                        "run again with --resume")
+    log(f"packing {num_samples} images into {out / NPZ_NAME}")
+    write_image_npz(out / NPZ_NAME, _pngs_in_order(out, num_samples, (h, w)), (num_samples, h, w, 3), labels_arr)
+    meta = {
+        **settings, "status": "done", "npz": NPZ_NAME, "npz_layout": "arr_0 uint8 (N, H, W, 3); arr_1 int64 labels",
+        "images": f"{IMAGES_DIR}/{{i:06d}}.png", "kind": source.kind, **{k: v for k, v in source.describe.items()
+                                                                        if k not in settings},
+        "class_counts": np.bincount(labels_arr, minlength=source.num_classes).tolist(),
+        "world_size": world, "device": str(device), "skipped_existing": skipped if resume else None,
+        "rank0_seconds": round(seconds, 1), "git": git_commit(), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / JSON_NAME).write_text(json.dumps(meta, indent=2))
+    return meta
