@@ -1,0 +1,121 @@
+"""Training-step time and peak memory of dit, maskdit and sddit at the same backbone and batch.
+
+Each objective runs in its own process (so peak memory is its own), on random data of the
+config's shape, through the same pieces the trainer uses (build_model, EDMPrecond, the objective,
+AdamW, the teacher EMA). Prints a table with ratios to dit.
+
+    python benchmarks/step_time.py                       # Fashion-MNIST default backbone, CPU
+    python benchmarks/step_time.py --set train.precision=fp32 --steps 10
+    python benchmarks/step_time.py --config fmnist_dit --set model.patch_size=2 --batch 64
+    python benchmarks/step_time.py --smoke               # seconds-long check (used by the tests)
+
+Peak memory: CUDA max_memory_allocated on GPU; on CPU the process's peak RSS (ru_maxrss), which
+includes the Python/torch baseline (printed separately) and the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+
+    from sddit.config import load_config
+    from sddit.diffusion import EDMPrecond
+    from sddit.objectives import build_objective
+    from sddit.training import build_model, resolve_device
+
+    torch.set_flush_denormal(True)
+    cfg = load_config(args.config, [f"objective={args.objective}", *args.set])
+    device = resolve_device(args.device)
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.manual_seed(0)
+    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data).to(device)
+    objective = build_objective(cfg, net)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4,
+                            fused=device.type == "cuda" or None)
+    train_net = torch.compile(net) if cfg.train.compile else net
+    m = cfg.model
+    batch = args.batch or cfg.train.batch_size
+    x0 = torch.randn(batch, m.in_channels, m.input_size, m.input_size, device=device).clamp(-1, 1)
+    y = torch.randint(0, m.num_classes, (batch,), device=device)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+            loss, _ = objective.loss(train_net, x0, y, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        objective.after_step(net, step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {
+        "objective": args.objective, "ms_per_step": 1000 * statistics.median(times), "batch": batch,
+        "peak_mb": peak, "baseline_rss_mb": baseline_rss if device.type == "cpu" else 0.0,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "precision": cfg.train.precision,
+        "compile": cfg.train.compile, "device": str(device),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="fmnist_dit")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--batch", type=int, default=0, help="batch size (default: the config's)")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--objectives", default="dit,maskdit,sddit")
+    p.add_argument("--smoke", action="store_true", help="tiny config, 2 steps: checks the script runs")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--objective", help=argparse.SUPPRESS)  # internal: run one objective in this process
+    args = p.parse_args()
+    if args.smoke:
+        args.config, args.steps, args.warmup, args.batch = "digits_tiny", 2, 1, 16
+        args.set = [*args.set, "train.compile=false"]
+    if args.objective:
+        print(json.dumps(measure(args)))
+        return
+
+    rows = []
+    for objective in args.objectives.split(","):
+        cmd = [sys.executable, __file__, "--objective", objective, "--config", args.config, "--batch", str(args.batch),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+        for s in args.set:
+            cmd += ["--set", s]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    base = rows[0]
+    print(f"config {args.config} {' '.join(args.set)} | batch {base['batch']} | {base['precision']} | "
+          f"compile {base['compile']} | {base['device']} | {platform.processor() or platform.machine()}")
+    print("| objective | params | ms/step | x dit | peak MB | x dit |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['objective']} | {r['params_m']:.2f}M | {r['ms_per_step']:.0f} | {r['ms_per_step'] / base['ms_per_step']:.2f} "
+              f"| {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
+    if base["device"] == "cpu":
+        print(f"(CPU peak = process peak RSS; the Python+torch baseline before the model is ~{base['baseline_rss_mb']:.0f} MB)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(sys.argv), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
