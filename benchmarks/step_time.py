@@ -4,9 +4,9 @@ Each objective runs in its own process (so peak memory is its own), on random da
 config's shape, through the same pieces the trainer uses (build_model, EDMPrecond, the objective,
 AdamW, the teacher EMA). Prints a table with ratios to dit.
 
-    python benchmarks/step_time.py                       # Fashion-MNIST default backbone, CPU
+    python benchmarks/step_time.py                       # fmnist_{dit,maskdit,sddit}: one backbone, CPU
     python benchmarks/step_time.py --set train.precision=fp32 --steps 10
-    python benchmarks/step_time.py --config fmnist_dit --set model.patch_size=2 --batch 64
+    python benchmarks/step_time.py --set model.patch_size=2 --batch 32
     python benchmarks/step_time.py --smoke               # seconds-long check (used by the tests)
 
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the process's peak RSS (ru_maxrss), which
@@ -34,7 +34,7 @@ def measure(args: argparse.Namespace) -> dict:
     from sddit.training import build_model, resolve_device
 
     torch.set_flush_denormal(True)
-    cfg = load_config(args.config, [f"objective={args.objective}", *args.set])
+    cfg = load_config(args.config.format(objective=args.objective), [f"objective={args.objective}", *args.set])
     device = resolve_device(args.device)
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     torch.manual_seed(0)
@@ -76,7 +76,8 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="fmnist_dit")
+    p.add_argument("--config", default="fmnist_{objective}",
+                   help="preset or YAML; '{objective}' is replaced by each objective (default: its Fashion-MNIST preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--batch", type=int, default=0, help="batch size (default: the config's)")
     p.add_argument("--steps", type=int, default=8)

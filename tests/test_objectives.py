@@ -90,14 +90,17 @@ def test_centers_follow_their_ema_and_are_used_before_the_update():
     old_cls, old_patch = obj.center_cls.clone() + 0.3, obj.center_patch.clone() - 0.2
     obj.center_cls.copy_(old_cls)
     obj.center_patch.copy_(old_patch)
-    obj._update_centers(logits, n_cls=1)
+    obj._update_centers(*obj._batch_centers(logits, n_cls=1))
     torch.testing.assert_close(obj.center_cls, 0.9 * old_cls + 0.1 * logits[:, 0].mean(0, keepdim=True))
     torch.testing.assert_close(obj.center_patch, 0.9 * old_patch + 0.1 * logits[:, 1:].mean((0, 1)).view(1, 1, K))
 
-    # a loss call changes the centers (after using them)
+    # a loss call uses the current centers; they move when the step is taken (after_step), so a
+    # skipped non-finite step leaves them alone
     x0, y = digits_batch(8)
     before = obj.center_patch.clone()
     obj.loss(net, x0, y, step=0)
+    assert torch.equal(before, obj.center_patch)
+    obj.after_step(net, 0)
     assert not torch.equal(before, obj.center_patch)
 
 
@@ -195,3 +198,20 @@ def test_sampling_never_touches_teacher_head_or_mask_token():
     out = generate(ema, labels, range(4), shape, num_steps=3, cfg_scale=1.5, null_label=10)
     assert calls == [] and torch.isfinite(out).all()
     torch.testing.assert_close(out, ref)
+
+
+def test_head_logits_stay_fp32_under_bf16_autocast():
+    cfg, net, obj = make("sddit")
+    tokens = torch.randn(2, 5, cfg.model.hidden_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net.model.head(tokens).dtype == torch.float32
+
+
+def test_teacher_sigma_options():
+    s = torch.tensor([0.5, 2.0])
+    _, _, obj = make("sddit")
+    assert torch.allclose(obj.teacher_sigma(s), torch.full_like(s, 0.002))
+    _, _, obj = make("sddit", "sddit.teacher_sigma=fixed", "sddit.teacher_sigma_value=0.05")
+    assert torch.allclose(obj.teacher_sigma(s), torch.full_like(s, 0.05))
+    _, _, obj = make("sddit", "sddit.teacher_sigma=fraction", "sddit.teacher_sigma_fraction=0.25")
+    assert torch.allclose(obj.teacher_sigma(s), s * 0.25)

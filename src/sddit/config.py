@@ -84,7 +84,8 @@ class SDDiTConfig:
     mask_ratio: float = 0.2  # [choice] ~20% reported best; uniform random per sample
     lambda_d: float = 1.0  # [choice] weight of the discriminative loss
     teacher_sigma: str = "min"  # [choice] min (= sigma_min) | fixed | fraction
-    teacher_sigma_value: float = 0.002  # used by teacher_sigma=fixed (absolute) or fraction (x student)
+    teacher_sigma_value: float = 0.002  # the teacher's sigma when teacher_sigma=fixed
+    teacher_sigma_fraction: float = 0.1  # sigma_T = fraction x sigma_S when teacher_sigma=fraction
     teacher_momentum: float = 0.996  # start of the cosine schedule [dino]
     teacher_momentum_final: float = 1.0
     teacher_momentum_schedule: str = "cosine"  # cosine | fixed
@@ -93,7 +94,6 @@ class SDDiTConfig:
     teacher_temp_warmup: float = 0.04
     teacher_temp_warmup_steps: int = 0  # 0 = 30% of max_steps (iBOT warms up over 30 epochs)
     center_momentum: float = 0.9
-    teacher_condition: str = "teacher_sigma"  # [choice] teacher conditioned on c_noise(sigma_T) + label
 
 
 @dataclass

@@ -47,15 +47,15 @@ __all__ = [
 # Shape helpers.
 
 
-def _as_batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
-    """Return ``sigma`` as a float32 tensor of shape ``(B, 1, ..., 1)`` that broadcasts against ``x``.
+def _as_batch_sigma(sigma: Tensor | float, x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Return ``sigma`` as a ``dtype`` tensor of shape ``(B, 1, ..., 1)`` that broadcasts against ``x``.
 
     Callers hand us a Python float, a 0-d tensor (the sampler: one sigma for the whole batch), a
     ``(B,)`` vector (training: one sigma per sample) or an already-broadcastable ``(B, 1, 1, 1)``.
     Normalising once here keeps every formula below free of shape bookkeeping.
     """
     batch = x.shape[0]
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+    sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1)
     if sigma.numel() == 1:
         sigma = sigma.expand(batch)
     if sigma.numel() != batch:

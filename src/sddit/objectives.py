@@ -214,6 +214,7 @@ class SDDiTObjective(DiTObjective):
         device = next(student.parameters()).device
         self.center_cls = torch.zeros(1, K, device=device)
         self.center_patch = torch.zeros(1, 1, K, device=device)
+        self._pending_centers: tuple[Tensor | None, Tensor] | None = None
         warm = self.scfg.teacher_temp_warmup_steps or int(0.3 * cfg.train.max_steps)
         self.temp_warmup_steps = warm
 
@@ -224,7 +225,7 @@ class SDDiTObjective(DiTObjective):
             return torch.full_like(sigma_s, self.dcfg.sigma_min)
         if s.teacher_sigma == "fixed":
             return torch.full_like(sigma_s, s.teacher_sigma_value)
-        return sigma_s * s.teacher_sigma_value  # fraction of the student's sigma
+        return sigma_s * s.teacher_sigma_fraction  # a fraction of the student's sigma
 
     def momentum(self, step: int) -> float:
         s = self.scfg
@@ -276,21 +277,31 @@ class SDDiTObjective(DiTObjective):
             terms["loss_cls"] = loss_cls.detach()
             entropy, kl = (entropy + ent_c.mean()) / 2, (kl + kl_c.mean()) / 2
         terms.update(loss_disc=loss_d.detach(), teacher_entropy=entropy.detach(), kl_teacher_student=kl.detach(), tau_t=torch.tensor(tau_t))
-        self._update_centers(t_logits, n_cls)  # after the loss used the old centers [ibot]
+        # The centers move after the loss used the old ones [ibot], and only once the step is taken
+        # (after_step), so a skipped non-finite step cannot poison them.
+        self._pending_centers = self._batch_centers(t_logits, n_cls)
         return loss_gen + self.scfg.lambda_d * loss_d, terms
 
     @torch.no_grad()
-    def _update_centers(self, t_logits: Tensor, n_cls: int) -> None:
-        m = self.scfg.center_momentum
-        if n_cls:
-            batch_cls = all_reduce_mean(t_logits[:, 0].mean(0, keepdim=True))  # (1, K)
-            self.center_cls.mul_(m).add_(batch_cls, alpha=1 - m)
+    def _batch_centers(self, t_logits: Tensor, n_cls: int) -> tuple[Tensor | None, Tensor]:
+        """All-reduced batch means of the raw teacher logits: ([CLS] (1, K) or None, patches (1, 1, K))."""
+        batch_cls = all_reduce_mean(t_logits[:, 0].mean(0, keepdim=True)) if n_cls else None  # (1, K)
         batch_patch = all_reduce_mean(t_logits[:, n_cls:].mean((0, 1)).view(1, 1, -1))  # (1, 1, K)
+        return batch_cls, batch_patch
+
+    @torch.no_grad()
+    def _update_centers(self, batch_cls: Tensor | None, batch_patch: Tensor) -> None:
+        m = self.scfg.center_momentum
+        if batch_cls is not None:
+            self.center_cls.mul_(m).add_(batch_cls, alpha=1 - m)
         self.center_patch.mul_(m).add_(batch_patch, alpha=1 - m)
 
     @torch.no_grad()
     def after_step(self, net: nn.Module, step: int) -> None:
-        """Teacher <- m * teacher + (1 - m) * student, matched by parameter name."""
+        """Centers <- the pending batch means; teacher <- m * teacher + (1 - m) * student, by name."""
+        if self._pending_centers is not None:
+            self._update_centers(*self._pending_centers)
+            self._pending_centers = None
         m = self.momentum(step)
         student = dict(unwrap(unwrap(net).model).named_parameters())
         for name, p_t in self.teacher.named_parameters():

@@ -96,11 +96,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 class Trainer:
@@ -197,6 +197,9 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         if self.rank in state["rng"]:
             set_rng_state(state["rng"][self.rank])
+        else:
+            self.log(f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
+                     f"{state.get('world_size', '?')} processes); this rank's flips/posterior samples restart from its seed")
         self.step = state["step"]
         self.log(f"resumed from {state['_path']} at step {self.step}")
 

@@ -72,6 +72,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .diffusion import _as_batch_sigma
 from .models.dit import DIT_SIZES, DiT, DiT_models
 
 __all__ = [
@@ -120,13 +121,7 @@ def vp_sigmas(alphas_cumprod: Tensor) -> Tensor:
 
 def _batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     """``sigma`` (float, 0-d, ``(B,)`` or ``(B, 1, ..., 1)``) -> float64 ``(B,)`` on ``x.device``."""
-    batch = x.shape[0]
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
-    if sigma.numel() == 1:
-        sigma = sigma.expand(batch)
-    if sigma.numel() != batch:
-        raise ValueError(f"sigma has {sigma.numel()} values for a batch of {batch}")
-    return sigma
+    return _as_batch_sigma(sigma, x, torch.float64).flatten()
 
 
 class DiscreteVPDenoiser(nn.Module):

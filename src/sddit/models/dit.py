@@ -28,6 +28,7 @@ h heads, d = D / h head width.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Callable
 
 import numpy as np
@@ -266,6 +267,37 @@ class FinalLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def dit_init_(model: nn.Module, blocks: Iterable[nn.Module], skip: str | None = None) -> None:
+    """DiT's initialisation, shared by DiT and the encoder/decoder split, in the official order (so
+    one seed gives the official initial weights). `model` has x_embedder, t_embedder, y_embedder and
+    final_layer; submodules under the `skip` prefix (e.g. a head with its own init) are left alone."""
+    # Every Linear: xavier-uniform weight, zero bias.
+    for name, m in model.named_modules():
+        if skip and (name == skip or name.startswith(skip + ".")):
+            continue
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    # Patch conv initialised as the Linear it is (xavier on the (D, C*p*p) view), zero bias.
+    w = model.x_embedder.proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.x_embedder.proj.bias)
+    nn.init.normal_(model.y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+    # adaLN-Zero: each block starts as the identity ...
+    for block in blocks:
+        nn.init.zeros_(block.adaLN_modulation[-1].weight)
+        nn.init.zeros_(block.adaLN_modulation[-1].bias)
+    # ... and the output is exactly zero.
+    nn.init.zeros_(model.final_layer.adaLN_modulation[-1].weight)
+    nn.init.zeros_(model.final_layer.adaLN_modulation[-1].bias)
+    nn.init.zeros_(model.final_layer.linear.weight)
+    nn.init.zeros_(model.final_layer.linear.bias)
+
+
 class DiT(nn.Module):
     """Diffusion Transformer: patchify -> L adaLN-Zero blocks conditioned on (t, y) -> unpatchify.
 
@@ -311,35 +343,10 @@ class DiT(nn.Module):
     @torch.no_grad()
     def initialize_weights(self) -> None:
         """Official DiT init; with the zeroed adaLN/final layers the network outputs exactly 0."""
-        # Every Linear: xavier-uniform weight, zero bias.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
+        dit_init_(self, self.blocks)
         # Fixed 2-D sin-cos positions for the patch grid.
         pe = get_2d_sincos_pos_embed(self.pos_embed.shape[-1], self.x_embedder.grid_size)  # (T, D)
         self.pos_embed.copy_(torch.from_numpy(pe).float().unsqueeze(0))
-
-        # Patch conv initialised as the Linear it is (xavier on the (D, C*p*p) view), zero bias.
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-
-        # adaLN-Zero: each block starts as the identity ...
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        # ... and the output is exactly zero.
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, p*p*C_out) -> image (B, C_out, H, W); per-token layout is (p, q, c)."""

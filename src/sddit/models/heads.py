@@ -106,4 +106,5 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_dim) -> prototype logits (..., out_dim), each in [-1, 1] at full precision."""
         z = self.embed(x)  # (..., bottleneck)
-        return self.last_layer(z)  # (..., K)
+        with torch.autocast(z.device.type, enabled=False):  # autocast would recast this Linear to bf16
+            return self.last_layer(z)  # (..., K), fp32

@@ -34,6 +34,7 @@ from .dit import (
     LabelEmbedder,
     PatchEmbed,
     TimestepEmbedder,
+    dit_init_,
     get_2d_sincos_pos_embed,
 )
 from .heads import DINOHead
@@ -290,33 +291,11 @@ class SplitDiT(nn.Module):
         * [CLS] and the learned mask token normal(0.02) (ViT/MAE), CLS position zeros;
         * the head keeps DINO's own init (trunc-normal 0.02, unit frozen magnitude).
         """
-        for name, module in self.named_modules():
-            if name == "head" or name.startswith("head."):
-                continue
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
+        dit_init_(self, [*self.blocks, *self.decoder_blocks], skip="head")
         pe = get_2d_sincos_pos_embed(self.hidden_size, self.grid_size)
         self.pos_embed.copy_(torch.as_tensor(pe, dtype=torch.float32).unsqueeze(0))
         dpe = get_2d_sincos_pos_embed(self.decoder_hidden_size, self.grid_size)
         self.decoder_pos_embed.copy_(torch.as_tensor(dpe, dtype=torch.float32).unsqueeze(0))
-
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-
-        for block in [*self.blocks, *self.decoder_blocks]:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
 
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
