@@ -25,10 +25,10 @@ echo "setup: installing sddit${extras}"
 
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 if [ ! -f "$FMNIST" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing Debian's dataset-fashion-mnist"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+     && { echo "setup: installing Debian's dataset-fashion-mnist"; apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; then
+    :
   else
     echo "setup: Fashion-MNIST is missing ($FMNIST). Install it with" >&2
     echo "  sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist" >&2
