@@ -201,19 +201,12 @@ def sample_batch(
     Unlike :func:`sddit.sampling.generate` the output is NOT clamped: for latent models it is a
     latent (std ~1, beyond [-1, 1]) that the VAE decodes; pixel outputs are clamped by the caller.
     """
-    from .diffusion import StackedRandomGenerator, edm_sampler
+    from .sampling import sample_seeds
 
-    device = torch.device(device)
     source.net.eval()
-    rnd = StackedRandomGenerator(device, seeds)
-    noise = rnd.randn((len(seeds), *source.shape), device=device)
-    if labels is None:
-        labels = rnd.randint(source.num_classes, size=[len(seeds)], device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        x = edm_sampler(source.net, noise, labels.to(device), num_steps=steps, cfg_scale=cfg_scale,
-                        null_label=source.null_label, solver="heun", randn_like=rnd.randn_like,
-                        **source.sampler_kwargs)
-    return x.float().cpu(), labels.cpu()
+    return sample_seeds(source.net, seeds, source.shape, labels, num_classes=source.num_classes, num_steps=steps,
+                        cfg_scale=cfg_scale, null_label=source.null_label, device=device,
+                        sampler_kwargs=source.sampler_kwargs, precision=precision)
 
 
 def assign_batches(num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:

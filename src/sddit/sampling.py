@@ -18,6 +18,42 @@ from .diffusion import StackedRandomGenerator, edm_sampler
 
 
 @torch.no_grad()
+def sample_seeds(
+    net: nn.Module,
+    seeds: list[int],
+    shape: tuple[int, int, int],
+    labels: Tensor | None = None,
+    *,
+    num_classes: int | None = None,
+    num_steps: int = 40,
+    cfg_scale: float = 1.0,
+    null_label: int | None = None,
+    device: str | torch.device = "cpu",
+    solver: str = "heun",
+    sampler_kwargs: dict | None = None,
+    precision: str = "fp32",
+) -> tuple[Tensor, Tensor]:
+    """One batch, as NVlabs/edm generate.py draws it: per seed, the noise from Generator(seed), then
+    (if `labels` is None) a label = randint(num_classes) from the same stream; churn continues it.
+
+    Returns (unclamped samples (b, C, H, W) in float32 on the CPU, labels (b,) on the CPU).
+    `precision="bf16"` runs the network under bf16 autocast (the sampler's own arithmetic stays
+    float64, and EDMPrecond applies the preconditioning in float32).
+    """
+    device = torch.device(device)
+    rnd = StackedRandomGenerator(device, seeds)
+    latents = rnd.randn((len(seeds), *shape), device=device)  # (b, C, H, W)
+    if labels is None:
+        labels = rnd.randint(num_classes, size=[len(seeds)], device=device)  # (b,)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        x = edm_sampler(
+            net, latents, labels.to(device), num_steps=num_steps, cfg_scale=cfg_scale, null_label=null_label,
+            solver=solver, randn_like=rnd.randn_like, **(sampler_kwargs or {}),
+        )
+    return x.float().cpu(), labels.cpu()
+
+
+@torch.no_grad()
 def generate(
     net: nn.Module,
     labels: Tensor,
@@ -38,9 +74,8 @@ def generate(
     """Samples for (labels[k], seeds[k]) as float images in [-1, 1] (N, C, H, W) on the CPU (latents: clamp=False).
 
     `net(x, sigma, y)` is an EDM denoiser (e.g. the sampling-EMA `EDMPrecond`); `sampler_kwargs` go
-    to `edm_sampler` (sigma_min/max, rho, churn). `progress(n)` is called after each batch.
-    `precision="bf16"` runs the network under bf16 autocast (the sampler's own arithmetic stays
-    float64, and EDMPrecond applies the preconditioning in float32).
+    to `edm_sampler` (sigma_min/max, rho, churn). `progress(n)` is called after each batch. See
+    `sample_seeds` for `precision`.
     """
     seeds = list(seeds)
     if len(seeds) != len(labels):
@@ -49,15 +84,10 @@ def generate(
     out = []
     for start in range(0, len(seeds), batch_size):
         batch_seeds = seeds[start : start + batch_size]
-        rnd = StackedRandomGenerator(device, batch_seeds)
-        latents = rnd.randn((len(batch_seeds), *shape), device=device)  # (b, C, H, W)
-        y = labels[start : start + batch_size].to(device)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            x = edm_sampler(
-                net, latents, y, num_steps=num_steps, cfg_scale=cfg_scale, null_label=null_label,
-                solver=solver, randn_like=rnd.randn_like, **(sampler_kwargs or {}),
-            )
-        out.append((x.clamp(-1, 1) if clamp else x).cpu())  # clamp=False for latents (std ~1, unbounded)
+        x, _ = sample_seeds(net, batch_seeds, shape, labels[start : start + batch_size], num_steps=num_steps,
+                            cfg_scale=cfg_scale, null_label=null_label, device=device, solver=solver,
+                            sampler_kwargs=sampler_kwargs, precision=precision)
+        out.append(x.clamp(-1, 1) if clamp else x)  # clamp=False for latents (std ~1, unbounded)
         if progress is not None:
             progress(len(batch_seeds))
     return torch.cat(out)
