@@ -144,6 +144,7 @@ class Trainer:
         np.random.seed(seed % (1 << 32))
         random.seed(seed)
         self.step, self.bad_steps = 0, 0
+        self.train_seconds = 0.0  # wall-clock spent in training steps (not checkpoints/FID), carried over resumes
         self._resume()
 
         self.train_net: nn.Module = self.net
@@ -164,6 +165,7 @@ class Trainer:
             "model": self.net.model.state_dict(), "ema": self.ema.model.state_dict(),
             "optimizer": self.opt.state_dict(), "objective": self.objective.state_dict(),
             "sampler": self.sampler.state_dict(), "rng": dict(enumerate(rng_states)),
+            "train_seconds": self.train_seconds,
         }
 
     def save(self) -> None:
@@ -201,6 +203,7 @@ class Trainer:
             self.log(f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
                      f"{state.get('world_size', '?')} processes); this rank's flips/posterior samples restart from its seed")
         self.step = state["step"]
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.log(f"resumed from {state['_path']} at step {self.step}")
 
     # ------------------------------------------------------------------ the loop
@@ -224,8 +227,11 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def fit(self) -> None:
+    def fit(self, until: int | None = None) -> None:
+        """Train to step `until` (default train.max_steps). Schedules always see train.max_steps, so
+        one run can be trained in chunks with work between them (benchmarks/convergence.py)."""
         cfg, tc = self.cfg, self.cfg.train
+        stop = tc.max_steps if until is None else min(until, tc.max_steps)
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
@@ -234,7 +240,8 @@ class Trainer:
                    disable=not dist.is_main(), dynamic_ncols=True)
         sums: dict[str, float] = {}
         count, t_last, step_last = 0, time.perf_counter(), self.step
-        while self.step < tc.max_steps:
+        while self.step < stop:
+            t_step = time.perf_counter()
             idx = self.sampler.next()
             flips = torch.rand(len(idx)) < 0.5 if cfg.data.hflip else None
             x0, y = self.dataset.batch(idx, flips)
@@ -259,17 +266,19 @@ class Trainer:
             ema_update(self.ema, self.net, decay)
             self.step += 1
             bar.update(1)
+            self.train_seconds += time.perf_counter() - t_step
 
             terms = {"loss": loss.detach(), **terms}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1
-            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+            if self.step % tc.log_every == 0 or self.step == stop:
                 now = time.perf_counter()
                 means = torch.tensor([sums[k] / count for k in sums], dtype=torch.float64)
                 means = dist.all_reduce_mean(means.to(self.device)).cpu()
                 record = {"step": self.step, **{k: float(v) for k, v in zip(sums, means)}, "lr": lr,
-                          "img_per_s": (self.step - step_last) * tc.batch_size / max(now - t_last, 1e-9)}
+                          "img_per_s": (self.step - step_last) * tc.batch_size / max(now - t_last, 1e-9),
+                          "train_seconds": round(self.train_seconds, 2)}
                 if dist.is_main():
                     with metrics_file.open("a") as f:
                         f.write(json.dumps(record) + "\n")
@@ -277,7 +286,7 @@ class Trainer:
                 sums, count, t_last, step_last = {}, 0, now, self.step
             if tc.fid_every > 0 and self.step % tc.fid_every == 0:
                 self.log_fid(metrics_file)
-            if tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0 and self.step < tc.max_steps:
+            if tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0 and self.step < stop:
                 self.save()
         bar.close()
         self.save()
