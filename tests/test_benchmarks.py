@@ -1,6 +1,7 @@
 """Benchmark scripts run in a seconds-long smoke mode (figures are not asserted: they are not tests)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,43 @@ def test_dit_speed_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["variant"] for r in rows] == ["official", "ours"] and all(r["ms_per_step"] > 0 for r in rows)
+
+
+def test_convergence_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "convergence.json").read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result["provenance"])
+    # two FID points per method, at increasing steps, each a finite positive FID
+    for method in ("dit", "maskdit", "sddit"):
+        rows = [r for r in result["rows"] if r["method"] == method]
+        assert len(rows) == 2 and rows[0]["step"] < rows[1]["step"] == rows[1]["max_steps"]
+        assert all(0 < r["fid"] < 1e4 and r["train_seconds"] > 0 for r in rows)
+    assert (tmp_path / "convergence.png").stat().st_size > 0
+    assert "| sddit |" in (tmp_path / "convergence.md").read_text()
+
+
+def test_throughput_smoke(tmp_path):
+    out = tmp_path / "tp.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke", "--official",
+                           "--json", str(out), "--md", str(tmp_path / "tp.md")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result)
+    assert [r["objective"] for r in result["rows"]] == ["dit", "maskdit", "sddit"]
+    for r in result["rows"]:
+        assert r["gflop_per_img"] > 0 and r["sample_img_per_s"] > 0
+        assert all(t["img_per_s"] > 0 and t["peak_mb"] > 0 for t in r["train"])
+    # MaskDiT's encoder sees half the tokens: fewer FLOPs per training image than DiT (counted, not timed)
+    flops = {r["objective"]: r["gflop_per_img"] for r in result["rows"]}
+    assert flops["maskdit"] < flops["dit"]
+    assert "official" in result["official"] and "| sddit |" not in result["official"]
+
+
+def test_gpu_script_smoke(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--smoke", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert "| tiny sddit |" in (tmp_path / "gpu.md").read_text()
