@@ -215,3 +215,16 @@ def test_teacher_sigma_options():
     assert torch.allclose(obj.teacher_sigma(s), torch.full_like(s, 0.05))
     _, _, obj = make("sddit", "sddit.teacher_sigma=fraction", "sddit.teacher_sigma_fraction=0.25")
     assert torch.allclose(obj.teacher_sigma(s), s * 0.25)
+
+
+@pytest.mark.parametrize("objective,preset", [("maskdit", "MaskDiT-S/2"), ("sddit", "SD-DiT-S/2")])
+def test_objectives_use_the_preset_patch_size(objective, preset):
+    """A preset sets the patch size (here 2) while model.patch_size keeps its default (4): the
+    per-patch losses and masks must follow the model, not the unused config field (found on a GPU
+    run of the ImageNet MaskDiT-XL/2 preset)."""
+    cfg = load_config(f"imagenet256_{objective}_xl2", [f"model.preset={preset}", "model.input_size=8",
+                                                         "model.num_classes=10", "model.head_dim=64"])
+    assert cfg.model.patch_size != 2
+    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
+    loss, _ = build_objective(cfg, net).loss(net, torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), 0)
+    assert torch.isfinite(loss)

@@ -131,7 +131,7 @@ class MaskDiTObjective(DiTObjective):
     def __init__(self, cfg: Config, net: EDMPrecond):
         super().__init__(cfg, net)
         self.mcfg = cfg.maskdit
-        self.patch = cfg.model.patch_size
+        self.patch = unwrap(unwrap(net).model).patch_size  # the model's own (a preset may differ from model.patch_size)
 
     def num_tokens(self, x0: Tensor) -> int:
         return (x0.shape[-2] // self.patch) * (x0.shape[-1] // self.patch)
@@ -202,7 +202,7 @@ class SDDiTObjective(DiTObjective):
     def __init__(self, cfg: Config, net: EDMPrecond):
         super().__init__(cfg, net)
         self.scfg = cfg.sddit
-        self.patch = cfg.model.patch_size
+        self.patch = unwrap(unwrap(net).model).patch_size
         student = unwrap(unwrap(net).model)
         if getattr(student, "head", None) is None:
             raise ValueError("objective=sddit needs a model with a projection head (model.head_dim > 0)")
