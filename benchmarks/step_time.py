@@ -19,56 +19,31 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from sddit.config import load_config
-    from sddit.diffusion import EDMPrecond
-    from sddit.objectives import build_objective
-    from sddit.training import build_model, resolve_device
+    from sddit.training import resolve_device
+    from throughput import build, time_training  # one timing loop for both benchmarks
 
     torch.set_flush_denormal(True)
     cfg = load_config(args.config.format(objective=args.objective), [f"objective={args.objective}", *args.set])
     device = resolve_device(args.device)
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    torch.manual_seed(0)
-    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data).to(device)
-    objective = build_objective(cfg, net)
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4,
-                            fused=device.type == "cuda" or None)
+    net, objective, opt = build(cfg, device)
     train_net = torch.compile(net) if cfg.train.compile else net
-    m = cfg.model
-    batch = args.batch or cfg.train.batch_size
-    x0 = torch.randn(batch, m.in_channels, m.input_size, m.input_size, device=device).clamp(-1, 1)
-    y = torch.randint(0, m.num_classes, (batch,), device=device)
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for step in range(args.warmup + args.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-            loss, _ = objective.loss(train_net, x0, y, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        objective.after_step(net, step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    r = time_training(net, train_net, objective, opt, cfg, device, args.batch or cfg.train.batch_size,
+                      args.steps, args.warmup)
     return {
-        "objective": args.objective, "ms_per_step": 1000 * statistics.median(times), "batch": batch,
-        "peak_mb": peak, "baseline_rss_mb": baseline_rss if device.type == "cpu" else 0.0,
+        "objective": args.objective, "ms_per_step": r["ms_per_step"], "batch": r["batch"], "peak_mb": r["peak_mb"],
+        "baseline_rss_mb": baseline_rss if device.type == "cpu" else 0.0,
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "precision": cfg.train.precision,
         "compile": cfg.train.compile, "device": str(device),
     }
