@@ -10,7 +10,7 @@ reproducible step for step, and the measured training time (recorded) shows how 
 the budgets came out. FID is taken at fixed fractions of each run (same sample count, sampler,
 Heun steps, CFG scale, seeds and reference images for all) and is kept off the clock.
 
-    python benchmarks/convergence.py                     # 36 min of training per method (~45 with FID), 1 seed
+    python benchmarks/convergence.py                     # 32 min of training per method (~45 with FID), 1 seed
     python benchmarks/convergence.py --minutes 20 --seeds 0,1,2
     python benchmarks/convergence.py --smoke --out /tmp/c   # seconds-long check (used by the tests)
 
@@ -24,72 +24,51 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, provenance  # noqa: E402
 
 
-def machine() -> str:
-    """One line naming the hardware the numbers came from."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU threads visible, torch {torch.__version__} threads {torch.get_num_threads()}"
-
-
-def provenance(argv: list[str]) -> dict:
-    """What every committed result file records: the command, the commit, the machine, the date."""
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "command": " ".join(["python", os.path.relpath(argv[0], REPO) if os.path.isabs(argv[0]) else argv[0], *argv[1:]]),
-        "git_commit": git("rev-parse", "HEAD") + (" (with uncommitted changes)" if dirty and dirty != "unknown" else ""),
-        "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def method_config(args: argparse.Namespace, objective: str, seed: int, run_dir: Path, max_steps: int):
+def method_config(args: argparse.Namespace, objective: str, seed: int, run_dir: Path, max_steps: int,
+                  extra: tuple[str, ...] = ()):
     from sddit.config import load_config
 
     overrides = [f"objective={objective}", "train.compile=false", "train.ckpt_every=0", "eval.num_samples=0",
-                 *args.set, f"train.seed={seed}", f"run_dir={run_dir}", f"train.max_steps={max_steps}"]
+                 *args.set, f"train.seed={seed}", f"run_dir={run_dir}", f"train.max_steps={max_steps}", *extra]
     return load_config(args.config.format(objective=objective), overrides)
 
 
-def calibrate(args: argparse.Namespace, objective: str) -> float:
+def calibrate(args: argparse.Namespace, objective: str, extra: tuple[str, ...] = ()) -> float:
     """Seconds per training step of `objective` here, from a throwaway run (after warm-up steps)."""
     from sddit.training import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = method_config(args, objective, 0, Path(tmp), args.calib_warmup + args.calib_steps)
+        cfg = method_config(args, objective, 0, Path(tmp), args.calib_warmup + args.calib_steps,
+                            ("maskdit.unmask_finetune_steps=0", *extra))
         trainer = Trainer(cfg, log=lambda *_: None)
         trainer.fit(until=args.calib_warmup)
         t0 = trainer.train_seconds
         trainer.fit()
         return (trainer.train_seconds - t0) / args.calib_steps
+
+
+def budget_steps(args: argparse.Namespace, objective: str) -> tuple[int, float]:
+    """max_steps that fit the budget, and the calibrated s/step. MaskDiT's unmasked fine-tune (its
+    last F steps, full tokens) is timed on its own: budget = (N - F) t_masked + F t_unmasked."""
+    budget = args.minutes * 60
+    t_step = calibrate(args, objective)
+    finetune = method_config(args, objective, 0, Path("."), 1).maskdit.unmask_finetune_steps
+    if objective != "maskdit" or finetune <= 0:
+        return max(args.points, int(budget / t_step)), t_step
+    t_full = calibrate(args, objective, ("maskdit.mask_ratio=0.0",))
+    steps = finetune + int(max(0.0, budget - finetune * t_full) / t_step)
+    return max(args.points, steps), budget / steps
 
 
 def run_method(args: argparse.Namespace, objective: str, seed: int, max_steps: int, record) -> None:
@@ -206,7 +185,7 @@ def main() -> None:
                    help="preset or YAML; '{objective}' becomes each method (default: its Fashion-MNIST preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every method")
     p.add_argument("--methods", default="dit,maskdit,sddit")
-    p.add_argument("--minutes", type=float, default=36.0, help="training wall-clock budget per method and seed")
+    p.add_argument("--minutes", type=float, default=32.0, help="training wall-clock budget per method and seed")
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     p.add_argument("--points", type=int, default=4, help="FID points per run, at equal fractions of it")
     p.add_argument("--fid-samples", type=int, default=1000)
@@ -237,13 +216,14 @@ def main() -> None:
                                       "sampler": "edm_heun", "network": "sampling EMA"},
             "chunks": "each run is one Trainer trained in chunks (fit(until=...)); schedules see the full max_steps"}
     calib: dict[str, float] = {}
+    steps: dict[str, int] = {}
     rows: list[dict] = []
 
     def save() -> None:
         cs = curves(rows)
         (out / "convergence.json").write_text(json.dumps(
             {**meta, "ms_per_step_calibrated": {m: round(1000 * s, 1) for m, s in calib.items()},
-             "max_steps": {m: int(args.minutes * 60 / s) for m, s in calib.items()},
+             "max_steps": steps,
              "rows": rows, "curves": cs}, indent=2))
         plot(rows, out / "convergence.png", f"Fashion-MNIST, equal wall-clock ({args.minutes:g} min/method), "
                                               f"FID-{args.fid_samples}, {meta['provenance']['machine'][:60]}")
@@ -255,12 +235,12 @@ def main() -> None:
         save()
 
     for method in methods:
-        calib[method] = calibrate(args, method)
-        print(f"[convergence] {method}: {1000 * calib[method]:.0f} ms/step -> "
-              f"{int(args.minutes * 60 / calib[method])} steps in {args.minutes:g} min", flush=True)
+        steps[method], calib[method] = budget_steps(args, method)
+        print(f"[convergence] {method}: {1000 * calib[method]:.0f} ms/step -> {steps[method]} steps in "
+              f"{args.minutes:g} min", flush=True)
     for seed in seeds:
         for method in methods:
-            run_method(args, method, seed, max(args.points, int(args.minutes * 60 / calib[method])), record)
+            run_method(args, method, seed, steps[method], record)
     md = table(rows, calib, meta)
     (out / "convergence.md").write_text(md)
     print(md)

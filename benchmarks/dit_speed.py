@@ -20,6 +20,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance  # noqa: E402
 
 
 class _PlainAttention:
@@ -115,7 +119,7 @@ def main() -> None:
         print(f"| {r['variant']} | {r['ms_per_step']:.0f} | {base / r['ms_per_step']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": " ".join(sys.argv), "rows": rows}, f, indent=2)
+            json.dump({**provenance(sys.argv), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@
 set -euo pipefail
 smoke=0
 if [[ "${1:-}" == "--smoke" ]]; then smoke=1; shift; fi
-out=$(mkdir -p "${1:-docs/results}" && cd "${1:-docs/results}" && pwd)
-cd "$(dirname "$0")/.."
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mkdir -p "${1:-$repo/docs/results}" && cd "${1:-$repo/docs/results}" && pwd)  # a relative OUT_DIR is the caller's
+cd "$repo"
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [[ $smoke == 1 ]]; then

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance  # noqa: E402
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -90,7 +91,7 @@ def main() -> None:
         print(f"(CPU peak = process peak RSS; the Python+torch baseline before the model is ~{base['baseline_rss_mb']:.0f} MB)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": " ".join(sys.argv), "rows": rows}, f, indent=2)
+            json.dump({**provenance(sys.argv), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ For each model size and patch size (patch 4 and 2 on 32x32x4 ImageNet-256-shaped
 the same pieces the trainer uses (EDMPrecond, the objective with its teacher, AdamW). Reported:
 
 - training img/s and ms/step (median over the timed steps) at each batch size;
-- peak memory: CUDA max_memory_allocated, or on CPU the process's peak RSS (each (size, patch,
-  objective) runs in its own process so the peak is its own);
+- peak memory: CUDA max_memory_allocated per batch size, or on CPU the process's peak RSS so far
+  (each (size, patch, objective) runs in its own process, so it is that configuration's own, but it
+  is a running maximum over its batch sizes and includes the FLOP-counting and sampling passes);
 - GFLOP per training image, counted by torch.utils.flop_counter on one eager step (matmuls and
-  attention, forward + backward, the teacher's forward included), and from it the achieved TFLOP/s
+  attention, forward + backward, the teacher's forward included; with train.precision=fp32 on CPU the
+  SDPA attention kernel is not counted by torch's flop counter), and from it the achieved TFLOP/s
   and, on a GPU with a known peak, the model FLOP utilisation (MFU);
 - sampling img/s with the EDM Heun sampler at 40 steps (79 network evaluations per image, no CFG);
 - with --official (CPU): our DiT step against a plain fp32 eager run of the official DiT
@@ -32,10 +34,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import provenance  # noqa: E402  (one place for the command/commit/machine/date record)
+from common import provenance  # noqa: E402
 
 PRESET = {"dit": "DiT-{size}/{patch}", "maskdit": "MaskDiT-{size}/{patch}", "sddit": "SD-DiT-{size}/{patch}"}
-PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense, no sparsity
+# Dense bf16 peaks (no sparsity), most specific name first: the first name contained in the card's name wins.
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0,
+                    "L40S": 362.0, "A10G": 70.0, "A10": 125.0}
 
 
 def peak_tflops(device_name: str, override: float) -> float | None:

@@ -266,6 +266,8 @@ class Trainer:
             ema_update(self.ema, self.net, decay)
             self.step += 1
             bar.update(1)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # the step's queued kernels belong to its time
             self.train_seconds += time.perf_counter() - t_step
 
             terms = {"loss": loss.detach(), **terms}
