@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -42,3 +43,17 @@ def provenance(argv: list[str]) -> dict:
         "git_commit": git("rev-parse", "HEAD") + (" (with uncommitted changes)" if dirty and dirty != "unknown" else ""),
         "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def run_child(cmd: list[str], what: str) -> dict:
+    """Run one measurement in its own process (so its peak memory is its own) and return the JSON
+    it prints last; its stderr (progress, errors) passes through."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: the {what} run failed (its error is printed above)")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_result(path: str | Path, argv: list[str], **payload) -> None:
+    """A result JSON: the provenance record, then the payload."""
+    Path(path).write_text(json.dumps({**provenance(argv), **payload}, indent=2))

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance  # noqa: E402
+from common import run_child, write_result  # noqa: E402
 
 
 class _PlainAttention:
@@ -108,8 +107,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--variant", variant] + [a for a in sys.argv[1:] if a != "--smoke"]
         if args.smoke:
             cmd += ["--depth", "1", "--width", "32", "--heads", "2", "--batch", "4", "--steps", "1", "--warmup", "1"]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        rows.append(run_child(cmd, variant))
     base = rows[0]["ms_per_step"]
     shape = args.preset or f"depth {args.depth}, width {args.width}, patch {args.patch}"
     print(f"{shape}, {args.input_size}x{args.input_size}x{args.in_channels}, batch {args.batch}, CPU")
@@ -118,8 +116,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['variant']} | {r['ms_per_step']:.0f} | {base / r['ms_per_step']:.2f}x |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**provenance(sys.argv), "rows": rows}, f, indent=2)
+        write_result(args.json, sys.argv, rows=rows)
 
 
 if __name__ == "__main__":

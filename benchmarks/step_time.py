@@ -19,12 +19,11 @@ import argparse
 import json
 import platform
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance  # noqa: E402
+from common import run_child, write_result  # noqa: E402
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -77,8 +76,7 @@ def main() -> None:
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
         for s in args.set:
             cmd += ["--set", s]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        rows.append(run_child(cmd, objective))
     base = rows[0]
     print(f"config {args.config} {' '.join(args.set)} | batch {base['batch']} | {base['precision']} | "
           f"compile {base['compile']} | {base['device']} | {platform.processor() or platform.machine()}")
@@ -90,8 +88,7 @@ def main() -> None:
     if base["device"] == "cpu":
         print(f"(CPU peak = process peak RSS; the Python+torch baseline before the model is ~{base['baseline_rss_mb']:.0f} MB)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**provenance(sys.argv), "rows": rows}, f, indent=2)
+        write_result(args.json, sys.argv, rows=rows)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance  # noqa: E402
+from common import provenance, run_child, write_result  # noqa: E402
 
 PRESET = {"dit": "DiT-{size}/{patch}", "maskdit": "MaskDiT-{size}/{patch}", "sddit": "SD-DiT-{size}/{patch}"}
 # Dense bf16 peaks (no sparsity), most specific name first: the first name contained in the card's name wins.
@@ -241,7 +241,7 @@ def write(rows: list[dict], official: str | None, args: argparse.Namespace) -> N
     """The JSON (every figure + command, commit, machine, date) and the markdown table with its header."""
     prov = provenance(sys.argv)
     if args.json:
-        Path(args.json).write_text(json.dumps({**prov, "rows": rows, "official": official}, indent=2))
+        write_result(args.json, sys.argv, rows=rows, official=official)
     if args.md:
         Path(args.md).write_text(
             f"Measured on {prov['machine']}, {prov['date']}, commit {prov['git_commit']}; compile {args.compile}, "
@@ -299,10 +299,7 @@ def main() -> None:
                        *(["--smoke"] if args.smoke else [])]
                 for s in args.set:
                     cmd += ["--set", s]
-                proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # its stderr (progress) passes through
-                if proc.returncode != 0:
-                    sys.exit(f"error: the {size}/{patch} {objective} run failed (its error is printed above)")
-                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                rows.append(run_child(cmd, f"{size}/{patch} {objective}"))
                 write(rows, None, args)  # after every row: an interrupted run keeps what it measured
                 print(f"[throughput] {rows[-1]['preset']} {objective}: "
                       + ", ".join(f"b{t['batch']} " + ("OOM" if t.get("oom") else f"{t['img_per_s']:.1f} img/s")
