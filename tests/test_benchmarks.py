@@ -67,3 +67,22 @@ def test_gpu_script_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "gpu.json").read_text())["rows"]
     assert "| tiny sddit |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_recipe_sweep_smoke(tmp_path):
+    """Two rows, one seed, in parallel child processes; the summary has every field the README reads."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "recipe.json").read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result) and result["baseline"] == "a"
+    assert [(t["row"], t["eval"]) for t in result["table"]] == [("a", "default"), ("b", "default"), ("b", "steps=3")]
+    for t in result["table"]:
+        assert len(t["fid"]) == 1 and 0 < t["fid_mean"] < 1e4 and t["ms_per_step"] > 0 and t["images"] == 64
+        assert "loss" in t["final_metrics"]
+    assert "vs_baseline" in result["table"][1] and "vs_baseline" not in result["table"][0]
+    assert (tmp_path / "recipe.png").stat().st_size > 0 and "| b | steps=3 |" in (tmp_path / "recipe.md").read_text()
+    # finished runs are kept: a second call has nothing left to run and writes the same table
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path),
+                            "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and json.loads((tmp_path / "recipe.json").read_text())["table"] == result["table"]

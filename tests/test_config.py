@@ -69,3 +69,24 @@ def test_imagenet_presets_build_the_paper_models(name, params_m):
         assert model.head is not None and cfg.sddit.mask_ratio == 0.2
     if cfg.objective == "maskdit":
         assert cfg.maskdit.mask_ratio == 0.5 and len(model.decoder_blocks) == 8
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_learning_rate_schedules(schedule):
+    from sddit.training import learning_rate
+
+    cfg = load_config("digits_tiny", [f"train.lr_schedule={schedule}", "train.lr=1e-3", "train.warmup_steps=10",
+                                      "train.max_steps=110", "train.lr_final=0.1"])
+    lrs = [learning_rate(cfg, s) for s in range(111)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up
+    if schedule == "constant":
+        assert lrs[10:] == [1e-3] * 101
+    else:
+        assert lrs[10] == pytest.approx(1e-3) and lrs[110] == pytest.approx(1e-4)  # decays to lr * lr_final
+        assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+        mid = 1e-4 + 0.9e-3 * (0.5 if schedule == "cosine" else 0.5)  # both halfway at the midpoint
+        assert lrs[60] == pytest.approx(mid)
+        quarter = 7.75e-4 if schedule == "linear" else 1e-4 + 0.45e-3 * (1 + 0.5**0.5)  # a quarter into the decay
+        assert lrs[35] == pytest.approx(quarter)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        load_config("digits_tiny", ["train.lr_schedule=step"])

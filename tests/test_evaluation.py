@@ -329,3 +329,30 @@ def test_fid_of_set_with_itself_is_zero_and_perturbed_is_large(digit_features) -
     assert abs(ev.fid_from_features(real, real)) < tol
     assert abs(ev.fid_from_features(digit_features["real_spatial"], digit_features["real_spatial"])) < tol
     assert ev.fid_from_features(real, perturbed) > 50.0
+
+
+class _DtypeRecorder(torch.nn.Module):
+    """Records the dtype its matmul runs in: bf16 under autocast, fp32 otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 299 * 299 // 4, ev.POOL_DIM, bias=False)
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.proj(x.flatten(1)[:, : self.proj.in_features])
+        self.seen.append(out.dtype)
+        return out
+
+
+def test_bf16_inception_runs_under_autocast_and_returns_float32() -> None:
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    net = _DtypeRecorder()
+    fast = ev.InceptionFeatures(net, precision="bf16")(images)
+    exact = ev.InceptionFeatures(net, precision="fp32")(images)
+    assert net.seen == [torch.bfloat16, torch.float32]
+    assert fast.dtype == exact.dtype == np.float64
+    assert np.abs(fast - exact).max() < 0.05 * np.abs(exact).max()  # close, but not the same computation
+    assert not np.array_equal(fast, exact)
+    with pytest.raises(ValueError, match="precision"):
+        ev.InceptionFeatures(net, precision="fp16")

