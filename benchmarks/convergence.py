@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, provenance  # noqa: E402
+from common import REPO, provenance
 
 
 def method_config(args: argparse.Namespace, objective: str, seed: int, run_dir: Path, max_steps: int,
@@ -46,7 +45,7 @@ def method_config(args: argparse.Namespace, objective: str, seed: int, run_dir: 
 
 def calibrate(args: argparse.Namespace, objective: str, extra: tuple[str, ...] = ()) -> float:
     """Seconds per training step of `objective` here, from a throwaway run (after warm-up steps)."""
-    from sddit.training import Trainer
+    from sddit.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = method_config(args, objective, 0, Path(tmp), args.calib_warmup + args.calib_steps,
@@ -73,8 +72,8 @@ def budget_steps(args: argparse.Namespace, objective: str) -> tuple[int, float]:
 
 def run_method(args: argparse.Namespace, objective: str, seed: int, max_steps: int, record) -> None:
     """Train to max_steps in `points` chunks; after each chunk, FID of the sampling EMA (off the clock)."""
-    from sddit.evaluation import evaluate_generator
-    from sddit.training import Trainer
+    from sddit.eval import evaluate_generator
+    from sddit.train import Trainer
 
     run_dir = Path(args.runs) / f"{objective}-seed{seed}"
     if run_dir.exists():  # the benchmark's own scratch directory: always a fresh run

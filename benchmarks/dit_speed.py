@@ -19,10 +19,8 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_child, write_result  # noqa: E402
+from common import run_child, write_result
 
 
 class _PlainAttention:
@@ -43,7 +41,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from sddit.diffusion import EDMPrecond, edm_loss, sample_sigma
     from sddit.models import DiT, DiT_models
-    from sddit.models import dit as dit_module
+    from sddit.models import layers as dit_module
 
     torch.set_num_threads(args.threads) if args.threads else None
     ours = args.variant.startswith("ours")

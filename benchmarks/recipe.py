@@ -26,8 +26,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import Row, parse_args, run_grid, select  # noqa: E402
+from sweep import Row, parse_args, run_grid, select
 
 COS = ["train.lr_schedule=cosine"]
 ROWS = [

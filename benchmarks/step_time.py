@@ -20,17 +20,15 @@ import json
 import platform
 import resource
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_child, write_result  # noqa: E402
+from common import run_child, write_result
 
 
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from sddit.config import load_config
-    from sddit.training import resolve_device
+    from sddit.runtime import resolve_device
     from throughput import build, time_training  # one timing loop for both benchmarks
 
     torch.set_flush_denormal(True)

@@ -26,8 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance  # noqa: E402
+from common import provenance
 
 
 @dataclass
@@ -55,8 +54,8 @@ def run_child(spec: dict) -> dict:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     from sddit.config import load_config
-    from sddit.evaluation import evaluate_generator
-    from sddit.training import Trainer
+    from sddit.eval import evaluate_generator
+    from sddit.train import Trainer
 
     run_dir = Path(spec["run_dir"])
     overrides = ["train.compile=false", "train.ckpt_every=0", "eval.num_samples=0", "train.num_threads=1",
@@ -142,7 +141,7 @@ def _warm_reference_cache(config: str, rows: list[Row], fid_samples: int) -> Non
     import torch
 
     from sddit.config import load_config
-    from sddit.evaluation import InceptionFeatures, find_inception_weights, load_inception, reference_stats
+    from sddit.eval import InceptionFeatures, find_inception_weights, load_inception, reference_stats
 
     done = set()
     for row in rows:

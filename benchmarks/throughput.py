@@ -33,8 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, run_child, write_result  # noqa: E402
+from common import provenance, run_child, write_result
 
 PRESET = {"dit": "DiT-{size}/{patch}", "maskdit": "MaskDiT-{size}/{patch}", "sddit": "SD-DiT-{size}/{patch}"}
 # Dense bf16 peaks (no sparsity), most specific name first: the first name contained in the card's name wins.
@@ -54,7 +53,7 @@ def build(cfg, device):
 
     from sddit.diffusion import EDMPrecond
     from sddit.objectives import build_objective
-    from sddit.training import build_model
+    from sddit.models import build_model
 
     torch.manual_seed(0)
     net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data).to(device)
@@ -90,7 +89,7 @@ def flops_per_image(net, objective, cfg, device, batch: int = 2) -> float:
     x0, y = random_batch(cfg, batch, device)
     counter = FlopCounterMode(display=False)
     with counter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-        loss, _ = objective.loss(net, x0, y, 0)
+        loss, _ = objective(net, x0, y, 0)
         loss.backward()
     net.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch
@@ -106,7 +105,7 @@ def random_batch(cfg, batch: int, device):
 
 
 def time_training(net, train_net, objective, opt, cfg, device, batch: int, steps: int, warmup: int) -> dict:
-    """Median step time of `objective.loss -> backward -> AdamW -> after_step` at one batch size."""
+    """Median step time of `objective(...) -> backward -> AdamW -> after_step` at one batch size."""
     import torch
 
     x0, y = random_batch(cfg, batch, device)
@@ -119,7 +118,7 @@ def time_training(net, train_net, objective, opt, cfg, device, batch: int, steps
             torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-            loss, _ = objective.loss(train_net, x0, y, step)
+            loss, _ = objective(train_net, x0, y, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -167,7 +166,7 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from sddit.config import load_config
-    from sddit.training import resolve_device
+    from sddit.runtime import resolve_device
 
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)

@@ -16,8 +16,15 @@ def test_step_time_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "ms" not in line
             and "---" not in line] == ["dit", "maskdit", "sddit"]
-    rows = json.loads(out.read_text())["rows"]
-    assert all(r["ms_per_step"] > 0 and r["peak_mb"] > 0 for r in rows)
+    result = json.loads(out.read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result)
+    rows = result["rows"]
+    assert [r["objective"] for r in rows] == ["dit", "maskdit", "sddit"]
+    for r in rows:
+        assert r["ms_per_step"] > 0 and r["peak_mb"] > 0 and r["batch"] == 16 and r["params_m"] > 0
+        assert r["precision"] in ("fp32", "bf16") and r["compile"] is False and r["device"] == "cpu"
+    # the SD-DiT student carries a projection head the others do not have
+    assert rows[2]["params_m"] > rows[0]["params_m"]
 
 
 def test_dit_speed_smoke(tmp_path):
@@ -25,8 +32,11 @@ def test_dit_speed_smoke(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dit_speed.py"), "--smoke", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result)
+    rows = result["rows"]
     assert [r["variant"] for r in rows] == ["official", "ours"] and all(r["ms_per_step"] > 0 for r in rows)
+    assert rows[0]["params_m"] == rows[1]["params_m"] > 0 and rows[0]["batch"] == rows[1]["batch"] > 0  # same model
 
 
 def test_convergence_smoke(tmp_path):

@@ -1,6 +1,7 @@
 import pytest
 
-from sddit.config import ConfigError, load_config
+from sddit.config import load_config
+from sddit.errors import ConfigError
 
 
 def test_default_preset_loads():
@@ -57,7 +58,7 @@ def test_unknown_preset_lists_presets():
 def test_imagenet_presets_build_the_paper_models(name, params_m):
     import torch
 
-    from sddit.training import build_model
+    from sddit.models import build_model
 
     cfg = load_config(name)
     assert cfg.data.dataset == "latents" and not cfg.data.hflip
@@ -73,7 +74,7 @@ def test_imagenet_presets_build_the_paper_models(name, params_m):
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
 def test_learning_rate_schedules(schedule):
-    from sddit.training import learning_rate
+    from sddit.train.schedules import learning_rate
 
     cfg = load_config("digits_tiny", [f"train.lr_schedule={schedule}", "train.lr=1e-3", "train.warmup_steps=10",
                                       "train.max_steps=110", "train.lr_final=0.1"])

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from sddit.data import DataError, EpochSampler, load_digits, load_fashion_mnist, read_idx
+from sddit.data import EpochSampler, load_digits, load_fashion_mnist
+from sddit.data.images import read_idx
+from sddit.errors import DataError
 
 
 def _write_idx(path, arr):

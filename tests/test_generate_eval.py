@@ -169,7 +169,7 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
 
 
 def test_inception_logit_weight_hook():
-    from sddit.evaluation import inception_logit_weight
+    from sddit.eval.inception import inception_logit_weight
 
     class WithHead(torch.nn.Module):
         def __init__(self):
@@ -195,8 +195,8 @@ def tiny_vae(tmp_path_factory):
 
 def test_latent_model_is_decoded_with_the_manifest_vae(tiny_vae, tmp_path, capsys, one_thread):
     from sddit.config import config_to_dict, load_config
-    from sddit.prepare import FORMAT, MANIFEST
-    from sddit.training import build_model
+    from sddit.data.latent_format import FORMAT, MANIFEST
+    from sddit.models import build_model
 
     latents = tmp_path / "latents"
     latents.mkdir()
@@ -226,7 +226,8 @@ def test_latent_model_is_decoded_with_the_manifest_vae(tiny_vae, tmp_path, capsy
 
 
 def test_official_dit_checkpoint_generates_decoded_images(tiny_vae, tmp_path, one_thread):
-    from sddit.generate import generate_samples, load_official_source
+    from sddit.sampling.sources import load_official_source
+    from sddit.sampling.to_files import generate_samples
     from sddit.models import DiT
 
     tiny = dict(patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4)

@@ -7,17 +7,8 @@ import torch
 
 from sddit.models.dit import DIT_SIZES
 from sddit.models.heads import DINOHead
-from sddit.models.split import (
-    SplitDiT,
-    SplitDiT_models,
-    count_params,
-    format_param_table,
-    gather_tokens,
-    masking_from_ids_keep,
-    num_kept,
-    random_masking,
-    unshuffle,
-)
+from sddit.models.split import SplitDiT, SplitDiT_models, count_params, format_param_table
+from sddit.models.tokens import gather_tokens, masking_from_ids_keep, num_kept, random_masking, unshuffle
 
 NUM_CLASSES = 10
 TINY = dict(
@@ -124,22 +115,22 @@ def test_ratio_zero_student_path_equals_plain_forward_and_encode_decode(mask_tok
         plain = model(x, t, y)
         d = model(x, t, y, return_tokens=True)
         enc = model.encode(x, t, y)
-        via_restore = model.decode(enc["tokens"], enc["c"], enc["ids_restore"])
-        via_none = model.decode(enc["tokens"], enc["c"], None)
+        via_restore = model.decode(enc.tokens, enc.c, enc.ids_restore)
+        via_none = model.decode(enc.tokens, enc.c, None)
     assert plain.shape == (3, 4, 8, 8)
-    assert torch.equal(d["out"], plain)
+    assert torch.equal(d.out, plain)
     assert torch.equal(via_none, plain)
     torch.testing.assert_close(via_restore, plain, rtol=0, atol=0)
-    assert d["tokens"].shape == (3, 1 + T_TOKENS, 64)
-    assert d["head"].shape == (3, 1 + T_TOKENS, 64)
-    assert torch.equal(d["mask"], torch.zeros(3, T_TOKENS))
-    assert torch.equal(d["ids_keep"], torch.arange(T_TOKENS).expand(3, -1))
+    assert d.tokens.shape == (3, 1 + T_TOKENS, 64)
+    assert d.head.shape == (3, 1 + T_TOKENS, 64)
+    assert torch.equal(d.mask, torch.zeros(3, T_TOKENS))
+    assert torch.equal(d.ids_keep, torch.arange(T_TOKENS).expand(3, -1))
 
     # Masked training forward runs for both fill modes.
     model.train()
     out = model(x, t, y, mask_ratio=0.5, return_tokens=True)
-    assert out["out"].shape == (3, 4, 8, 8) and out["tokens"].shape == (3, 1 + T_TOKENS // 2, 64)
-    assert torch.isfinite(out["out"]).all()
+    assert out.out.shape == (3, 4, 8, 8) and out.tokens.shape == (3, 1 + T_TOKENS // 2, 64)
+    assert torch.isfinite(out.out).all()
 
 
 def test_ids_keep_and_generator_are_honoured():
@@ -147,10 +138,10 @@ def test_ids_keep_and_generator_are_honoured():
     x, t, y = batch()
     a = model(x, t, y, mask_ratio=0.5, return_tokens=True, generator=torch.Generator().manual_seed(3))
     b = model(x, t, y, mask_ratio=0.5, return_tokens=True, generator=torch.Generator().manual_seed(3))
-    c = model(x, t, y, return_tokens=True, ids_keep=a["ids_keep"])  # ratio ignored when ids_keep given
-    assert torch.equal(a["ids_keep"], b["ids_keep"]) and torch.equal(a["out"], b["out"])
-    assert torch.equal(c["mask"], a["mask"])
-    torch.testing.assert_close(c["out"], a["out"], rtol=0, atol=0)
+    c = model(x, t, y, return_tokens=True, ids_keep=a.ids_keep)  # ratio ignored when ids_keep given
+    assert torch.equal(a.ids_keep, b.ids_keep) and torch.equal(a.out, b.out)
+    assert torch.equal(c.mask, a.mask)
+    torch.testing.assert_close(c.out, a.out, rtol=0, atol=0)
 
 
 def test_encoder_only_sees_visible_tokens():
@@ -165,13 +156,13 @@ def test_encoder_only_sees_visible_tokens():
         x[b, :, r * p : (r + 1) * p, c * p : (c + 1) * p] += 10.0
         return x
 
-    base = model.encode(x, t, y, ids_keep=ids_keep)["tokens"]
+    base = model.encode(x, t, y, ids_keep=ids_keep).tokens
     for b in range(3):
         masked_j = torch.nonzero(mask[b]).flatten()[0]
-        same = model.encode(perturb_patch(x, b, masked_j), t, y, ids_keep=ids_keep)["tokens"]
+        same = model.encode(perturb_patch(x, b, masked_j), t, y, ids_keep=ids_keep).tokens
         assert torch.equal(same, base), "a masked patch leaked into the encoder"
         visible_j = ids_keep[b, 0]
-        changed = model.encode(perturb_patch(x, b, visible_j), t, y, ids_keep=ids_keep)["tokens"]
+        changed = model.encode(perturb_patch(x, b, visible_j), t, y, ids_keep=ids_keep).tokens
         assert not torch.allclose(changed[b], base[b])  # sanity: visible patches do matter
 
 
@@ -189,7 +180,7 @@ def test_exactly_zero_output_at_init():
     assert torch.equal(model(x, t, y), torch.zeros(3, 4, 8, 8))
     # adaLN-Zero: every block's modulation is zero, so the encoder is the identity on its input.
     tokens, _ = model.embed(x, t, y)
-    enc = model.encode(x, t, y)["tokens"][:, 1:]
+    enc = model.encode(x, t, y).tokens[:, 1:]
     assert torch.equal(enc, tokens)
 
 
@@ -201,8 +192,8 @@ def test_gradients_reach_every_trainable_parameter(decoder_hidden_size):
     x, t, y = batch(4)
     out = model(x, t, y, mask_ratio=0.5, return_tokens=True, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(5)
-    loss = (out["out"] * torch.randn(out["out"].shape, generator=g)).sum()
-    loss = loss + (out["head"] * torch.randn(out["head"].shape, generator=g)).sum()
+    loss = (out.out * torch.randn(out.out.shape, generator=g)).sum()
+    loss = loss + (out.head * torch.randn(out.head.shape, generator=g)).sum()
     loss.backward()
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {"pos_embed", "decoder_pos_embed", "head.last_layer.parametrizations.weight.original0"}
@@ -229,10 +220,21 @@ def test_grad_checkpointing_matches():
     x, t, y = batch()
     drop = torch.zeros(3, dtype=torch.long)
     ids_keep, _, _ = random_masking(T_TOKENS, 0.25, batch_size=3, device="cpu", generator=torch.Generator().manual_seed(0))
-    ref = model(x, t, y, ids_keep=ids_keep, force_drop_ids=drop)
+    weight = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        out = model(x, t, y, ids_keep=ids_keep, force_drop_ids=drop)
+        (out * weight).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref, ref_grads = run()
     model.grad_checkpointing = True
-    got = model(x, t, y, ids_keep=ids_keep, force_drop_ids=drop)
+    got, got_grads = run()
     torch.testing.assert_close(got, ref)
+    assert got_grads.keys() == ref_grads.keys() and any(n.startswith("blocks.") for n in got_grads)
+    for name, g in ref_grads.items():  # recomputing the activations must not change a gradient
+        torch.testing.assert_close(got_grads[name], g, msg=name)
 
 
 def test_label_dropout_follows_training_and_force_drop_ids():
@@ -280,8 +282,8 @@ def test_make_teacher():
     with torch.no_grad():
         s = student.encode(x, t, y)
         te = teacher.encode(x, t, y)
-        assert torch.equal(te["tokens"], s["tokens"])
-        assert torch.equal(teacher.head(te["tokens"]), student.head(s["tokens"]))
+        assert torch.equal(te.tokens, s.tokens)
+        assert torch.equal(teacher.head(te.tokens), student.head(s.tokens))
     with pytest.raises(RuntimeError):
         teacher(x, t, y)
 
@@ -393,7 +395,7 @@ def test_bf16_autocast_forward_is_finite():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, t, y, mask_ratio=0.5, return_tokens=True)
         plain = model.eval()(x, t, y)
-    assert torch.isfinite(out["out"]).all() and torch.isfinite(out["head"]).all()
+    assert torch.isfinite(out.out).all() and torch.isfinite(out.head).all()
     assert torch.isfinite(plain).all() and plain.shape == (3, 4, 8, 8)
-    (out["out"].float().sum() + out["head"].float().sum()).backward()
+    (out.out.float().sum() + out.head.float().sum()).backward()
     assert torch.isfinite(model.blocks[0].attn.qkv.weight.grad).all()

@@ -4,22 +4,15 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sddit.config import load_config
 from sddit.data import load_digits
 from sddit.diffusion import EDMPrecond
-from sddit.objectives import (
-    MaskDiTObjective,
-    SDDiTObjective,
-    build_objective,
-    copy_for_ema,
-    cosine_schedule,
-    self_distillation_ce,
-    teacher_temperature,
-)
+from sddit.objectives import MaskDiTObjective, build_objective
+from sddit.objectives.sddit import cosine_schedule, self_distillation_ce, teacher_temperature
+from sddit.train.ema import copy_for_ema
 from sddit.sampling import generate
-from sddit.training import build_model
+from sddit.models import build_model
 
 
 def make(objective, *overrides):
@@ -46,7 +39,7 @@ def randomize_(module):
 def test_teacher_gets_no_gradient_and_follows_the_ema_rule():
     cfg, net, obj = make("sddit")
     x0, y = digits_batch()
-    loss, _ = obj.loss(net, x0, y, step=0)
+    loss, _ = obj(net, x0, y, step=0)
     loss.backward()
     assert all(not p.requires_grad and p.grad is None for p in obj.teacher.parameters())
     assert not any(p is q for p in obj.teacher.parameters() for q in net.parameters())
@@ -98,7 +91,7 @@ def test_centers_follow_their_ema_and_are_used_before_the_update():
     # skipped non-finite step leaves them alone
     x0, y = digits_batch(8)
     before = obj.center_patch.clone()
-    obj.loss(net, x0, y, step=0)
+    obj(net, x0, y, step=0)
     assert torch.equal(before, obj.center_patch)
     obj.after_step(net, 0)
     assert not torch.equal(before, obj.center_patch)
@@ -127,7 +120,7 @@ def test_sddit_loss_terms_and_teacher_positions():
     obj.teacher.load_state_dict({k: v for k, v in net.model.state_dict().items() if k in obj.teacher.state_dict()})
     x0, y = digits_batch(8)
     torch.manual_seed(5)
-    loss, terms = obj.loss(net, x0, y, step=0)
+    loss, terms = obj(net, x0, y, step=0)
     assert torch.isfinite(loss)
     lam = cfg.sddit.lambda_d
     torch.testing.assert_close(loss.detach(), terms["loss_gen"] + lam * (terms["loss_cls"] + terms["loss_patch"]))
@@ -142,7 +135,7 @@ def test_losses_finite_under_bf16_autocast(objective):
     randomize_(net)
     x0, y = digits_batch(8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, terms = obj.loss(net, x0, y, step=0)
+        loss, terms = obj(net, x0, y, step=0)
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
@@ -153,9 +146,9 @@ def test_maskdit_mae_term_and_unmasked_finetune():
     assert isinstance(obj, MaskDiTObjective)
     assert obj.mask_ratio(0) == 0.5 and obj.mask_ratio(cfg.train.max_steps - 5) == 0.0
     x0, y = digits_batch(8)
-    _, terms = obj.loss(net, x0, y, step=0)
+    _, terms = obj(net, x0, y, step=0)
     assert "loss_mae" in terms
-    _, terms = obj.loss(net, x0, y, step=cfg.train.max_steps - 1)
+    _, terms = obj(net, x0, y, step=cfg.train.max_steps - 1)
     assert "loss_mae" not in terms  # nothing is masked in the fine-tune
 
 
@@ -167,11 +160,11 @@ def test_tiny_sddit_overfits_a_batch_of_16_digits():
     def gen_loss():
         torch.manual_seed(123)
         with torch.no_grad():
-            return float(obj.loss(net, x0, y, step=0)[1]["loss_gen"])
+            return float(obj(net, x0, y, step=0)[1]["loss_gen"])
 
     start = gen_loss()
     for step in range(300):
-        loss, _ = obj.loss(net, x0, y, step)
+        loss, _ = obj(net, x0, y, step)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -226,5 +219,26 @@ def test_objectives_use_the_preset_patch_size(objective, preset):
                                                          "model.num_classes=10", "model.head_dim=64"])
     assert cfg.model.patch_size != 2
     net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
-    loss, _ = build_objective(cfg, net).loss(net, torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), 0)
+    loss, _ = build_objective(cfg, net)(net, torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), 0)
     assert torch.isfinite(loss)
+
+
+def test_sampling_ema_follows_the_student_step_by_step(tmp_path):
+    """The trainer's sampling EMA is ema <- d * ema + (1 - d) * student after every step, with the
+    warm-up decay min(d, (1 + k) / (10 + k)) at step k, checked against the student's weights."""
+    from sddit.train import Trainer
+    from sddit.train.ema import ema_decay
+
+    cfg = load_config("digits_tiny", [f"run_dir={tmp_path}", "train.max_steps=4", "train.ema_decay=0.6",
+                                      "train.ckpt_every=0", "train.log_every=1"])
+    trainer = Trainer(cfg, log=lambda *a: None)
+    expected = {n: p.detach().clone() for n, p in trainer.ema.named_parameters()}
+    for k in range(4):
+        trainer.fit(until=k + 1)
+        d = ema_decay(k, 0.6, warmup=True)
+        assert d == min(0.6, (1 + k) / (10 + k))
+        for n, p in trainer.net.named_parameters():
+            expected[n] = d * expected[n] + (1 - d) * p.detach()
+    for n, p in trainer.ema.named_parameters():
+        torch.testing.assert_close(p, expected[n], rtol=1e-6, atol=1e-7, msg=n)
+    assert ema_decay(100, 0.6, warmup=False) == 0.6 and ema_decay(0, 0.6, warmup=False) == 0.6

@@ -8,9 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from sddit import prepare as prep
-from sddit.data import DataError
-from sddit.latents import LatentDataset, read_manifest
+from sddit import cli
+from sddit.data import image_folder
+from sddit.data import prepare as prep
+from sddit.models import vae
+from sddit.errors import DataError
+from sddit.data.latents import LatentDataset
+from sddit.data.latent_format import read_manifest
 
 SIZE = 32  # pixels; the tiny VAE downsamples 8x -> 4x4 latents
 
@@ -80,27 +84,27 @@ def test_center_crop_size_and_centre():
     stripes[:, :30, 0] = 255  # red | green | blue, left to right
     stripes[:, 30:60, 1] = 255
     stripes[:, 60:, 2] = 255
-    out = prep.center_crop_arr(Image.fromarray(stripes), 30)
+    out = image_folder.center_crop_arr(Image.fromarray(stripes), 30)
     assert out.shape == (30, 30, 3) and out.dtype == np.uint8
     assert (out[..., 1] == 255).all() and (out[..., 0] == 0).all() and (out[..., 2] == 0).all()
-    tall = prep.center_crop_arr(Image.fromarray(stripes.transpose(1, 0, 2).copy()), 16)  # 90 tall: BOX then bicubic
+    tall = image_folder.center_crop_arr(Image.fromarray(stripes.transpose(1, 0, 2).copy()), 16)  # 90 tall: BOX then bicubic
     assert tall.shape == (16, 16, 3) and tall[4:12, :, 1].min() > 200 and tall[4:12, :, 0].max() < 50
-    assert prep.center_crop_arr(Image.fromarray(_rand(np.random.default_rng(1), 300, 200)), SIZE).shape == (SIZE, SIZE, 3)
-    assert prep.center_crop_arr(Image.fromarray(_rand(np.random.default_rng(1), 10, 12)), SIZE).shape == (SIZE, SIZE, 3)
+    assert image_folder.center_crop_arr(Image.fromarray(_rand(np.random.default_rng(1), 300, 200)), SIZE).shape == (SIZE, SIZE, 3)
+    assert image_folder.center_crop_arr(Image.fromarray(_rand(np.random.default_rng(1), 10, 12)), SIZE).shape == (SIZE, SIZE, 3)
 
 
 def test_scan_image_folder(image_root, tmp_path):
-    files, labels, classes = prep.scan_image_folder(image_root)
+    files, labels, classes = image_folder.scan_image_folder(image_root)
     assert classes == ["a_cat", "b_dog", "c_eel"]
     assert len(files) == 14 and labels == [0] * 5 + [1] * 5 + [2] * 4  # notes.txt is not an image
     with pytest.raises(DataError, match="not found"):
-        prep.scan_image_folder(tmp_path / "nope")
+        image_folder.scan_image_folder(tmp_path / "nope")
     with pytest.raises(DataError, match="no class sub-folders"):
-        prep.scan_image_folder(tmp_path)
+        image_folder.scan_image_folder(tmp_path)
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "x.txt").write_text("x")
     with pytest.raises(DataError, match=r"no images.*\.jpeg") as e:
-        prep.scan_image_folder(tmp_path)
+        image_folder.scan_image_folder(tmp_path)
     assert "\n" not in str(e.value)
 
 
@@ -118,7 +122,7 @@ def test_prepare_single_rank_counts_and_shards(single):
     assert sum(sh["entries"] for sh in m["shards"]) == 26
     a = _load_all(out, m)
     assert a["moments"].dtype == np.float16 and a["moments"].shape == (26, 8, 4, 4)
-    files, labels, _ = prep.scan_image_folder(m["source_root"])
+    files, labels, _ = image_folder.scan_image_folder(m["source_root"])
     assert (a["labels"] == np.array(labels)[a["source"]]).all()
     assert a["flips"].sum() == 13 and 9 not in a["source"]  # file 9 is the corrupt one
     # each flip entry is the encoding of the mirrored image, not a copy of the original
@@ -182,16 +186,16 @@ def test_latent_dataset_resamples_posterior(single):
 
 def test_cli_parser_and_merge(single, image_root, vae_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    prep.add_prepare_parser(parser.add_subparsers(dest="command"))
+    cli.add_prepare_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["prepare", str(image_root), str(tmp_path), "--image-size", str(SIZE), "--vae",
                               str(vae_dir), "--no-flip", "--batch-size", "8", "--device", "cpu",
                               "--max-bad-fraction", "0.2", "--no-progress", "--workers", "2"])
-    assert args.func(args) == 0
+    assert cli.cmd_prepare(args) == 0
     m = read_manifest(tmp_path)
     assert m["hflip"] is False and m["counts"]["entries"] == 13 and m["counts"]["flips"] == 0
     assert "wrote" in capsys.readouterr().out
     args = parser.parse_args(["prepare", str(image_root), str(tmp_path), "--merge", "--max-bad-fraction", "0.2"])
-    assert prep.cmd_prepare(args) == 0
+    assert cli.cmd_prepare(args) == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,14 +221,14 @@ def test_error_missing_and_empty_folder(vae_dir, tmp_path):
 
 def test_error_vae_path_and_offline_hub(tmp_path):
     with pytest.raises(DataError) as e:
-        prep.load_vae(str(tmp_path / "no_vae"))
+        vae.load_vae(str(tmp_path / "no_vae"))
     _one_line(e, "does not exist", "no_vae", "save_pretrained")
     (tmp_path / "not_vae").mkdir()
     with pytest.raises(DataError) as e:
-        prep.load_vae(str(tmp_path / "not_vae"))
+        vae.load_vae(str(tmp_path / "not_vae"))
     _one_line(e, "config.json")
     with pytest.raises(DataError) as e:  # local_files_only: the offline failure, without waiting on the network
-        prep.load_vae("stabilityai/sd-vae-ft-ema", local_files_only=True)
+        vae.load_vae("stabilityai/sd-vae-ft-ema", local_files_only=True)
     _one_line(e, "Hugging Face Hub", "local directory", "--vae DIR")
 
 

@@ -10,7 +10,7 @@ import torch
 from sddit.diffusion import edm_sampler
 from sddit.models.dit import DiT
 from sddit.sampling import generate
-from sddit.vp import (
+from sddit.diffusion.vp import (
     DiscreteVPDenoiser,
     OfficialCheckpointNotFound,
     ddpm_alphas_cumprod,

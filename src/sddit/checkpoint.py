@@ -8,19 +8,31 @@ checkpoint stays intact.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import CheckpointError
+from .runtime import atomic_write
+
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+# 1: objective state as {"teacher": state_dict, "center_cls", "center_patch"};
+# 2: objective state is the objective module's own state_dict ("teacher.<name>", "center_cls", ...).
+CHECKPOINT_VERSION = 2
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (one-line message)."""
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """Bring a checkpoint written by an older version of this code to the current layout."""
+    if state.get("version", 1) < 2:
+        objective = dict(state.get("objective") or {})
+        teacher = objective.pop("teacher", None)
+        if teacher is not None:
+            objective.update({f"teacher.{k}": v for k, v in teacher.items()})
+        state["objective"] = objective
+        state["version"] = 2
+    return state
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -41,22 +53,8 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"ckpt-{step:07d}.pt"
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(final, fsync=True) as f:
+        torch.save(state, f)
     if keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             old.unlink(missing_ok=True)
@@ -73,7 +71,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not an sddit checkpoint (no 'model' entry)")
-    return state
+    return upgrade(state)
 
 
 def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu", warn=print) -> dict[str, Any] | None:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, ConfigError, load_config
+from .config import DEFAULT_CONFIG, load_config
+from .data.latent_format import MANIFEST, SD_SCALE_FACTOR
+from .errors import ConfigError, SdditError
+from .models.vae import DEFAULT_VAE
+from .runtime import resolve_device
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -102,14 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish an interrupted run in OUT (same settings): skip batches whose PNGs exist")
     _common_run_args(g)
 
-    from .prepare import add_prepare_parser
-
     add_prepare_parser(sub)
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from .train import train
 
     overrides = list(args.set)
     if args.run_dir is not None:
@@ -129,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.data.dataset == "latents":
         print("note: no grid/FID after training on latents (VAE decoding of samples is not wired into train yet)")
         return 0
-    from .evaluation import evaluate_generator
+    from .eval import evaluate_generator
     from .sampling import class_grid
 
     run_dir = Path(cfg.run_dir)
@@ -150,8 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_checkpoint
+    from .pretrained import load_sampling_net
     from .sampling import class_grid
-    from .training import load_sampling_net, resolve_device
 
     device = resolve_device(args.device or "auto")
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -165,16 +168,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .training import resolve_device
-
     if args.samples is not None or args.ref is not None:
         return _eval_files(args)
     if args.checkpoint is None:
         raise ConfigError("sddit eval needs a checkpoint (CKPT_OR_RUN_DIR) or --samples PATH --ref PATH")
     if args.cache_ref is not None:
         raise ConfigError("--cache-ref applies to --samples/--ref evaluation only")
-    from .evaluation import evaluate_generator
-    from .training import load_sampling_net
+    from .eval import evaluate_generator
+    from .pretrained import load_sampling_net
 
     device = resolve_device(args.device or "auto")
     cfg, net = load_sampling_net(args.checkpoint, device)
@@ -193,8 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_files(args: argparse.Namespace) -> int:
     """`sddit eval --samples PATH --ref PATH`: print every metric with its sample count."""
-    from .evaluation import default_ref_cache_path, evaluate_sample_files
-    from .training import resolve_device
+    from .eval import default_ref_cache_path, evaluate_sample_files
 
     if args.samples is None or args.ref is None:
         raise ConfigError("file evaluation needs both --samples PATH and --ref PATH")
@@ -240,8 +240,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from . import distributed as dist
-    from .generate import NPZ_NAME, generate_samples, load_official_source, load_source
-    from .training import resolve_device
+    from .sampling.sources import load_official_source, load_source
+    from .sampling.to_files import NPZ_NAME, generate_samples
 
     if (args.checkpoint is None) == (args.official_dit is None):
         raise ConfigError("sddit generate needs a checkpoint (CKPT_OR_RUN_DIR) or --official-dit PATH (one of them)")
@@ -272,22 +272,82 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "prepare", help="encode an image folder (one sub-folder per class) to SD-VAE latent moments",
+        description="Centre-crop (ADM) every image of ROOT/<class>/, encode it and its mirror with the VAE and "
+                    "write posterior moments to OUT. Under torchrun each rank encodes files[rank::world_size].")
+    p.add_argument("root", help="image folder with one sub-folder per class (e.g. ImageNet train/)")
+    p.add_argument("out", help="output directory for shards and manifest.json")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--vae", default=DEFAULT_VAE, help=f"Hub id or local save_pretrained directory (default {DEFAULT_VAE})")
+    p.add_argument("--no-flip", action="store_true", help="do not add the horizontal mirror as a second entry")
+    p.add_argument("--batch-size", type=int, default=32, help="images per VAE call (x2 with flips)")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:N (under torchrun, cuda means cuda:LOCAL_RANK)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="VAE precision")
+    p.add_argument("--shard-size", type=int, default=5000, help="source images per shard")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, help="fail if more unreadable images than this")
+    p.add_argument("--min-size", type=int, default=0,
+                   help="skip images whose short side is below this (default 0: upscale them, as ADM does)")
+    p.add_argument("--scale-factor", type=float, default=SD_SCALE_FACTOR)
+    p.add_argument("--workers", type=int, default=4, help="image decoding threads")
+    p.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
+    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: $WORLD_SIZE or 1)")
+    p.add_argument("--split", default="train", help="split name recorded in the manifest")
+    p.add_argument("--no-resume", action="store_true", help="re-encode shards that already exist")
+    p.add_argument("--merge", action="store_true", help="only write manifest.json from the finished ranks in OUT")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import PrepareOptions, merge, prepare
+
+    if args.merge:
+        m = merge(args.out, world_size=args.world_size, max_bad_fraction=args.max_bad_fraction)
+        print(_describe(m, Path(args.out)))
+        return 0
+    env_world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = args.rank if args.rank is not None else int(os.environ.get("RANK", 0))
+    world = args.world_size if args.world_size is not None else env_world
+    device = str(resolve_device(args.device))
+    if device == "cuda" and world > 1 and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.rank is None
+    opts = PrepareOptions(image_size=args.image_size, vae=args.vae, hflip_copies=not args.no_flip,
+                          batch_size=args.batch_size, device=device, shard_size=args.shard_size,
+                          max_bad_fraction=args.max_bad_fraction, scale_factor=args.scale_factor, min_size=args.min_size,
+                          dtype=args.dtype, num_workers=args.workers, resume=not args.no_resume, split=args.split)
+    s = prepare(args.root, args.out, opts, rank=rank, world_size=world, progress=not args.no_progress,
+                wait_for_ranks=7 * 24 * 3600.0 if under_torchrun and world > 1 else 0.0)
+    c = s["counts"]
+    print(f"rank {rank}/{world}: {c['images']} images -> {c['entries']} entries in {len(s['shards'])} shards "
+          f"({c['bad']} unreadable, {c['too_small']} too small, {c['upscaled']} upscaled, "
+          f"converted {c['converted'] or 'none'}) in {s['seconds']:.0f}s")
+    if "manifest" in s:
+        print(_describe(s["manifest"], Path(args.out)))
+    return 0
+
+
+def _describe(m: dict, out: Path) -> str:
+    c = m["counts"]
+    return (f"wrote {out / MANIFEST}: {c['entries']} entries ({c['images']} images + {c['flips']} flips) of "
+            f"{m['num_classes']} classes, latents {tuple(m['latent_shape'])} at {m['resolution']}px, VAE {m['vae']}, "
+            f"{c['bad']} unreadable, {c['too_small']} too small, {c['upscaled']} upscaled, converted {c['converted'] or 'none'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
     # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.
     torch.set_flush_denormal(True)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
+                "prepare": cmd_prepare}
     try:
-        if args.command == "prepare":
-            from .prepare import cmd_prepare
-
-            return cmd_prepare(args)
-        return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate}[args.command](args)
-    except (ConfigError, DataError, CheckpointError) as e:
+        return commands[args.command](args)
+    except SdditError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -17,12 +17,10 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "fmnist_dit"
-
-
-class ConfigError(ValueError):
-    """A bad key or value in a config file or a `--set` override (always a one-line message)."""
 
 
 @dataclass

@@ -1,12 +1,13 @@
-"""Model zoo: the DiT backbone (state-dict compatible with facebookresearch/DiT), the encoder/decoder
-split shared by MaskDiT and SD-DiT, and the DINO projection head."""
+"""The networks: the DiT backbone (state-dict compatible with facebookresearch/DiT), the
+encoder/decoder split shared by MaskDiT and SD-DiT, the DINO projection head, and `build_model`,
+which turns a config into one of them."""
 
-from .dit import (
-    DIT_SIZES,
+from .build import build_model
+from .dit import DIT_SIZES, DiT, DiT_models
+from .heads import DINOHead
+from .layers import (
     Attention,
-    DiT,
     DiTBlock,
-    DiT_models,
     FinalLayer,
     LabelEmbedder,
     Mlp,
@@ -15,11 +16,10 @@ from .dit import (
     get_2d_sincos_pos_embed,
     modulate,
 )
-from .heads import DINOHead
-from .split import SplitDiT, SplitDiT_models, count_params
+from .split import SplitDiT, SplitDiT_models, SplitOutput, count_params
 
 __all__ = [
     "DIT_SIZES", "Attention", "DiT", "DiTBlock", "DiT_models", "FinalLayer", "LabelEmbedder", "Mlp",
-    "PatchEmbed", "TimestepEmbedder", "get_2d_sincos_pos_embed", "modulate",
-    "DINOHead", "SplitDiT", "SplitDiT_models", "count_params",
+    "PatchEmbed", "TimestepEmbedder", "get_2d_sincos_pos_embed", "modulate", "build_model",
+    "DINOHead", "SplitDiT", "SplitDiT_models", "SplitOutput", "count_params",
 ]

@@ -21,148 +21,53 @@ official DiT checkpoint can be loaded with ``load_state_dict(..., strict=False)`
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .dit import (
-    DIT_SIZES,
-    DiTBlock,
-    FinalLayer,
-    LabelEmbedder,
-    PatchEmbed,
-    TimestepEmbedder,
-    dit_init_,
-    get_2d_sincos_pos_embed,
-)
+from .dit import DIT_SIZES
 from .heads import DINOHead
+from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, dit_init_, get_2d_sincos_pos_embed
+from .tokens import gather_tokens, masking_from_ids_keep, random_masking, unpatchify, unshuffle
 
-__all__ = [
-    "num_kept",
-    "random_masking",
-    "masking_from_ids_keep",
-    "gather_tokens",
-    "unshuffle",
-    "SplitDiT",
-    "SplitDiT_models",
-    "count_params",
-    "format_param_table",
-]
+__all__ = ["EncoderOutput", "SplitOutput", "SplitDiT", "SplitDiT_models", "PARTS", "count_params",
+           "format_param_table"]
 
 
-# --------------------------------------------------------------------------------------------
-# Token masking helpers (MAE style)
-# --------------------------------------------------------------------------------------------
+@dataclass
+class EncoderOutput:
+    """What the encoder hands to the decoder and to the discriminative head."""
+
+    tokens: torch.Tensor  # (B, [1+]T_keep, D) encoder output, [CLS] first if used
+    c: torch.Tensor  # (B, D) conditioning vector (timestep + label)
+    ids_keep: torch.Tensor  # (B, T_keep) visible token indices, in the order of `tokens`
+    ids_restore: torch.Tensor  # (B, T) inverse shuffle (see tokens.unshuffle)
+    mask: torch.Tensor  # (B, T) float, 1 = masked, in token order
 
 
-def num_kept(num_tokens: int, mask_ratio: float) -> int:
-    """Number of visible tokens: ``round(T * (1 - ratio))``, the same for every sample."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    return max(1, min(num_tokens, int(round(num_tokens * (1.0 - mask_ratio)))))
+@dataclass
+class SplitOutput:
+    """A training forward of the split model (``return_tokens=True``): everything the objectives read."""
+
+    out: torch.Tensor  # (B, C_out, H, W) the raw network output F at every position
+    tokens: torch.Tensor  # (B, [1+]T_keep, D) encoder tokens
+    mask: torch.Tensor  # (B, T) 1 = masked
+    ids_keep: torch.Tensor  # (B, T_keep)
+    ids_restore: torch.Tensor  # (B, T)
+    head: torch.Tensor | None = None  # (B, [1+]T_keep, K) projection-head logits (SD-DiT), fp32
+    denoised: torch.Tensor | None = None  # (B, C, H, W) the EDM denoiser D, set by diffusion.EDMPrecond
 
 
-def random_masking(
-    x_or_num_tokens: torch.Tensor | int,
-    mask_ratio: float,
-    batch_size: int | None = None,
-    device: torch.device | str | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample uniform random masking by argsort of uniform noise (MAE).
-
-    Args:
-        x_or_num_tokens: a token tensor (B, T, ...) (batch size and device are then taken from it)
-            or the number of tokens T.
-        mask_ratio: fraction of tokens to mask, in [0, 1).
-        batch_size, device: required when an int is given.
-        generator: optional RNG (must live on ``device``) for reproducible masks.
-
-    Returns:
-        ids_keep (B, T_keep) long: indices of the visible tokens, in shuffled order.
-        ids_restore (B, T) long: ``gather(cat([kept, masked]), ids_restore)`` puts every token back.
-        mask (B, T) float: 1 = masked, 0 = visible, in the original token order.
-    """
-    if isinstance(x_or_num_tokens, torch.Tensor):
-        batch_size, num_tokens = x_or_num_tokens.shape[:2]
-        device = x_or_num_tokens.device
-    else:
-        num_tokens = int(x_or_num_tokens)
-        if batch_size is None:
-            raise ValueError("batch_size is required when the number of tokens is given")
-    t_keep = num_kept(num_tokens, mask_ratio)
-    noise = torch.rand(batch_size, num_tokens, device=device, generator=generator)  # (B, T)
-    ids_shuffle = torch.argsort(noise, dim=1)  # (B, T): ascending noise -> kept first
-    ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, T): inverse permutation
-    ids_keep = ids_shuffle[:, :t_keep]  # (B, T_keep)
-    mask = torch.ones(batch_size, num_tokens, device=device)  # (B, T)
-    mask[:, :t_keep] = 0  # shuffled order: the first T_keep are visible
-    mask = torch.gather(mask, 1, ids_restore)  # (B, T): back to token order
-    return ids_keep, ids_restore, mask
-
-
-def masking_from_ids_keep(ids_keep: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rebuild ``(ids_restore, mask)`` for caller-supplied visible indices ``ids_keep`` (B, T_keep).
-
-    The implied shuffle is ``[ids_keep..., masked tokens in increasing index order]``, which is all
-    :func:`unshuffle` needs. Rows of ``ids_keep`` must hold distinct indices in [0, T).
-    """
-    b, t_keep = ids_keep.shape
-    key = torch.full((b, num_tokens), float(t_keep), device=ids_keep.device)  # (B, T)
-    key.scatter_(1, ids_keep, torch.arange(t_keep, device=ids_keep.device, dtype=key.dtype).expand(b, -1))
-    ids_shuffle = torch.argsort(key, dim=1, stable=True)  # (B, T): kept (in given order), then rest
-    ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, T)
-    mask = torch.ones(b, num_tokens, device=ids_keep.device)  # (B, T)
-    mask.scatter_(1, ids_keep, 0.0)
-    return ids_restore, mask
-
-
-def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Select tokens per sample: x (B, T, D), ids (B, K) -> (B, K, D)."""
-    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def unshuffle(
-    x_visible: torch.Tensor, ids_restore: torch.Tensor, fill: torch.Tensor | float | None = None
-) -> torch.Tensor:
-    """Put visible tokens back to their positions and fill the masked ones.
-
-    Args:
-        x_visible: (B, T_keep, D) tokens in the order of ``ids_keep``.
-        ids_restore: (B, T) from :func:`random_masking` / :func:`masking_from_ids_keep`.
-        fill: value of the masked positions: a tensor broadcastable to (B, T - T_keep, D)
-            (e.g. a learned mask token (1, 1, D)), a float, or None (zeros).
-
-    Returns:
-        (B, T, D) tokens in the original order.
-    """
-    b, t_keep, d = x_visible.shape
-    t = ids_restore.shape[1]
-    if fill is None or not isinstance(fill, torch.Tensor):
-        filler = x_visible.new_full((b, t - t_keep, d), 0.0 if fill is None else float(fill))
-    else:
-        filler = fill.to(x_visible.dtype).expand(b, t - t_keep, d)  # (B, T - T_keep, D)
-    x = torch.cat([x_visible, filler], dim=1)  # (B, T, D), shuffled order
-    return gather_tokens(x, ids_restore)  # (B, T, D), token order
-
-
-# --------------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------------
-
-# Modules (top-level attribute names) that belong to each part; used by make_teacher/count_params.
-ENCODER_PARTS = ("x_embedder", "t_embedder", "y_embedder", "pos_embed", "cls_token", "cls_pos_embed", "blocks")
-DECODER_PARTS = (
-    "decoder_embed",
-    "decoder_cond",
-    "mask_token",
-    "decoder_pos_embed",
-    "decoder_blocks",
-    "final_layer",
-)
-HEAD_PARTS = ("head",)
+# Every top-level parameter or module of a SplitDiT belongs to exactly one part (a test checks it).
+# The teacher copies the encoder and the head; parameter counts are reported per part.
+PARTS: dict[str, tuple[str, ...]] = {
+    "encoder": ("x_embedder", "t_embedder", "y_embedder", "pos_embed", "cls_token", "cls_pos_embed", "blocks"),
+    "decoder": ("decoder_embed", "decoder_cond", "mask_token", "decoder_pos_embed", "decoder_blocks", "final_layer"),
+    "head": ("head",),
+}
 
 
 class SplitDiT(nn.Module):
@@ -331,17 +236,12 @@ class SplitDiT(nn.Module):
         ids_keep: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         force_drop_ids: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> EncoderOutput:
         """Run the encoder on [CLS] + the visible tokens.
 
         Masked tokens are dropped *before* the encoder (MAE style). ``ids_keep`` (B, T_keep)
         overrides the random mask (``mask_ratio`` is then ignored). With ratio 0 and no ids_keep no
         gather is done and token order is the identity.
-
-        Returns a dict with
-            tokens (B, [1+]T_keep, D): encoder output, [CLS] first if used;
-            c (B, D): the conditioning vector;
-            ids_keep (B, T_keep), ids_restore (B, T), mask (B, T) (1 = masked).
         """
         tokens, c = self.embed(x, t, y, force_drop_ids)  # (B, T, D), (B, D)
         b, n = tokens.shape[:2]
@@ -360,7 +260,7 @@ class SplitDiT(nn.Module):
             tokens = torch.cat([cls, tokens], dim=1)  # (B, 1 + T_keep, D)
         for block in self.blocks:
             tokens = self._run_block(block, tokens, c)  # (B, [1+]T_keep, D)
-        return {"tokens": tokens, "c": c, "ids_keep": ids_keep, "ids_restore": ids_restore, "mask": mask}
+        return EncoderOutput(tokens, c, ids_keep, ids_restore, mask)
 
     def decode(self, tokens: torch.Tensor, c: torch.Tensor, ids_restore: torch.Tensor | None) -> torch.Tensor:
         """Decoder: encoder tokens (B, [1+]T_keep, D) -> network output F (B, out_channels, H, W).
@@ -394,10 +294,7 @@ class SplitDiT(nn.Module):
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, p*p*C) -> (B, C, H, W), the inverse of the patch embedding's layout (as DiT)."""
-        c, p, h = self.out_channels, self.patch_size, self.grid_size
-        x = x.reshape(x.shape[0], h, h, p, p, c)  # (B, h, w, p, q, C)
-        x = torch.einsum("nhwpqc->nchpwq", x)  # (B, C, h, p, w, q)
-        return x.reshape(x.shape[0], c, h * p, h * p)  # (B, C, H, W)
+        return unpatchify(x, self.patch_size, self.out_channels)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -410,30 +307,20 @@ class SplitDiT(nn.Module):
         ids_keep: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         force_drop_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
+    ) -> torch.Tensor | SplitOutput:
         """x (B, C, H, W) noisy input (already c_in-scaled), t (B,) c_noise, y (B,) labels.
 
         ``return_tokens=False`` (sampling): returns F (B, out_channels, H, W).
         ``return_tokens=True`` (training objectives, one forward so DDP sees every parameter once):
-        returns ``{"out": F, "tokens": encoder tokens (B, [1+]T_keep, D), "mask": (B, T),
-        "ids_keep": (B, T_keep), "ids_restore": (B, T), "head": logits (B, [1+]T_keep, K)}``
-        ("head" only if the model has a head).
+        returns a :class:`SplitOutput` (F, encoder tokens, mask, token ids, head logits if any).
         """
         enc = self.encode(x, t, y, mask_ratio, ids_keep, generator, force_drop_ids)
         nothing_masked = ids_keep is None and mask_ratio == 0
-        out = self.decode(enc["tokens"], enc["c"], None if nothing_masked else enc["ids_restore"])  # (B, C, H, W)
+        out = self.decode(enc.tokens, enc.c, None if nothing_masked else enc.ids_restore)  # (B, C, H, W)
         if not return_tokens:
             return out
-        result = {
-            "out": out,
-            "tokens": enc["tokens"],
-            "mask": enc["mask"],
-            "ids_keep": enc["ids_keep"],
-            "ids_restore": enc["ids_restore"],
-        }
-        if self.head is not None:
-            result["head"] = self.head(enc["tokens"])  # (B, [1+]T_keep, K)
-        return result
+        head = self.head(enc.tokens) if self.head is not None else None  # (B, [1+]T_keep, K)
+        return SplitOutput(out, enc.tokens, enc.mask, enc.ids_keep, enc.ids_restore, head)
 
     # ------------------------------------------------------------------ teacher
     def train(self, mode: bool = True) -> "SplitDiT":
@@ -450,12 +337,12 @@ class SplitDiT(nn.Module):
         :meth:`encode` (ratio 0) and ``teacher.head``; :meth:`decode`/``forward`` raise.
         """
         memo: dict[int, Any] = {}
-        for name in DECODER_PARTS:
+        for name in PARTS["decoder"]:
             part = getattr(self, name)
             if part is not None:
                 memo[id(part)] = None  # deepcopy returns None for these: skipped, not copied
         teacher = copy.deepcopy(self, memo)
-        for name in DECODER_PARTS:
+        for name in PARTS["decoder"]:
             setattr(teacher, name, None)
         teacher.is_teacher = True
         teacher.requires_grad_(False)
@@ -525,7 +412,7 @@ def count_params(model: nn.Module) -> dict[str, int]:
     counts = {"total": 0, "encoder": 0, "decoder": 0, "head": 0, "trainable": 0}
     for name, p in model.named_parameters():
         top = name.split(".", 1)[0]
-        part = "head" if top in HEAD_PARTS else "decoder" if top in DECODER_PARTS else "encoder"
+        part = next(part for part, names in PARTS.items() if top in names)
         counts[part] += p.numel()
         counts["total"] += p.numel()
         counts["trainable"] += p.numel() if p.requires_grad else 0

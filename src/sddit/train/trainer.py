@@ -8,110 +8,26 @@
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed as dist
-from .checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint
-from .config import Config, config_to_dict
-from .data import EpochSampler, ImageDataset, build_dataset
-from .diffusion import EDMPrecond
-from .models import DiT, DiT_models
-from .models.split import SplitDiT, SplitDiT_models
-from .objectives import build_objective, copy_for_ema, unwrap
+from .. import distributed as dist
+from .. import seeding
+from ..checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_latest, save_checkpoint
+from ..config import Config, config_to_dict
+from ..data import EpochSampler, ImageDataset, build_dataset
+from ..diffusion import EDMPrecond
+from ..models import build_model
+from ..objectives import build_objective
+from ..runtime import resolve_device
+from .ema import copy_for_ema, ema_decay, ema_update
 from .plots import plot_metrics
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: device '{name}' requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
-def build_model(cfg: Config) -> nn.Module:
-    """The raw network F: a DiT for objective=dit, an encoder/decoder SplitDiT otherwise."""
-    m = cfg.model
-    common = dict(input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
-                  class_dropout_prob=m.class_dropout_prob, learn_sigma=m.learn_sigma)
-    if cfg.objective == "dit":
-        if m.preset:
-            if m.preset not in DiT_models:
-                raise SystemExit(f"error: unknown DiT preset '{m.preset}'; choose one of {', '.join(DiT_models)}")
-            model = DiT_models[m.preset](**common)
-        else:
-            model = DiT(patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
-                        mlp_ratio=m.mlp_ratio, **common)
-    else:
-        split = dict(
-            mask_token=m.mask_token,
-            use_cls_token=m.use_cls_token and cfg.objective == "sddit",
-            head_dim=m.head_dim if cfg.objective == "sddit" else 0,
-            head_hidden_dim=m.head_hidden_dim, head_bottleneck_dim=m.head_bottleneck_dim,
-        )
-        if m.preset:
-            if m.preset not in SplitDiT_models:
-                raise SystemExit(f"error: unknown split preset '{m.preset}'; choose one of {', '.join(SplitDiT_models)}")
-            model = SplitDiT_models[m.preset](**common, **split)
-        else:
-            if not 0 < m.decoder_depth < m.depth:
-                raise SystemExit(f"error: model.decoder_depth={m.decoder_depth} must be between 1 and model.depth-1={m.depth - 1}")
-            model = SplitDiT(
-                patch_size=m.patch_size, hidden_size=m.hidden_size, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                encoder_depth=m.depth - m.decoder_depth, decoder_depth=m.decoder_depth,
-                decoder_hidden_size=m.decoder_hidden_size or None, decoder_num_heads=m.decoder_num_heads or None,
-                **common, **split,
-            )
-    if m.grad_checkpointing:
-        model.grad_checkpointing = True
-    return model
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    for p_ema, p in zip(ema.parameters(), net.parameters()):
-        p_ema.lerp_(p.detach(), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), net.buffers()):
-        b_ema.copy_(b)
-
-
-def learning_rate(cfg: Config, step: int) -> float:
-    """Linear warm-up to train.lr, then constant or a cosine / linear decay to lr * lr_final at max_steps."""
-    tc = cfg.train
-    warm = tc.warmup_steps
-    if warm > 0 and step < warm:
-        return tc.lr * (step + 1) / warm
-    if tc.lr_schedule == "constant":
-        return tc.lr
-    progress = min(1.0, max(0.0, (step - warm) / max(1, tc.max_steps - warm)))
-    final = tc.lr * tc.lr_final
-    if tc.lr_schedule == "cosine":
-        return final + (tc.lr - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return tc.lr - (tc.lr - final) * progress
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+from .schedules import learning_rate
 
 
 class Trainer:
@@ -128,7 +44,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.num_threads)
         torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (teacher, EMA too)
+        seeding.init_weights_seed(cfg.train.seed)  # the same initial weights on every rank (teacher, EMA too)
         self.run_dir = Path(cfg.run_dir)
 
         # data
@@ -150,10 +66,7 @@ class Trainer:
                                      weight_decay=cfg.train.weight_decay, fused=fused or None)
         # Per-rank streams for what is drawn outside the objectives (flips, latent posterior samples);
         # the objectives' noise, masks and label drops come from per-step generators.
-        seed = cfg.train.seed * 1000 + self.rank
-        torch.manual_seed(seed)
-        np.random.seed(seed % (1 << 32))
-        random.seed(seed)
+        seeding.seed_rank_streams(cfg.train.seed, self.rank)
         self.step, self.bad_steps = 0, 0
         self.train_seconds = 0.0  # wall-clock spent in training steps (not checkpoints/FID), carried over resumes
         self._resume()
@@ -172,7 +85,7 @@ class Trainer:
         """Everything a bit-exact resume needs: weights, EMA, teacher + centers, optimiser, data
         position, and the RNG states of every rank."""
         return {
-            "version": 1, "step": self.step, "config": config_to_dict(self.cfg), "world_size": self.world,
+            "version": CHECKPOINT_VERSION, "step": self.step, "config": config_to_dict(self.cfg), "world_size": self.world,
             "model": self.net.model.state_dict(), "ema": self.ema.model.state_dict(),
             "optimizer": self.opt.state_dict(), "objective": self.objective.state_dict(),
             "sampler": self.sampler.state_dict(), "rng": dict(enumerate(rng_states)),
@@ -180,7 +93,7 @@ class Trainer:
         }
 
     def save(self) -> None:
-        rng_states = dist.gather_objects(rng_state())
+        rng_states = dist.gather_objects(seeding.rng_state())
         if dist.is_main():
             try:
                 path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last)
@@ -209,7 +122,7 @@ class Trainer:
         self.objective.load_state_dict(state["objective"])
         self.sampler.load_state_dict(state["sampler"])
         if self.rank in state["rng"]:
-            set_rng_state(state["rng"][self.rank])
+            seeding.set_rng_state(state["rng"][self.rank])
         else:
             self.log(f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
                      f"{state.get('world_size', '?')} processes); this rank's flips/posterior samples restart from its seed")
@@ -262,7 +175,7 @@ class Trainer:
                 group["lr"] = lr
 
             with self.autocast():
-                loss, terms = self.objective.loss(self.train_net, x0, y, self.step)
+                loss, terms = self.objective(self.train_net, x0, y, self.step)
             self.opt.zero_grad(set_to_none=True)
             if not self._loss_is_finite(loss):
                 self.step += 1
@@ -273,8 +186,7 @@ class Trainer:
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
             self.opt.step()
             self.objective.after_step(self.net, self.step)
-            decay = min(tc.ema_decay, (1 + self.step) / (10 + self.step)) if tc.ema_warmup else tc.ema_decay
-            ema_update(self.ema, self.net, decay)
+            ema_update(self.ema, self.net, ema_decay(self.step, tc.ema_decay, tc.ema_warmup))
             self.step += 1
             bar.update(1)
             if self.device.type == "cuda":
@@ -309,7 +221,7 @@ class Trainer:
     def log_fid(self, metrics_file: Path) -> None:
         """In-training FID of the sampling EMA on `train.fid_samples` samples (rank 0; others wait)."""
         if dist.is_main():
-            from .evaluation import evaluate_generator
+            from ..eval import evaluate_generator
 
             r = evaluate_generator(self.ema, self.cfg, self.cfg.train.fid_samples, self.device)
             with metrics_file.open("a") as f:
@@ -324,18 +236,3 @@ def train(cfg: Config, log=print) -> Trainer:
     trainer = Trainer(cfg, log)
     trainer.fit()
     return trainer
-
-
-def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, EDMPrecond]:
-    """The sampling-EMA denoiser of a checkpoint (student encoder + decoder; no teacher, no head use)."""
-    from .checkpoint import load_checkpoint, resolve_checkpoint
-    from .config import config_from_dict
-
-    state = load_checkpoint(resolve_checkpoint(path), map_location="cpu")
-    cfg = config_from_dict(state["config"])
-    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
-    try:
-        net.model.load_state_dict(state["ema"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the config stored with them ({str(e).splitlines()[0]})") from None
-    return cfg, net.to(device).eval().requires_grad_(False)

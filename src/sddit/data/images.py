@@ -1,7 +1,6 @@
-"""Datasets held in memory as uint8 tensors, and a seeded, rank-sharded, resumable batch sampler.
+"""Small image datasets held in memory as uint8 tensors (Fashion-MNIST, scikit-learn's digits).
 
-Why no DataLoader for the small datasets: Fashion-MNIST is 47 MB; indexing one tensor is faster
-than worker processes, and a sampler whose whole state is (epoch, position) makes resume exact.
+Why no DataLoader: Fashion-MNIST is 47 MB; indexing one tensor is faster than worker processes.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
@@ -22,10 +23,6 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 FASHION_MNIST_HINT = "install it with `apt-get update && apt-get install -y dataset-fashion-mnist` or set data.root"
-
-
-class DataError(RuntimeError):
-    """Missing or unreadable data (one-line message that says how to fix it)."""
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -105,56 +102,3 @@ def load_digits(split: str = "train", test_fraction: float = 0.2) -> ImageDatase
     return ImageDataset(
         torch.from_numpy(images[idx]).unsqueeze(1), torch.from_numpy(labels[idx]), tuple(str(i) for i in range(10))
     )
-
-
-def build_dataset(name: str, root: str, split: str = "train"):
-    """fashion_mnist / digits (pixels in memory) or latents (a folder written by `sddit prepare`)."""
-    if name == "fashion_mnist":
-        return load_fashion_mnist(root, split)
-    if name == "digits":
-        return load_digits(split)
-    if name == "latents":
-        from .latents import LatentDataset
-
-        return LatentDataset(root)
-    raise DataError(f"unknown dataset '{name}'; use fashion_mnist, digits or latents")
-
-
-class EpochSampler:
-    """Seeded shuffling sampler: each epoch is a fresh permutation of the dataset, split across ranks.
-
-    The global batch of step k is the same whatever the world size (rank r takes its slice of it), so
-    one process and N processes see the same data, and (epoch, position) is the whole resume state.
-    Incomplete tail batches are dropped.
-    """
-
-    def __init__(self, size: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1):
-        if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
-        if size < global_batch:
-            raise DataError(f"dataset has {size} samples, fewer than one batch of {global_batch}")
-        self.size, self.global_batch, self.seed = size, global_batch, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.position = 0, 0
-        self._perm = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(self.size, generator=g)
-
-    def next(self) -> torch.Tensor:
-        """Indices of this rank's share of the next global batch."""
-        if self.position + self.global_batch > self.size:
-            self.epoch, self.position = self.epoch + 1, 0
-            self._perm = self._permutation(self.epoch)
-        per_rank = self.global_batch // self.world_size
-        start = self.position + self.rank * per_rank
-        self.position += self.global_batch
-        return self._perm[start : start + per_rank]
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
-        self._perm = self._permutation(self.epoch)

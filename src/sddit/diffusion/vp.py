@@ -72,8 +72,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .diffusion import _as_batch_sigma
-from .models.dit import DIT_SIZES, DiT, DiT_models
+from ..models.dit import DIT_SIZES, DiT, DiT_models
+from .edm import as_batch_sigma
 
 __all__ = [
     "ddpm_alphas_cumprod",
@@ -121,7 +121,7 @@ def vp_sigmas(alphas_cumprod: Tensor) -> Tensor:
 
 def _batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     """``sigma`` (float, 0-d, ``(B,)`` or ``(B, 1, ..., 1)``) -> float64 ``(B,)`` on ``x.device``."""
-    return _as_batch_sigma(sigma, x, torch.float64).flatten()
+    return as_batch_sigma(sigma, x, torch.float64).flatten()
 
 
 class DiscreteVPDenoiser(nn.Module):

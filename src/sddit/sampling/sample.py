@@ -1,4 +1,4 @@
-"""Generating images from a trained denoiser, and writing them as grids.
+"""Generating images from a trained denoiser in memory, and writing them as grids.
 
 `generate` draws sample k from seed k alone (EDM's per-sample generators), so a set of samples is
 the same whatever the batch size or the number of processes that produce it.
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .diffusion import StackedRandomGenerator, edm_sampler
+from ..diffusion import StackedRandomGenerator, edm_sampler
 
 
 @torch.no_grad()

@@ -9,39 +9,14 @@ latent is not the latent of the mirrored image), so `batch()` does not flip.
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import DataError
-from .prepare import FORMAT, MANIFEST
-
-_REQUIRED = ("latent_shape", "class_names", "scale_factor", "shards", "counts", "resolution", "vae")
-
-
-def read_manifest(root: str | Path) -> dict:
-    """manifest.json of a prepared latent directory, validated; DataError with the fix otherwise."""
-    root = Path(root).expanduser()
-    path = root / MANIFEST
-    if not path.exists():
-        hint = (" (rank summaries are there: run `sddit prepare ROOT OUT --merge` after all ranks finish)"
-                if any(root.glob("rank-*-of-*.json")) else " (run `sddit prepare IMAGE_FOLDER OUT` first)")
-        raise DataError(f"no {MANIFEST} in {root}: not a prepared latent directory{hint}")
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}; re-run `sddit prepare ... --merge`") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        fmt = m.get("format") if isinstance(m, dict) else None
-        raise DataError(f"{path} is not an sddit latent manifest (format {fmt!r}): re-run `sddit prepare`")
-    missing = [k for k in _REQUIRED if k not in m]
-    if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}: re-run `sddit prepare ... --merge`")
-    return m
-
+from ..errors import DataError
+from .latent_format import MANIFEST, read_manifest
 
 class LatentDataset:
     """All shards of a prepared directory in memory; `batch()` samples latents from the moments.

@@ -36,145 +36,31 @@ whose PNGs all exist are skipped (PNGs are written atomically), after checking t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from . import distributed as dist
-from .checkpoint import CheckpointError
-from .data import DataError
+from .. import distributed as dist
+from ..errors import DataError
+from ..models.vae import decode_latents, load_vae, vae_downsample
+from ..runtime import atomic_write, git_commit
+from .sample import quantize, sample_seeds
+from .sources import SampleSource, resolve_vae
 
-__all__ = [
-    "SampleSource",
-    "assign_batches",
-    "decode_latents",
-    "generate_samples",
-    "git_commit",
-    "load_official_source",
-    "load_source",
-    "resolve_vae",
-    "sample_batch",
-    "seed_labels",
-    "write_image_npz",
-]
+__all__ = ["assign_batches", "generate_samples", "sample_batch", "seed_labels", "write_image_npz",
+           "IMAGES_DIR", "NPZ_NAME", "JSON_NAME"]
 
 IMAGES_DIR = "images"
 NPZ_NAME = "samples.npz"
 JSON_NAME = "samples.json"
-OFFICIAL_DIT_VAE = "stabilityai/sd-vae-ft-ema"  # DiT sample_ddp.py's default --vae ema
 # Keys of samples.json that must match for --resume (they decide the bits of every image).
 RESUME_KEYS = ("checkpoint", "official_dit", "model", "image_size", "num_samples", "seed", "steps", "cfg_scale",
                "labels", "precision", "batch_size", "sampler_kwargs", "vae", "scale_factor", "image_shape")
-
-
-@dataclass
-class SampleSource:
-    """A denoiser ready for :func:`sddit.sampling.generate`, and what it needs around it."""
-
-    net: nn.Module
-    shape: tuple[int, int, int]  # what the network samples: (C, H, W) pixels or latents
-    num_classes: int
-    null_label: int
-    sampler_kwargs: dict[str, float]
-    checkpoint: str
-    kind: str  # "sddit" | "official-dit"
-    latent: bool
-    manifest_root: str | None = None  # the latent folder the checkpoint was trained on
-    describe: dict[str, Any] = field(default_factory=dict)
-
-
-def load_source(checkpoint: str | Path, device: str | torch.device = "cpu") -> SampleSource:
-    """The sampling EMA of an sddit checkpoint (file or run directory)."""
-    from .checkpoint import resolve_checkpoint
-    from .training import load_sampling_net
-
-    path = resolve_checkpoint(checkpoint)
-    cfg, net = load_sampling_net(path, device)
-    m, d = cfg.model, cfg.diffusion
-    latent = cfg.data.dataset == "latents"
-    return SampleSource(
-        net=net, shape=(m.in_channels, m.input_size, m.input_size), num_classes=m.num_classes,
-        null_label=m.num_classes, sampler_kwargs=dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max, rho=d.rho),
-        checkpoint=str(path.resolve()), kind="sddit", latent=latent,
-        manifest_root=cfg.data.root if latent else None,
-        describe={"objective": cfg.objective, "dataset": cfg.data.dataset},
-    )
-
-
-def load_official_source(path: str | Path, model: str = "DiT-XL/2", image_size: int = 256, num_classes: int = 1000,
-                         device: str | torch.device = "cpu", model_kwargs: dict | None = None) -> SampleSource:
-    """An official (DDPM-trained) DiT checkpoint as an EDM denoiser (see :mod:`sddit.vp`)."""
-    from .vp import DiscreteVPDenoiser, load_official_dit
-
-    try:
-        dit = load_official_dit(path, model, image_size, num_classes, model_kwargs=model_kwargs)
-    except (ValueError, RuntimeError) as e:  # OfficialCheckpointNotFound is a ValueError too
-        raise CheckpointError(" ".join(str(e).split())) from None
-    net = DiscreteVPDenoiser(dit).to(device).eval().requires_grad_(False)
-    return SampleSource(
-        net=net, shape=(dit.in_channels, dit.input_size, dit.input_size), num_classes=num_classes,
-        null_label=net.null_label, sampler_kwargs=net.sampler_kwargs(), checkpoint=str(Path(path).resolve()),
-        kind="official-dit", latent=True, describe={"model": model, "image_size": image_size},
-    )
-
-
-def resolve_vae(source: SampleSource, vae: str | None = None,
-                scale_factor: float | None = None) -> tuple[str, float, str]:
-    """(VAE id or directory, scale factor, where they came from) for a latent source.
-
-    Order: ``vae``/``scale_factor`` given by the user, then the checkpoint's latent manifest, then
-    (official DiT only) DiT's defaults. A latent sddit checkpoint whose manifest is not reachable
-    and no ``vae`` is an error that says to pass ``--vae``.
-    """
-    from .prepare import SD_SCALE_FACTOR
-
-    manifest = None
-    if source.manifest_root:
-        from .latents import read_manifest
-
-        try:
-            manifest = read_manifest(source.manifest_root)
-        except DataError:
-            manifest = None
-    if vae is None:
-        if manifest is not None:
-            vae, origin = str(manifest["vae"]), f"manifest {Path(source.manifest_root) / 'manifest.json'}"
-        elif source.kind == "official-dit":
-            vae, origin = OFFICIAL_DIT_VAE, "DiT default"
-        else:
-            raise DataError(
-                f"{source.checkpoint} is a latent model, but its latent folder {source.manifest_root} (manifest.json, "
-                "which names the VAE) is not reachable here: pass --vae ID_OR_DIR, the VAE it was trained with "
-                f"(e.g. {OFFICIAL_DIT_VAE}), and --scale-factor if it is not {SD_SCALE_FACTOR}")
-    else:
-        origin = "--vae"
-    if scale_factor is None:
-        scale_factor = float(manifest["scale_factor"]) if manifest is not None else SD_SCALE_FACTOR
-    return vae, float(scale_factor), origin
-
-
-@torch.no_grad()
-def decode_latents(vae, z: torch.Tensor, scale_factor: float, chunk: int = 16) -> torch.Tensor:
-    """``vae.decode(z / scale_factor).sample`` in float32, clamped to [-1, 1], on the CPU.
-
-    Decodes ``chunk`` latents at a time (a fixed size, so results still do not depend on the number
-    of processes): the SD VAE decoder needs a few hundred MB of activations per 256px image.
-    """
-    device = next(vae.parameters()).device
-    out = []
-    for part in z.split(chunk):
-        x = vae.decode(part.to(device, torch.float32) / scale_factor).sample
-        out.append(x.float().clamp(-1, 1).cpu())
-    return torch.cat(out)
 
 
 def seed_labels(seeds: list[int], num_classes: int, shape: tuple[int, ...], device: str | torch.device) -> torch.Tensor:
@@ -182,7 +68,7 @@ def seed_labels(seeds: list[int], num_classes: int, shape: tuple[int, ...], devi
 
     Recomputes what :func:`sample_batch` draws (used for batches that ``resume`` skips).
     """
-    from .diffusion import StackedRandomGenerator
+    from ..diffusion import StackedRandomGenerator
 
     rnd = StackedRandomGenerator(device, seeds)
     rnd.randn((len(seeds), *shape))
@@ -201,8 +87,6 @@ def sample_batch(
     Unlike :func:`sddit.sampling.generate` the output is NOT clamped: for latent models it is a
     latent (std ~1, beyond [-1, 1]) that the VAE decodes; pixel outputs are clamped by the caller.
     """
-    from .sampling import sample_seeds
-
     source.net.eval()
     return sample_seeds(source.net, seeds, source.shape, labels, num_classes=source.num_classes, num_steps=steps,
                         cfg_scale=cfg_scale, null_label=source.null_label, device=device,
@@ -215,31 +99,16 @@ def assign_batches(num_samples: int, batch_size: int, rank: int = 0, world_size:
     return [(s, min(s + batch_size, num_samples)) for k, s in enumerate(starts) if k % world_size == rank]
 
 
-def git_commit() -> dict[str, Any] | None:
-    """``{"commit": sha, "dirty": bool}`` of the checkout this package runs from, or None."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
-
-
 def _png_path(out: Path, i: int) -> Path:
     return out / IMAGES_DIR / f"{i:06d}.png"
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    """One HWC uint8 image, written to a temporary name and renamed (never a half-written PNG)."""
+    """One HWC uint8 image, written atomically (never a half-written PNG for --resume to trust)."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(f, format="PNG", compress_level=1)
 
 
 def _read_png_rgb(path: Path, hw: tuple[int, int]) -> np.ndarray:
@@ -261,29 +130,22 @@ def write_image_npz(path: str | Path, images: Iterable[np.ndarray], shape: tuple
     one image at a time to a temporary file that is renamed at the end.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     count = 0
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                          "shape": tuple(int(s) for s in shape)}
-                np.lib.format.write_array_header_1_0(f, header)
-                for image in images:
-                    if image.shape != tuple(shape[1:]) or image.dtype != np.uint8:
-                        raise DataError(f"image {count} is {image.dtype} {image.shape}, expected uint8 "
-                                        f"{tuple(shape[1:])}")
-                    f.write(np.ascontiguousarray(image).tobytes())
-                    count += 1
-            if count != shape[0]:
-                raise DataError(f"wrote {count} images into {path}, expected {shape[0]}")
-            if labels is not None:
-                with zf.open("arr_1.npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": tuple(int(s) for s in shape)}
+            np.lib.format.write_array_header_1_0(f, header)
+            for image in images:
+                if image.shape != tuple(shape[1:]) or image.dtype != np.uint8:
+                    raise DataError(f"image {count} is {image.dtype} {image.shape}, expected uint8 {tuple(shape[1:])}")
+                f.write(np.ascontiguousarray(image).tobytes())
+                count += 1
+        if count != shape[0]:
+            raise DataError(f"wrote {count} images into {path}, expected {shape[0]}")
+        if labels is not None:
+            with zf.open("arr_1.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
     return path
 
 
@@ -341,8 +203,6 @@ def generate_samples(
     it); without one this is the single-process run. Returns the ``samples.json`` dict on rank 0
     (``{}`` on other ranks).
     """
-    from .sampling import quantize
-
     if num_samples < 1 or batch_size < 1 or steps < 1:
         raise DataError("--num-samples, --batch-size and --steps must be >= 1")
     if precision not in ("fp32", "bf16"):
@@ -354,8 +214,6 @@ def generate_samples(
     decoder, vae_id, vae_origin = None, None, None
     if source.latent:
         vae_id, scale_factor, vae_origin = resolve_vae(source, vae, scale_factor)
-        from .prepare import load_vae, vae_downsample
-
         decoder = load_vae(vae_id, device)
         if int(decoder.config.latent_channels) != source.shape[0]:
             raise DataError(f"the VAE {vae_id} has {decoder.config.latent_channels} latent channels but the model "

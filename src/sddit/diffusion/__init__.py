@@ -1,0 +1,8 @@
+"""EDM (Karras et al. 2022): the denoiser and its loss (`edm.py`), the sampler (`sampler.py`), and a
+wrapper that samples official DDPM-trained DiT checkpoints with the same sampler (`vp.py`)."""
+
+from .edm import EDMPrecond, as_batch_sigma, edm_loss, loss_weight, precond_coeffs, sample_sigma
+from .sampler import StackedRandomGenerator, edm_sampler, guided_denoiser, sigma_steps
+
+__all__ = ["EDMPrecond", "as_batch_sigma", "edm_loss", "loss_weight", "precond_coeffs", "sample_sigma",
+           "StackedRandomGenerator", "edm_sampler", "guided_denoiser", "sigma_steps"]

@@ -1,0 +1,344 @@
+"""Scoring image files against a reference, the way ADM's evaluator does (`sddit eval --samples
+PATH --ref PATH`): sample and reference sets as folders or ``.npz`` files streamed in batches,
+reference statistics files, and a cache of reference features. docs/evaluation.md has the protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..runtime import atomic_write
+from .inception import InceptionFeatures, find_inception_weights, inception_id, inception_logit_weight, load_inception
+from .metrics import feature_stats, frechet_distance, inception_score, precision_recall
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CACHE_VERSION = 1
+
+
+class ImageSet:
+    """An image folder (PNG/JPEG, recursive, sorted by path) or an ``.npz`` with ``arr_0`` uint8 NHWC.
+
+    Images are read in batches (:meth:`batches`), never all at once: an ``.npz`` member is streamed
+    from the zip like ADM's evaluator does, so 50k 256px samples need memory for one batch only.
+    Folder images are converted to RGB (grey repeated, which is also what the Inception input
+    does), and must all have one size.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        if self.path.is_dir():
+            self.kind = "folder"
+            self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not self.files:
+                raise DataError(f"{self.path} holds no PNG/JPEG images")
+            self.count = len(self.files)
+        elif self.path.is_file():
+            self.kind = "npz"
+            self.files = []
+            self.count, self.image_shape = _npz_array_info(self.path, "arr_0")
+            if len(self.image_shape) != 3 or self.image_shape[-1] not in (1, 3):
+                raise DataError(f"{self.path}: arr_0 has shape {(self.count, *self.image_shape)}, expected "
+                                "(N, H, W, 3) uint8 images")
+        else:
+            raise DataError(f"{self.path} does not exist: pass an image folder or an .npz with arr_0 (N, H, W, 3) "
+                            "uint8")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def describe(self) -> str:
+        return f"{self.count} images ({self.kind} {self.path})"
+
+    def fingerprint(self) -> str:
+        """Cheap identity for reference caches: names and sizes of the files (not their bytes)."""
+        h = hashlib.sha1()
+        if self.kind == "npz":
+            h.update(f"{self.path.name}:{self.path.stat().st_size}:{self.count}".encode())
+        else:
+            for p in self.files:
+                h.update(f"{p.relative_to(self.path)}:{p.stat().st_size}\n".encode())
+        return h.hexdigest()
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """uint8 (b, H, W, C) numpy batches in order."""
+        if self.kind == "npz":
+            yield from _npz_batches(self.path, "arr_0", batch_size)
+            return
+        from PIL import Image
+
+        size = None
+        for start in range(0, self.count, batch_size):
+            batch = []
+            for p in self.files[start : start + batch_size]:
+                try:
+                    with Image.open(p) as img:
+                        arr = np.asarray(img.convert("RGB"))
+                except OSError as e:
+                    raise DataError(f"cannot read image {p}: {e}") from None
+                size = size or arr.shape
+                if arr.shape != size:
+                    raise DataError(f"{p} is {arr.shape[1]}x{arr.shape[0]} but the first image of {self.path} is "
+                                    f"{size[1]}x{size[0]}: all images of a set must have one size")
+                batch.append(arr)
+            yield np.stack(batch)
+
+
+def _npz_open_member(path: Path, key: str):
+    """(zipfile, open member, shape, fortran_order, dtype) of ``key`` in an ``.npz``, header read."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path} is not an .npz file ({e})") from None
+    name = f"{key}.npy"
+    if name not in zf.namelist():
+        keys = [n.removesuffix(".npy") for n in zf.namelist()]
+        zf.close()
+        raise DataError(f"{path} has no {key!r} (it holds {keys}): expected arr_0 (N, H, W, 3) uint8 images")
+    f = zf.open(name)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    return zf, f, shape, fortran, dtype
+
+
+def _npz_array_info(path: Path, key: str) -> tuple[int, tuple[int, ...]]:
+    zf, f, shape, _, dtype = _npz_open_member(path, key)
+    f.close()
+    zf.close()
+    if dtype != np.uint8 or len(shape) < 1:
+        raise DataError(f"{path}: {key} is {dtype} {shape}, expected uint8 (N, H, W, 3) images")
+    return int(shape[0]), tuple(int(s) for s in shape[1:])
+
+
+def _npz_batches(path: Path, key: str, batch_size: int) -> Iterator[np.ndarray]:
+    zf, f, shape, fortran, dtype = _npz_open_member(path, key)
+    try:
+        if fortran:  # rare; not streamable in row order
+            data = np.load(path)[key]
+            for start in range(0, len(data), batch_size):
+                yield np.ascontiguousarray(data[start : start + batch_size])
+            return
+        per_image = int(np.prod(shape[1:])) * dtype.itemsize
+        for start in range(0, shape[0], batch_size):
+            n = min(batch_size, shape[0] - start)
+            raw = f.read(n * per_image)
+            yield np.frombuffer(bytearray(raw), dtype=dtype).reshape(n, *shape[1:])  # writable for torch
+    finally:
+        f.close()
+        zf.close()
+
+
+def _npz_keys(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n.removesuffix(".npy") for n in zf.namelist()]
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path} is not an .npz file ({e})") from None
+
+
+class Reference:
+    """What ``--ref`` gives: images (folder / ``arr_0``), precomputed statistics, or both.
+
+    ADM's reference batches (e.g. ``VIRTUAL_imagenet256_labeled.npz``) hold both: 10k images in
+    ``arr_0`` plus ``mu``/``sigma`` and ``mu_s``/``sigma_s``. As in ADM's evaluator, stored
+    statistics are used for FID/sFID and the images for precision/recall. A stats-only file
+    (``mu``/``sigma``) gives FID (and sFID with ``mu_s``/``sigma_s``); precision/recall then need
+    reference features, which our ``--cache-ref`` files carry (``pool_features``) and others do not.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.images: ImageSet | None = None
+        self.stats: dict[str, np.ndarray] = {}
+        self.features: np.ndarray | None = None
+        if not self.path.exists():
+            raise DataError(f"{self.path} does not exist: pass an image folder, an .npz of images (arr_0) or a "
+                            "reference-statistics .npz (mu, sigma)")
+        if self.path.is_dir():
+            self.images = ImageSet(self.path)
+            return
+        keys = _npz_keys(self.path)
+        if "mu" in keys and "sigma" in keys:
+            with np.load(self.path) as data:
+                for k in ("mu", "sigma", "mu_s", "sigma_s"):
+                    if k in data.files:
+                        self.stats[k] = data[k].astype(np.float64)
+                if "pool_features" in data.files:
+                    self.features = data["pool_features"]
+        if "arr_0" in keys:
+            self.images = ImageSet(self.path)
+        if not self.stats and self.images is None:
+            raise DataError(f"{self.path} holds {keys}: expected arr_0 (images) or mu/sigma (statistics)")
+        if ("mu_s" in self.stats) != ("sigma_s" in self.stats):
+            self.stats.pop("mu_s", None)
+            self.stats.pop("sigma_s", None)
+
+    def describe(self) -> str:
+        parts = []
+        if self.images is not None:
+            parts.append(f"{self.images.count} images")
+        if self.stats:
+            parts.append("statistics " + "/".join(k for k in ("mu", "sigma", "mu_s", "sigma_s") if k in self.stats))
+        return f"{' + '.join(parts)} ({self.path})"
+
+
+def default_ref_cache_path(ref: str | Path) -> Path:
+    """Where ``--cache-ref`` puts a reference's statistics by default: ``REF.stats.npz`` beside it."""
+    p = Path(ref).expanduser()
+    name = p.name if p.is_dir() else p.stem
+    return p.with_name(f"{name}.stats.npz")
+
+
+
+def _extract(extractor: InceptionFeatures, images: ImageSet, spatial: bool, desc: str, progress: bool):
+    """(pool, spatial or None) features of an image set, with a progress bar in images."""
+    from tqdm.auto import tqdm
+
+    pools, spats = [], []
+    with tqdm(total=images.count, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in images.batches(extractor.batch_size):
+            pool, spat = extractor.forward_batch(batch, spatial)
+            pools.append(pool.float().cpu().numpy())
+            if spat is not None:
+                spats.append(spat.float().cpu().numpy())
+            bar.update(len(batch))
+    return np.concatenate(pools), (np.concatenate(spats) if spatial else None)
+
+
+def _load_ref_cache(path: Path, ref: Reference, ref_id: str, resize: str) -> dict | None:
+    """Statistics (+ pool features) of ``ref`` from an earlier ``--cache-ref``, if they match."""
+    if not path.is_file() or ref.images is None:
+        return None
+    try:
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+            if meta.get("version") != CACHE_VERSION or meta.get("inception") != ref_id or \
+                    meta.get("resize") != resize or meta.get("source") != ref.images.fingerprint():
+                return None
+            return {k: data[k] for k in data.files if k != "meta"}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _save_ref_cache(path: Path, arrays: dict, meta: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+def evaluate_sample_files(
+    samples: str | Path,
+    ref: str | Path,
+    *,
+    inception: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 50,
+    cache_ref: str | Path | None = None,
+    progress: bool = True,
+    k: int = 3,
+    precision: str = "fp32",
+) -> dict:
+    """FID, sFID, precision/recall (k=3) and, when the Inception has logits, IS of image files.
+
+    ``samples``: image folder or ``.npz`` (``arr_0``). ``ref``: the same, or a statistics ``.npz``
+    (``mu``/``sigma``, optionally ``mu_s``/``sigma_s``), or both in one file (ADM's reference
+    batches). ``cache_ref``: a path to save the reference's statistics and pool features to (and
+    reuse them from, when they were computed from the same files with the same Inception). Metrics
+    that cannot be computed are None, with the reason in ``notes``.
+    """
+    sample_set = ImageSet(samples)
+    if sample_set.count < 2:
+        raise DataError(f"{sample_set.path} holds {sample_set.count} image(s); FID needs at least 2")
+    reference = Reference(ref)
+    weights = find_inception_weights(inception)
+    model = load_inception(weights)
+    extractor = InceptionFeatures(model, device=device, batch_size=batch_size, precision=precision)
+    spatial = extractor.has_spatial
+    logit_w = inception_logit_weight(model)
+    notes: list[str] = []
+    if not spatial:
+        notes.append("sFID: n/a (this Inception file lacks the layer layout the spatial features need)")
+
+    t0 = time.perf_counter()
+    pool, spat = _extract(extractor, sample_set, spatial, "inception (samples)", progress)
+
+    # Reference: statistics and pool features, from a cache, the files, or both.
+    ref_id = f"{inception_id(weights)}:{precision}"  # bf16 and fp32 features are cached apart
+    ref_stats: dict[str, np.ndarray] = dict(reference.stats)
+    ref_feats = reference.features
+    cache_path = Path(cache_ref).expanduser() if cache_ref is not None else None
+    cached = _load_ref_cache(cache_path, reference, ref_id, extractor.resize) if cache_path else None
+    num_ref_images = reference.images.count if reference.images is not None else None
+    if cached is not None:
+        ref_feats = cached.get("pool_features")
+        for key in ("mu", "sigma", "mu_s", "sigma_s"):
+            if key in cached and key not in ref_stats:
+                ref_stats[key] = cached[key].astype(np.float64)
+        notes.append(f"reference statistics and features reused from {cache_path}")
+    elif reference.images is not None:
+        ref_pool, ref_spat = _extract(extractor, reference.images, spatial, "inception (reference)", progress)
+        ref_feats = ref_pool
+        if "mu" not in ref_stats:
+            ref_stats["mu"], ref_stats["sigma"] = feature_stats(ref_pool)
+        if ref_spat is not None and "mu_s" not in ref_stats:
+            ref_stats["mu_s"], ref_stats["sigma_s"] = feature_stats(ref_spat)
+        if reference.stats:
+            notes.append("FID/sFID use the statistics stored in the reference file (as ADM's evaluator does); "
+                         "precision/recall use its images")
+        if cache_path is not None:
+            arrays = {**ref_stats, "pool_features": ref_pool.astype(np.float32)}
+            meta = {"version": CACHE_VERSION, "inception": ref_id, "resize": extractor.resize,
+                    "source": reference.images.fingerprint(), "path": str(reference.path),
+                    "num_images": reference.images.count}
+            _save_ref_cache(cache_path, arrays, meta)
+            notes.append(f"reference statistics saved to {cache_path}")
+    elif cache_path is not None:
+        notes.append("--cache-ref ignored: the reference is already a statistics file")
+
+    mu, sigma = feature_stats(pool)
+    fid = frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"])
+    sfid = None
+    if spat is not None and "mu_s" in ref_stats:
+        sfid = frechet_distance(*feature_stats(spat), ref_stats["mu_s"], ref_stats["sigma_s"])
+    elif spatial:
+        notes.append("sFID: n/a (the reference statistics have no mu_s/sigma_s)")
+
+    precision = recall = None
+    num_ref_feats = None if ref_feats is None else len(ref_feats)
+    if ref_feats is None:
+        notes.append("precision/recall: n/a (they need reference images, not only statistics)")
+    elif len(ref_feats) <= k or len(pool) <= k:
+        notes.append(f"precision/recall: n/a (need more than k={k} images in each set)")
+    else:
+        precision, recall = precision_recall(ref_feats, pool, k=k, batch_size=2000, device=device)
+
+    inception_score_mean = inception_score_std = None
+    if logit_w is None:
+        notes.append("IS: n/a (the Inception file has no logits)")
+    else:
+        logits = torch.from_numpy(pool).double() @ logit_w.double().cpu().T
+        splits = max(1, min(math.ceil(len(pool) / 5000), len(pool)))  # ADM: chunks of 5000 samples
+        inception_score_mean, inception_score_std = inception_score(logits, splits=splits, from_logits=True)
+
+    return {
+        "fid": fid, "sfid": sfid, "precision": precision, "recall": recall,
+        "inception_score": inception_score_mean, "inception_score_std": inception_score_std,
+        "num_samples": sample_set.count, "num_reference_images": num_ref_images,
+        "num_reference_features": num_ref_feats,
+        "reference_stats": "file" if reference.stats else ("cache" if cached is not None else "computed"),
+        "samples": str(sample_set.path), "ref": str(reference.path), "inception": str(weights),
+        "resize": extractor.resize, "k": k, "notes": notes, "seconds": round(time.perf_counter() - t0, 1),
+    }

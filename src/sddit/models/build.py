@@ -1,0 +1,49 @@
+"""Config -> network: a DiT for objective=dit, an encoder/decoder SplitDiT for maskdit and sddit."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import Config
+from ..errors import ConfigError
+from .dit import DiT, DiT_models
+from .split import SplitDiT, SplitDiT_models
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The raw network F (before EDM preconditioning) that `cfg` describes."""
+    m = cfg.model
+    common = dict(input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
+                  class_dropout_prob=m.class_dropout_prob, learn_sigma=m.learn_sigma)
+    if cfg.objective == "dit":
+        if m.preset:
+            if m.preset not in DiT_models:
+                raise ConfigError(f"unknown DiT preset '{m.preset}'; choose one of {', '.join(DiT_models)}")
+            model = DiT_models[m.preset](**common)
+        else:
+            model = DiT(patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
+                        mlp_ratio=m.mlp_ratio, **common)
+    else:
+        split = dict(
+            mask_token=m.mask_token,
+            use_cls_token=m.use_cls_token and cfg.objective == "sddit",
+            head_dim=m.head_dim if cfg.objective == "sddit" else 0,
+            head_hidden_dim=m.head_hidden_dim, head_bottleneck_dim=m.head_bottleneck_dim,
+        )
+        if m.preset:
+            if m.preset not in SplitDiT_models:
+                raise ConfigError(f"unknown split preset '{m.preset}'; choose one of {', '.join(SplitDiT_models)}")
+            model = SplitDiT_models[m.preset](**common, **split)
+        else:
+            if not 0 < m.decoder_depth < m.depth:
+                raise ConfigError(f"model.decoder_depth={m.decoder_depth} must be between 1 and "
+                                  f"model.depth-1={m.depth - 1}")
+            model = SplitDiT(
+                patch_size=m.patch_size, hidden_size=m.hidden_size, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                encoder_depth=m.depth - m.decoder_depth, decoder_depth=m.decoder_depth,
+                decoder_hidden_size=m.decoder_hidden_size or None, decoder_num_heads=m.decoder_num_heads or None,
+                **common, **split,
+            )
+    if m.grad_checkpointing:
+        model.grad_checkpointing = True
+    return model

@@ -1,0 +1,115 @@
+"""Process-level helpers every layer may use: the device, atomic file writes, wrapped modules, and
+the provenance record (command, commit, machine, date) that result files carry."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else Apple's MPS, else the CPU; a missing device is a ConfigError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", fsync: bool = False) -> Iterator[IO[Any]]:
+    """Write `path` through a temporary file in the same folder, renamed over it on success.
+
+    Readers never see a half-written file, and a failed write (full disk, crash, exception) leaves
+    the previous file intact and no temporary behind. `fsync` also flushes the file and the folder
+    to disk, for files a crash must not lose (checkpoints).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if fsync:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(net, "module"):
+            net = net.module
+        elif hasattr(net, "_orig_mod"):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def git_commit() -> dict[str, Any] | None:
+    """`{"commit": sha, "dirty": bool}` of the checkout this package runs from, or None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(PACKAGE_DIR), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def machine() -> str:
+    """One line naming the hardware numbers came from."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU threads visible, torch {torch.__version__} threads {torch.get_num_threads()}"
+
+
+def provenance(argv: list[str], cwd: str | Path | None = None) -> dict[str, str]:
+    """What every result file records: the command, the git commit, the machine and the date."""
+    commit = git_commit()
+    sha = "unknown" if commit is None else commit["commit"] + (" (with uncommitted changes)" if commit["dirty"] else "")
+    prog = argv[0]
+    if cwd is not None and os.path.isabs(prog):
+        prog = os.path.relpath(prog, cwd)
+    return {"command": " ".join(["python", prog, *argv[1:]]), "git_commit": sha, "machine": machine(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

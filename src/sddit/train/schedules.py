@@ -1,0 +1,22 @@
+"""The learning-rate schedule, shared by every objective."""
+
+from __future__ import annotations
+
+import math
+
+from ..config import Config
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    """Linear warm-up to train.lr, then constant or a cosine / linear decay to lr * lr_final at max_steps."""
+    tc = cfg.train
+    warm = tc.warmup_steps
+    if warm > 0 and step < warm:
+        return tc.lr * (step + 1) / warm
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    progress = min(1.0, max(0.0, (step - warm) / max(1, tc.max_steps - warm)))
+    final = tc.lr * tc.lr_final
+    if tc.lr_schedule == "cosine":
+        return final + (tc.lr - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return tc.lr - (tc.lr - final) * progress
