@@ -48,6 +48,8 @@ class ModelConfig:
     head_dim: int = 8192  # K prototypes [dino/ibot]
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
+    head_block: int = 0  # [choice] encoder block whose output the head reads (1-based); 0 = the last one
+    head_last_init: str = "trunc_normal"  # [choice] prototype layer init: trunc_normal (std 0.02) | pytorch (DINO's)
     grad_checkpointing: bool = False
 
 
@@ -91,6 +93,9 @@ class SDDiTConfig:
     teacher_temp: float = 0.07
     teacher_temp_warmup: float = 0.04
     teacher_temp_warmup_steps: int = 0  # 0 = 30% of max_steps (iBOT warms up over 30 epochs)
+    teacher_temp_cls: float = 0.0  # [choice] fixed [CLS] teacher temperature (iBOT: 0.04); 0 = the patch schedule
+    teacher_cond_sigma_min: float = 0.0  # [choice] floor of the sigma the teacher's c_noise is computed from; 0 = off
+    freeze_last_layer_steps: int = 0  # [choice] no update of the head's prototype layer for the first N steps [dino]
     center_momentum: float = 0.9
 
 
@@ -104,7 +109,8 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to train.lr (shared by all objectives)
     lr_schedule: str = "constant"  # constant | cosine | linear: decay after the warm-up to lr * lr_final at max_steps
     lr_final: float = 0.0  # final learning rate as a fraction of train.lr (cosine / linear)
-    grad_clip: float = 0.0  # 0 = off
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
+    gradnorm_every: int = 0  # every N steps log each loss term's gradient norm per model part (0 = off)
     ema_decay: float = 0.9999  # sampling EMA of the whole student
     ema_warmup: bool = True  # decay = min(ema_decay, (1+step)/(10+step)) so short runs get a usable EMA
     precision: str = "fp32"  # fp32 | bf16 (autocast)
@@ -155,6 +161,7 @@ class Config:
             "eval.inception_precision": (self.eval.inception_precision, ("fp32", "bf16")),
             "train.lr_schedule": (self.train.lr_schedule, ("constant", "cosine", "linear")),
             "model.mask_token": (self.model.mask_token, ("learned", "zeros")),
+            "model.head_last_init": (self.model.head_last_init, ("trunc_normal", "pytorch")),
             "sddit.teacher_sigma": (self.sddit.teacher_sigma, ("min", "fixed", "fraction")),
             "sddit.teacher_momentum_schedule": (self.sddit.teacher_momentum_schedule, ("cosine", "fixed")),
             "data.dataset": (self.data.dataset, ("fashion_mnist", "digits", "latents")),

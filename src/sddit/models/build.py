@@ -29,21 +29,32 @@ def build_model(cfg: Config) -> nn.Module:
             use_cls_token=m.use_cls_token and cfg.objective == "sddit",
             head_dim=m.head_dim if cfg.objective == "sddit" else 0,
             head_hidden_dim=m.head_hidden_dim, head_bottleneck_dim=m.head_bottleneck_dim,
+            head_block=m.head_block, head_last_init=m.head_last_init,
         )
+        if m.head_block < 0:
+            raise ConfigError(f"model.head_block={m.head_block} must be >= 0 (0 = the last encoder block)")
         if m.preset:
             if m.preset not in SplitDiT_models:
                 raise ConfigError(f"unknown split preset '{m.preset}'; choose one of {', '.join(SplitDiT_models)}")
-            model = SplitDiT_models[m.preset](**common, **split)
+            model = _checked(lambda: SplitDiT_models[m.preset](**common, **split))
         else:
             if not 0 < m.decoder_depth < m.depth:
                 raise ConfigError(f"model.decoder_depth={m.decoder_depth} must be between 1 and "
                                   f"model.depth-1={m.depth - 1}")
-            model = SplitDiT(
+            model = _checked(lambda: SplitDiT(
                 patch_size=m.patch_size, hidden_size=m.hidden_size, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                 encoder_depth=m.depth - m.decoder_depth, decoder_depth=m.decoder_depth,
                 decoder_hidden_size=m.decoder_hidden_size or None, decoder_num_heads=m.decoder_num_heads or None,
                 **common, **split,
-            )
+            ))
     if m.grad_checkpointing:
         model.grad_checkpointing = True
     return model
+
+
+def _checked(build):
+    """Construct a SplitDiT, turning its argument checks into one-line config errors."""
+    try:
+        return build()
+    except ValueError as e:
+        raise ConfigError(f"model config: {e}; fix the model.* keys") from None

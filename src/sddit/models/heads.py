@@ -9,6 +9,8 @@ The head here is DINO's (Caron et al. 2021, ``vision_transformer.DINOHead``) wit
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,6 +39,8 @@ class DINOHead(nn.Module):
         hidden_dim: MLP width.
         bottleneck_dim: width of the L2-normalised embedding.
         nlayers: number of Linear layers in the MLP (1 = a single ``in_dim -> bottleneck`` Linear).
+        last_init: ``"trunc_normal"`` or ``"pytorch"``: the prototype directions' init (see
+            :meth:`reset_parameters`).
         norm_input: apply a parameter-free LayerNorm to the input first. DINO feeds the head with
             the ViT's final-LayerNorm output; a DiT encoder has no final norm (its residual stream
             grows with depth and is modulated by adaLN), so ``SplitDiT`` turns this on. It has no
@@ -51,8 +55,12 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         nlayers: int = 3,
         norm_input: bool = False,
+        last_init: str = "trunc_normal",
     ) -> None:
         super().__init__()
+        if last_init not in ("trunc_normal", "pytorch"):
+            raise ValueError(f"last_init must be 'trunc_normal' or 'pytorch', got {last_init!r}")
+        self.last_init = last_init
         if nlayers < 1:
             raise ValueError(f"nlayers must be >= 1, got {nlayers}")
         self.in_dim, self.out_dim, self.bottleneck_dim = in_dim, out_dim, bottleneck_dim
@@ -84,13 +92,23 @@ class DINOHead(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """DINO init: trunc-normal(0.02) Linear weights, zero biases, unit frozen magnitude."""
+        """DINO init: trunc-normal(0.02) MLP weights, zero biases, unit frozen magnitude.
+
+        The prototype directions ``v`` get trunc-normal(0.02) too (``last_init="trunc_normal"``) or,
+        as in DINO's code, where ``last_layer`` is built after the init pass, PyTorch's default
+        Linear init (``"pytorch"``: kaiming-uniform). Weight norm makes the layer's output independent
+        of ``|v|``, but not its learning: Adam moves each direction by about lr / |v|, so the smaller
+        trunc-normal rows (|v| = 0.02 sqrt(bottleneck)) rotate ~3.6x faster than the default ones.
+        """
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        if self.last_init == "trunc_normal":
+            nn.init.trunc_normal_(self.weight_v, std=0.02)
+        else:
+            nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))  # nn.Linear.reset_parameters
         self.weight_g.fill_(1.0)
         self.weight_g.requires_grad_(False)
 

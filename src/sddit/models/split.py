@@ -43,6 +43,7 @@ class EncoderOutput:
 
     tokens: torch.Tensor  # (B, [1+]T_keep, D) encoder output, [CLS] first if used
     c: torch.Tensor  # (B, D) conditioning vector (timestep + label)
+    head_tokens: torch.Tensor  # (B, [1+]T_keep, D) what the head reads: the output of block `head_block`
     ids_keep: torch.Tensor  # (B, T_keep) visible token indices, in the order of `tokens`
     ids_restore: torch.Tensor  # (B, T) inverse shuffle (see tokens.unshuffle)
     mask: torch.Tensor  # (B, T) float, 1 = masked, in token order
@@ -88,6 +89,10 @@ class SplitDiT(nn.Module):
         head_dim: number of prototypes K of a DINO head on the encoder tokens; 0 = no head.
         head_hidden_dim, head_bottleneck_dim: the head's MLP widths.
         head_norm_input: parameter-free LayerNorm before the head ([choice], see DINOHead).
+        head_block: the encoder block (1-based) whose output tokens the head reads; 0 = the last.
+            An earlier block aligns intermediate features (REPA aligns about a third of the way
+            in) and leaves the last encoder blocks to the generative loss alone.
+        head_last_init: the head's prototype-layer init (``DINOHead``'s ``last_init``).
     """
 
     grad_checkpointing: bool = False  # as DiT: set True to trade compute for activation memory
@@ -113,10 +118,14 @@ class SplitDiT(nn.Module):
         head_hidden_dim: int = 2048,
         head_bottleneck_dim: int = 256,
         head_norm_input: bool = True,
+        head_block: int = 0,
+        head_last_init: str = "trunc_normal",
     ) -> None:
         super().__init__()
         if mask_token not in ("learned", "zeros"):
             raise ValueError(f"mask_token must be 'learned' or 'zeros', got {mask_token!r}")
+        if not 0 <= head_block <= encoder_depth:
+            raise ValueError(f"head_block {head_block} must be in 1..{encoder_depth} (or 0 = the last encoder block)")
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
         dec_width = hidden_size if decoder_hidden_size is None else decoder_hidden_size
@@ -132,6 +141,7 @@ class SplitDiT(nn.Module):
         self.use_cls_token = use_cls_token
         self.mask_token_mode = mask_token
         self.head_dim = head_dim
+        self.head_block = head_block or encoder_depth  # 1-based: the head reads the output of this block
         self.grid_size = input_size // patch_size
         self.num_patches = self.grid_size**2
         self.is_teacher = False
@@ -178,6 +188,7 @@ class SplitDiT(nn.Module):
                 hidden_dim=head_hidden_dim,
                 bottleneck_dim=head_bottleneck_dim,
                 norm_input=head_norm_input,
+                last_init=head_last_init,
             )
         else:
             self.head = None
@@ -236,12 +247,14 @@ class SplitDiT(nn.Module):
         ids_keep: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         force_drop_ids: torch.Tensor | None = None,
+        stop_after_head_block: bool = False,
     ) -> EncoderOutput:
         """Run the encoder on [CLS] + the visible tokens.
 
         Masked tokens are dropped *before* the encoder (MAE style). ``ids_keep`` (B, T_keep)
         overrides the random mask (``mask_ratio`` is then ignored). With ratio 0 and no ids_keep no
-        gather is done and token order is the identity.
+        gather is done and token order is the identity. ``stop_after_head_block`` skips the blocks
+        after ``head_block`` (the teacher needs only what its head reads).
         """
         tokens, c = self.embed(x, t, y, force_drop_ids)  # (B, T, D), (B, D)
         b, n = tokens.shape[:2]
@@ -258,9 +271,14 @@ class SplitDiT(nn.Module):
         if self.cls_token is not None:
             cls = (self.cls_token + self.cls_pos_embed).expand(b, -1, -1)  # (B, 1, D)
             tokens = torch.cat([cls, tokens], dim=1)  # (B, 1 + T_keep, D)
-        for block in self.blocks:
+        head_tokens = tokens
+        for i, block in enumerate(self.blocks, start=1):
             tokens = self._run_block(block, tokens, c)  # (B, [1+]T_keep, D)
-        return EncoderOutput(tokens, c, ids_keep, ids_restore, mask)
+            if i == self.head_block:
+                head_tokens = tokens
+                if stop_after_head_block:
+                    break
+        return EncoderOutput(tokens, c, head_tokens, ids_keep, ids_restore, mask)
 
     def decode(self, tokens: torch.Tensor, c: torch.Tensor, ids_restore: torch.Tensor | None) -> torch.Tensor:
         """Decoder: encoder tokens (B, [1+]T_keep, D) -> network output F (B, out_channels, H, W).
@@ -319,7 +337,7 @@ class SplitDiT(nn.Module):
         out = self.decode(enc.tokens, enc.c, None if nothing_masked else enc.ids_restore)  # (B, C, H, W)
         if not return_tokens:
             return out
-        head = self.head(enc.tokens) if self.head is not None else None  # (B, [1+]T_keep, K)
+        head = self.head(enc.head_tokens) if self.head is not None else None  # (B, [1+]T_keep, K)
         return SplitOutput(out, enc.tokens, enc.mask, enc.ids_keep, enc.ids_restore, head)
 
     # ------------------------------------------------------------------ teacher

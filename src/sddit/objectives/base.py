@@ -48,6 +48,7 @@ class Objective(nn.Module):
         self.cfg = cfg
         self.dcfg = cfg.diffusion
         self.patch = unwrap(unwrap(net).model).patch_size  # the model's own (a preset may differ from model.patch_size)
+        self.parts: dict[str, Tensor] = {}
 
     def draw(self, x0: Tensor, step: int) -> StepNoise:
         """All randomness of a step from `seeding.step_generator(seed, step)`, drawn for the GLOBAL batch.
@@ -77,7 +78,12 @@ class Objective(nn.Module):
         return (x0.shape[-2] // self.patch) * (x0.shape[-1] // self.patch)
 
     def forward(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
+        """(loss, detached terms for the log). Also sets `self.parts`: the weighted loss terms that sum
+        to the loss, with their graphs, for per-term gradient norms (train.gradnorm_every)."""
         raise NotImplementedError
+
+    def adjust_gradients(self, net: nn.Module, step: int) -> None:
+        """Called after backward, before gradient clipping and the optimiser step."""
 
     def after_step(self, net: nn.Module, step: int) -> None:
         """Called after each optimiser step that was taken (not after skipped non-finite steps)."""

@@ -18,4 +18,5 @@ class DiTObjective(Objective):
         x_noisy = x0 + n.sigma.view(-1, 1, 1, 1) * n.eps  # (B, C, H, W)
         denoised = net(x_noisy, n.sigma, y, force_drop_ids=n.drop)  # (B, C, H, W)
         loss = edm_loss(denoised.float(), x0, n.sigma.view(-1, 1, 1, 1), self.dcfg.sigma_data).mean()
+        self.parts = {"gen": loss}
         return loss, {"loss_gen": loss.detach()}

@@ -40,6 +40,7 @@ class MaskDiTObjective(Objective):
         per_patch = per_patch_mean(edm_loss(denoised, x0, sigma.view(-1, 1, 1, 1), self.dcfg.sigma_data), self.patch)
         loss_gen = masked_mean(per_patch, visible)
         terms = {"loss_gen": loss_gen.detach()}
+        self.parts = {"gen": loss_gen}
         loss = loss_gen
         if self.mcfg.mae_loss_coef > 0 and bool((visible < 1).any()):
             target = patchify(x_noisy, self.patch)  # (B, T, p*p*C)
@@ -48,4 +49,5 @@ class MaskDiTObjective(Objective):
             loss_mae = masked_mean(mae, 1.0 - visible)
             loss = loss + self.mcfg.mae_loss_coef * loss_mae
             terms["loss_mae"] = loss_mae.detach()
+            self.parts["mae"] = self.mcfg.mae_loss_coef * loss_mae
         return loss, terms

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..config import Config
 from ..diffusion import EDMPrecond, edm_loss, precond_coeffs
 from ..distributed import all_reduce_mean
-from ..models.tokens import per_patch_mean
+from ..models.tokens import gather_tokens, per_patch_mean
 from ..runtime import unwrap
 from .base import Objective, Terms, masked_mean
 
@@ -91,13 +91,24 @@ class SDDiTObjective(Objective):
     def tau_t(self, step: int) -> float:
         return teacher_temperature(step, self.temp_warmup_steps, self.scfg.teacher_temp_warmup, self.scfg.teacher_temp)
 
+    def tau_t_cls(self, step: int) -> float:
+        """The [CLS] teacher temperature: fixed when `teacher_temp_cls` is set (iBOT keeps 0.04), else the patches'."""
+        return self.scfg.teacher_temp_cls or self.tau_t(step)
+
     # -- the step
     @torch.no_grad()
     def teacher_logits(self, x_t: Tensor, sigma_t: Tensor, y: Tensor, drop: Tensor) -> Tensor:
-        """Teacher head logits on [CLS] + all tokens of x_T = x0 + sigma_T eps, with EDM's input scaling."""
-        _, _, c_in, c_noise = precond_coeffs(sigma_t.view(-1, 1, 1, 1), self.dcfg.sigma_data)
-        enc = self.teacher.encode(c_in * x_t, c_noise.flatten(), y, force_drop_ids=drop)  # tokens (B, [1+]T, D)
-        return self.teacher.head(enc.tokens).float()  # (B, [1+]T, K)
+        """Teacher head logits on [CLS] + all tokens of x_T = x0 + sigma_T eps, with EDM's input scaling.
+
+        The teacher encoder stops at the block its head reads. Its conditioning c_noise comes from
+        max(sigma_T, teacher_cond_sigma_min): sigma_min itself lies ~4 sd below the student's
+        training noise levels, where the timestep embedding was never trained.
+        """
+        _, _, c_in, _ = precond_coeffs(sigma_t.view(-1, 1, 1, 1), self.dcfg.sigma_data)
+        sigma_cond = sigma_t.clamp_min(self.scfg.teacher_cond_sigma_min) if self.scfg.teacher_cond_sigma_min > 0 else sigma_t
+        _, _, _, c_noise = precond_coeffs(sigma_cond.view(-1, 1, 1, 1), self.dcfg.sigma_data)
+        enc = self.teacher.encode(c_in * x_t, c_noise.flatten(), y, force_drop_ids=drop, stop_after_head_block=True)
+        return self.teacher.head(enc.head_tokens).float()  # (B, [1+]T, K)
 
     def forward(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
         n = self.draw(x0, step)  # the same eps for student and teacher: one PF-ODE trajectory
@@ -116,16 +127,17 @@ class SDDiTObjective(Objective):
         t_logits = self.teacher_logits(x_t, sigma_t, y, drop)  # (B, [1+]T, K)
         s_logits = out.head  # (B, [1+]T_keep, K)
         n_cls = 1 if self.use_cls else 0
-        t_patch_all = t_logits[:, n_cls:]  # (B, T, K)
-        t_patch = torch.gather(t_patch_all, 1, out.ids_keep.unsqueeze(-1).expand(-1, -1, t_patch_all.shape[-1]))  # (B, T_keep, K)
+        t_patch = gather_tokens(t_logits[:, n_cls:], out.ids_keep)  # (B, T_keep, K): teacher at the student's positions
         tau_t = self.tau_t(step)
-        ce_p, ent_p, kl_p = self_distillation_ce(s_logits[:, n_cls:], t_patch, self.center_patch, self.scfg.student_temp, tau_t)
+        ce_p, ent_p, kl_p = self_distillation_ce(s_logits[:, n_cls:], t_patch, self.center_patch,
+                                                 self.scfg.student_temp, tau_t)
         loss_patch = ce_p.mean()
         terms: Terms = {"loss_gen": loss_gen.detach(), "loss_patch": loss_patch.detach()}
         entropy, kl = ent_p.mean(), kl_p.mean()
         loss_d = loss_patch
         if self.use_cls:
-            ce_c, ent_c, kl_c = self_distillation_ce(s_logits[:, 0], t_logits[:, 0], self.center_cls, self.scfg.student_temp, tau_t)
+            ce_c, ent_c, kl_c = self_distillation_ce(s_logits[:, 0], t_logits[:, 0], self.center_cls,
+                                                     self.scfg.student_temp, self.tau_t_cls(step))
             loss_cls = ce_c.mean()
             loss_d = loss_d + loss_cls
             terms["loss_cls"] = loss_cls.detach()
@@ -135,7 +147,14 @@ class SDDiTObjective(Objective):
         # The centers move after the loss used the old ones [ibot], and only once the step is taken
         # (after_step), so a skipped non-finite step cannot poison them.
         self._pending_centers = self._batch_centers(t_logits, n_cls)
+        self.parts = {"gen": loss_gen, "disc": self.scfg.lambda_d * loss_d}
         return loss_gen + self.scfg.lambda_d * loss_d, terms
+
+    def adjust_gradients(self, net: nn.Module, step: int) -> None:
+        """DINO's last-layer freeze: no update of the prototype directions for the first steps."""
+        if step < self.scfg.freeze_last_layer_steps:
+            for p in unwrap(unwrap(net).model).head.last_layer.parameters():
+                p.grad = None  # AdamW skips parameters without a gradient
 
     @torch.no_grad()
     def _batch_centers(self, t_logits: Tensor, n_cls: int) -> tuple[Tensor | None, Tensor]:

@@ -14,8 +14,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def plot_metrics(run_dir: str | Path) -> list[Path]:
-    """`loss_curve.png` (every logged loss term against step) and, if FID was logged during
-    training, `fid_curve.png` (FID against step). Returns the files written."""
+    """`loss_curve.png` (every logged loss term against step), `fid_curve.png` (FID against step) if
+    FID was logged during training, and `gradnorm.png` if gradient norms were. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,4 +53,26 @@ def plot_metrics(run_dir: str | Path) -> list[Path]:
         fig.savefig(run_dir / "fid_curve.png", dpi=120)
         plt.close(fig)
         written.append(run_dir / "fid_curve.png")
+    norms = [r for r in records if any(k.startswith("gradnorm_") for k in r)]
+    if norms:
+        keys = sorted({k for r in norms for k in r if k.startswith("gradnorm_")})
+        terms = sorted({k.split("_")[1] for k in keys})
+        parts = sorted({k.split("_", 2)[2] for k in keys})
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k in keys:
+            _, term, part = k.split("_", 2)
+            pts = [(r["step"], r[k]) for r in norms if r.get(k, 0) > 0]
+            if pts:
+                ax.plot(*zip(*pts), label=f"{term} -> {part}", color=f"C{parts.index(part)}",
+                        linestyle=("-", "--", ":", "-.")[terms.index(term) % 4])
+        ax.set_xlabel("step")
+        ax.set_ylabel("gradient norm of the weighted loss term")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"{run_dir.name}: which loss trains which part")
+        fig.tight_layout()
+        fig.savefig(run_dir / "gradnorm.png", dpi=120)
+        plt.close(fig)
+        written.append(run_dir / "gradnorm.png")
     return written

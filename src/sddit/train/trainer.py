@@ -26,6 +26,7 @@ from ..models import build_model
 from ..objectives import build_objective
 from ..runtime import resolve_device
 from .ema import copy_for_ema, ema_decay, ema_update
+from .gradnorms import gradient_norms
 from .plots import plot_metrics
 from .schedules import learning_rate
 
@@ -181,7 +182,12 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 continue
+            if tc.gradnorm_every > 0 and (self.step + 1) % tc.gradnorm_every == 0:
+                t_norms = time.perf_counter()  # diagnostics stay off the training clock
+                self.log_gradnorms(metrics_file)
+                t_step += time.perf_counter() - t_norms
             loss.backward()
+            self.objective.adjust_gradients(self.net, self.step)
             if tc.grad_clip > 0:
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
             self.opt.step()
@@ -217,6 +223,15 @@ class Trainer:
         self.save()
         if dist.is_main():
             plot_metrics(self.run_dir)
+
+    def log_gradnorms(self, metrics_file: Path) -> None:
+        """Each weighted loss term's gradient norm per model part (train.gradnorm_every), mean over ranks."""
+        norms = gradient_norms(self.objective.parts, self.net.model)
+        values = dist.all_reduce_mean(torch.tensor(list(norms.values()), dtype=torch.float64, device=self.device))
+        if dist.is_main():
+            record = {"step": self.step + 1, **dict(zip(norms, values.cpu().tolist()))}
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def log_fid(self, metrics_file: Path) -> None:
         """In-training FID of the sampling EMA on `train.fid_samples` samples (rank 0; others wait)."""

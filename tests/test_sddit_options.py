@@ -1,0 +1,176 @@
+"""The SD-DiT study's options: each config key changes what a training step computes (each test here
+would fail if its key were ignored), and the per-term gradient-norm logging."""
+
+import json
+
+import pytest
+import torch
+
+from sddit.config import load_config
+from sddit.data import load_digits
+from sddit.diffusion import EDMPrecond
+from sddit.errors import ConfigError
+from sddit.models import build_model
+from sddit.objectives import build_objective
+from sddit.train import Trainer
+
+
+def make(*overrides, objective="sddit"):
+    cfg = load_config("digits_tiny", [f"objective={objective}", *overrides])
+    torch.manual_seed(0)
+    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
+    return cfg, net, build_objective(cfg, net)
+
+
+def randomize_(module, seed=1):
+    """Random values in every trainable layer (adaLN and final layers start at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def batch(n=16):
+    return load_digits("train").batch(torch.arange(n))
+
+
+def loss_terms(*overrides, step=0):
+    cfg, net, obj = make(*overrides)
+    randomize_(net)
+    obj.teacher.load_state_dict({k: v for k, v in net.model.state_dict().items() if k in obj.teacher.state_dict()})
+    x0, y = batch()
+    loss, terms = obj(net, x0, y, step)
+    return loss, terms, obj
+
+
+def one_step(tmp_path, *overrides, name="run"):
+    """Weights after one trainer step."""
+    cfg = load_config("digits_tiny", ["objective=sddit", f"run_dir={tmp_path / name}", "train.max_steps=1",
+                                      "train.ckpt_every=0", *overrides])
+    trainer = Trainer(cfg, log=lambda *a: None)
+    before = {k: v.clone() for k, v in trainer.net.model.state_dict().items()}
+    trainer.fit()
+    return before, trainer.net.model.state_dict()
+
+
+def test_lambda_d_weights_the_discriminative_loss():
+    loss0, terms0, _ = loss_terms("sddit.lambda_d=0")
+    loss1, terms1, _ = loss_terms("sddit.lambda_d=0.5")
+    assert torch.equal(terms0["loss_gen"], terms1["loss_gen"]) and torch.equal(terms0["loss_disc"], terms1["loss_disc"])
+    torch.testing.assert_close(loss0, terms0["loss_gen"])
+    torch.testing.assert_close(loss1, terms1["loss_gen"] + 0.5 * terms1["loss_disc"])
+
+
+def test_teacher_conditioning_floor_changes_only_the_teachers_c_noise():
+    _, base, _ = loss_terms()
+    _, floored, obj = loss_terms("sddit.teacher_cond_sigma_min=0.05")
+    assert torch.equal(base["loss_gen"], floored["loss_gen"])  # the student is untouched
+    assert not torch.equal(base["loss_disc"], floored["loss_disc"])
+    seen = []
+    cfg, net, obj2 = make("sddit.teacher_cond_sigma_min=0.05")
+    obj2.teacher.t_embedder.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    obj2(net, *batch(), 0)
+    # sigma_T = sigma_min = 0.002 for the input, but c_noise = ln(0.05) / 4 for the conditioning
+    torch.testing.assert_close(seen[-1], torch.full((16,), torch.tensor(0.05).log().item() / 4))
+
+
+def test_head_block_reads_an_earlier_block_and_the_teacher_stops_there():
+    cfg, net, obj = make("model.head_block=1")
+    student = net.model
+    assert student.head_block == 1 and obj.teacher.head_block == 1 and len(student.blocks) == 2
+    randomize_(net)
+    x, t, y = torch.randn(3, 1, 8, 8), torch.zeros(3), torch.tensor([1, 2, 3])
+    enc = student.encode(x, t, y)
+    assert not torch.equal(enc.head_tokens, enc.tokens)  # the head reads block 1, the decoder block 2
+    out = student(x, t, y, return_tokens=True)
+    torch.testing.assert_close(out.head, student.head(enc.head_tokens))
+    calls = []
+    for block in obj.teacher.blocks:
+        block.register_forward_hook(lambda *a: calls.append(1))
+    obj(net, *batch(), 0)
+    assert len(calls) == 1  # the teacher runs only the blocks its head reads
+    with pytest.raises(ConfigError, match="head_block"):
+        build_model(load_config("digits_tiny", ["objective=sddit", "model.head_block=5"]))
+
+
+def test_mask_fill_zeros_vs_learned_token():
+    out = {}
+    for fill in ("learned", "zeros"):
+        cfg, net, obj = make(f"model.mask_token={fill}")
+        randomize_(net)
+        out[fill] = net(torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0.5, 1.0]),
+                        torch.tensor([1, 2]), return_tokens=True, ids_keep=torch.tensor([[0, 5, 7], [1, 2, 3]]))
+    assert net.model.mask_token is None
+    assert not torch.equal(out["learned"].out, out["zeros"].out)
+
+
+def test_head_last_layer_init():
+    norms = {}
+    for init in ("trunc_normal", "pytorch"):
+        _, net, _ = make(f"model.head_last_init={init}", "model.head_bottleneck_dim=64")
+        norms[init] = net.model.head.weight_v.norm(dim=1).mean().item()
+    assert norms["trunc_normal"] == pytest.approx(0.02 * 64**0.5, rel=0.15)  # std 0.02 per entry
+    assert norms["pytorch"] == pytest.approx((64 / 3) ** 0.5 / 8, rel=0.15)  # uniform(+-1/sqrt(fan_in)) per entry
+    with pytest.raises(ConfigError, match="head_last_init"):
+        load_config("digits_tiny", ["model.head_last_init=xavier"])
+
+
+def test_freeze_last_layer_keeps_the_prototypes_for_the_first_steps(tmp_path):
+    key = "head.last_layer.parametrizations.weight.original1"
+    before, after = one_step(tmp_path, "sddit.freeze_last_layer_steps=1", name="frozen")
+    assert torch.equal(before[key], after[key]) and not torch.equal(before["final_layer.linear.weight"],
+                                                                   after["final_layer.linear.weight"])
+    before, after = one_step(tmp_path, name="free")
+    assert not torch.equal(before[key], after[key])
+
+
+def test_cls_teacher_temperature():
+    _, base, _ = loss_terms()
+    _, fixed, obj = loss_terms("sddit.teacher_temp_cls=0.02")
+    assert obj.tau_t_cls(0) == 0.02 and obj.tau_t_cls(10**6) == 0.02
+    assert torch.equal(base["loss_patch"], fixed["loss_patch"]) and not torch.equal(base["loss_cls"], fixed["loss_cls"])
+
+
+def test_grad_clip_limits_the_update(tmp_path):
+    """Clipped to a tiny norm, the gradient is comparable to Adam's eps, so the first update shrinks
+    far below Adam's usual lr-sized step."""
+    k = "final_layer.linear.weight"  # at init only the zero-initialised output layer has a gradient
+    before, clipped = one_step(tmp_path, "train.grad_clip=1e-6", name="clip")
+    _, free = one_step(tmp_path, name="noclip")
+    step_clipped = (clipped[k] - before[k]).abs().mean()
+    step_free = (free[k] - before[k]).abs().mean()
+    assert 0 < step_clipped < 0.5 * step_free
+
+
+@pytest.mark.parametrize("objective,disc", [("sddit", True), ("dit", False)])
+def test_gradnorm_logging(tmp_path, objective, disc):
+    cfg = load_config("digits_tiny", [f"objective={objective}", f"run_dir={tmp_path}", "train.max_steps=4",
+                                      "train.gradnorm_every=2", "train.ckpt_every=0"])
+    trainer = Trainer(cfg, log=lambda *a: None)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    norms = [r for r in records if "gradnorm_gen_encoder" in r]
+    assert [r["step"] for r in norms] == [2, 4]  # the steps numbered as in the loss records
+    for r in norms:
+        assert r["gradnorm_gen_encoder"] > 0 and r["gradnorm_gen_decoder"] > 0 and r["gradnorm_gen_embedders"] > 0
+        if disc:
+            assert r["gradnorm_disc_encoder"] > 0 and r["gradnorm_disc_head"] > 0
+            assert r["gradnorm_disc_decoder"] == 0  # L_D never reaches the decoder
+            assert r["gradnorm_gen_head"] == 0  # nor L_gen the head
+        else:
+            assert not any(k.startswith("gradnorm_disc") for k in r)
+    assert (tmp_path / "gradnorm.png").stat().st_size > 0
+
+
+def test_gradnorm_logging_leaves_the_training_step_unchanged(tmp_path):
+    """The norms come from autograd.grad on the same graph: the step's update is the same with or without."""
+    runs = {}
+    for every in (0, 1):
+        cfg = load_config("digits_tiny", ["objective=sddit", f"run_dir={tmp_path / str(every)}", "train.max_steps=3",
+                                          f"train.gradnorm_every={every}", "train.ckpt_every=0"])
+        trainer = Trainer(cfg, log=lambda *a: None)
+        trainer.fit()
+        runs[every] = trainer.net.model.state_dict()
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
