@@ -66,6 +66,8 @@ def run_child(spec: dict) -> dict:
     steps = cfg.train.max_steps
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "loss" in r][-1]
+    norms = [r for r in records if any(k.startswith("gradnorm_") for k in r)]
+    mean_norms = {k: sum(r[k] for r in norms) / len(norms) for k in norms[0] if k.startswith("gradnorm_")} if norms else {}
     fids = []
     for e in spec["evals"]:
         r = evaluate_generator(trainer.ema, cfg, num_samples=spec["fid_samples"], device="cpu",
@@ -78,7 +80,8 @@ def run_child(spec: dict) -> dict:
         "row": spec["row"], "seed": spec["seed"], "overrides": spec["overrides"], "config": spec["config"],
         "steps": steps, "batch_size": cfg.train.batch_size, "images": steps * cfg.train.batch_size,
         "train_seconds": trainer.train_seconds, "ms_per_step": 1000 * trainer.train_seconds / max(1, steps),
-        "final_metrics": {k: v for k, v in last.items() if k not in ("step", "img_per_s", "train_seconds")},
+        "final_metrics": {**{k: v for k, v in last.items() if k not in ("step", "img_per_s", "train_seconds")},
+                          **{f"mean_{k}": v for k, v in mean_norms.items()}},
         "fids": fids,
     }
 
@@ -91,14 +94,19 @@ def _job_path(work: Path, row: str, seed: int) -> Path:
 
 
 def run_grid(rows: list[Row], seeds: list[int], *, config: str, out: Path, work: Path, name: str, workers: int,
-             fid_samples: int, argv: list[str], baseline: str | None = None, title: str = "") -> dict:
-    """Run every missing (row, seed) with `workers` processes in parallel; summarise after each."""
+             fid_samples: int, argv: list[str], baseline: str | None = None, title: str = "",
+             row_major: bool = False) -> dict:
+    """Run every missing (row, seed) with `workers` processes in parallel; summarise after each.
+
+    Seed-major order (all rows of seed 0 first) gives a first look at every row soonest; row-major
+    order finishes whole rows first, so a sweep cut short leaves complete rows."""
     from tqdm.auto import tqdm
 
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     _warm_reference_cache(config, rows, fid_samples)
-    jobs = [(r, s) for s in seeds for r in rows if not _job_path(work, r.name, s).exists()]
+    order = [(r, s) for r in rows for s in seeds] if row_major else [(r, s) for s in seeds for r in rows]
+    jobs = [(r, s) for r, s in order if not _job_path(work, r.name, s).exists()]
     running: list[tuple[subprocess.Popen, Row, int, float]] = []
     bar = tqdm(total=len(jobs), desc=f"{name}: runs", unit="run")
     summary = summarize(rows, seeds, out, work, name, argv, baseline, title)

@@ -96,3 +96,17 @@ def test_recipe_sweep_smoke(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path),
                             "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and json.loads((tmp_path / "recipe.json").read_text())["table"] == result["table"]
+
+
+def test_ablation_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablate.py"), "--smoke", "--out", str(tmp_path),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "ablation.json").read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result) and result["baseline"] == "dit"
+    dit, sddit = result["table"]
+    assert (dit["row"], sddit["row"]) == ("dit", "sddit") and dit["images"] == sddit["images"] == 64
+    # the gradient-norm means per row: L_D reaches SD-DiT's encoder, DiT has no L_D at all
+    assert sddit["final_metrics"]["mean_gradnorm_disc_encoder"] > 0
+    assert not any(k.startswith("mean_gradnorm_disc") for k in dit["final_metrics"])
+    assert (tmp_path / "ablation.png").stat().st_size > 0

@@ -314,3 +314,24 @@ def test_wrong_input_size_raises():
         model(torch.randn(2, 4, 9, 9), t, y)
     with pytest.raises(ValueError, match="not divisible"):
         PatchEmbed(28, 8, 1, 16)
+
+
+def test_exact_gelu_option_changes_the_blocks_but_not_the_weights():
+    """model.gelu=exact swaps DiT's tanh GELU for the erf form: same parameters, nearly the same function."""
+    from sddit.models import DiT
+
+    torch.manual_seed(0)
+    a = DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10)
+    b = DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10,
+            gelu="exact")
+    b.load_state_dict(a.state_dict())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        b.load_state_dict(a.state_dict())
+    x, t, y = torch.randn(2, 1, 8, 8, generator=g), torch.tensor([0.1, 0.5]), torch.tensor([1, 2])
+    out_a, out_b = a.eval()(x, t, y), b.eval()(x, t, y)
+    assert not torch.equal(out_a, out_b)
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0.05 * out_a.abs().max().item())
+    assert b.blocks[0].mlp.act.approximate == "none" and a.blocks[0].mlp.act.approximate == "tanh"

@@ -14,7 +14,7 @@ def build_model(cfg: Config) -> nn.Module:
     """The raw network F (before EDM preconditioning) that `cfg` describes."""
     m = cfg.model
     common = dict(input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
-                  class_dropout_prob=m.class_dropout_prob, learn_sigma=m.learn_sigma)
+                  class_dropout_prob=m.class_dropout_prob, learn_sigma=m.learn_sigma, gelu=m.gelu)
     if cfg.objective == "dit":
         if m.preset:
             if m.preset not in DiT_models:

@@ -59,6 +59,7 @@ class DiT(nn.Module):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
         learn_sigma: bool = True,
+        gelu: str = "tanh",
     ):
         super().__init__()
         self.learn_sigma = learn_sigma
@@ -75,7 +76,7 @@ class DiT(nn.Module):
         # A Parameter (not a buffer) only so the key "pos_embed" is in the official state dict;
         # it is filled with a fixed sin-cos table and never trained.
         self.pos_embed = nn.Parameter(torch.zeros(1, self.x_embedder.num_patches, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, gelu=gelu) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 

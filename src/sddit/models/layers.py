@@ -170,12 +170,19 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two-layer MLP with tanh-approximated GELU (timm layout: keys mlp.fc1, mlp.fc2)."""
+    """Two-layer MLP with GELU (timm layout: keys mlp.fc1, mlp.fc2).
 
-    def __init__(self, in_features: int, hidden_features: int):
+    ``gelu="tanh"`` is DiT's tanh approximation (what the official checkpoints were trained with);
+    ``"exact"`` is the erf form, which on AVX-512 CPUs runs several times faster in bf16 (forward
+    and backward; PyTorch 2.13) and differs from the approximation by < 1e-3.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, gelu: str = "tanh"):
         super().__init__()
+        if gelu not in ("tanh", "exact"):
+            raise ValueError(f"gelu must be 'tanh' or 'exact', got {gelu!r}")
         self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
         self.fc2 = nn.Linear(hidden_features, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,12 +197,12 @@ class DiTBlock(nn.Module):
     the reason DiT trains stably at depth.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, gelu: str = "tanh"):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), gelu)
         # Index 1 is the Linear -> key blocks.{i}.adaLN_modulation.1.* as official.
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 

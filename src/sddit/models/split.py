@@ -93,6 +93,7 @@ class SplitDiT(nn.Module):
             An earlier block aligns intermediate features (REPA aligns about a third of the way
             in) and leaves the last encoder blocks to the generative loss alone.
         head_last_init: the head's prototype-layer init (``DINOHead``'s ``last_init``).
+        gelu: the blocks' GELU, ``"tanh"`` (DiT's) or ``"exact"`` (faster on CPUs; see ``layers.Mlp``).
     """
 
     grad_checkpointing: bool = False  # as DiT: set True to trade compute for activation memory
@@ -112,6 +113,7 @@ class SplitDiT(nn.Module):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
         learn_sigma: bool = False,
+        gelu: str = "tanh",
         use_cls_token: bool = True,
         mask_token: str = "learned",
         head_dim: int = 0,
@@ -162,7 +164,7 @@ class SplitDiT(nn.Module):
             self.cls_token = None
             self.cls_pos_embed = None
         self.blocks = nn.ModuleList(
-            [DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio) for _ in range(encoder_depth)]
+            [DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, gelu=gelu) for _ in range(encoder_depth)]
         )
 
         # ---- decoder ----
@@ -176,7 +178,7 @@ class SplitDiT(nn.Module):
             self.mask_token = None
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, dec_width), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
-            [DiTBlock(dec_width, dec_heads, mlp_ratio=mlp_ratio) for _ in range(decoder_depth)]
+            [DiTBlock(dec_width, dec_heads, mlp_ratio=mlp_ratio, gelu=gelu) for _ in range(decoder_depth)]
         )
         self.final_layer = FinalLayer(dec_width, patch_size, self.out_channels)
 

@@ -1,0 +1,75 @@
+"""The SD-DiT study: which parts of SD-DiT help or hurt on Fashion-MNIST, at an equal number of
+training images, with the seed spread of every row.
+
+Hypotheses (written before the runs; SPEC section 9 lists the suspects):
+- H1 the discriminative loss dominates the encoder: with lambda_d = 1 its gradient on the encoder
+  blocks is ~15x the generative loss's, so the encoder (and the embedders the decoder shares) is
+  trained for alignment, not denoising. Then FID improves as lambda_d falls (rows lambda*), and
+  gradient clipping (clip1) helps by bounding the discriminative pull.
+- H2 masking costs generative signal at this scale (20% of the patches get no generative loss): the
+  mask0 row beats sddit, and lambda0 (masking, no alignment) trails split (no masking, no alignment).
+- H3 the split architecture itself costs nothing: split ~ dit.
+- H4 the teacher's conditioning at sigma_min = 0.002 (c_noise ~4 sd below the training range) makes
+  its targets poor: cond (c_noise floored at exp(P_mean - 2 P_std) = 0.027) beats sddit.
+- H5 aligning the last encoder block leaves nothing free for denoising: block2 (head on block 2 of 4,
+  and a teacher half as deep) beats sddit.
+- H6 the DINO-head details matter little (dino-head, cls-temp, zeros), and the decaying lr that
+  DINO pairs with its momentum schedule (cosine) matters little at this length.
+
+Every row trains the Fashion-MNIST preset's backbone (depth 6, width 192, patch 4; split rows 4
+encoder + 2 decoder blocks, K = 1024 prototypes) for 1000 steps of batch 64 (64k images), seeds 0-2,
+each in its own 1-thread process (2 at a time), and logs per-term gradient norms every 100 steps.
+FID-1k: 1,000 class-balanced samples (seeds 0..999), EDM Heun 18 steps, no guidance, vs the fixed
+1,000 test images, bf16 Inception. ms/step is measured inside those runs (1 thread, 2 processes
+sharing the 2 cores): compare it between rows, not with 2-thread figures.
+
+    python benchmarks/ablate.py --seeds 0,1,2             # all rows (~5 h on 2 cores)
+    python benchmarks/ablate.py --rows dit,sddit --seeds 0
+    python benchmarks/ablate.py --smoke                    # seconds-long check (used by the tests)
+
+Writes docs/results/ablation.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sweep import Row, parse_args, run_grid, select
+
+COMMON = ["train.max_steps=1000", "train.gradnorm_every=100"]
+ROWS = [
+    Row("dit", [*COMMON, "objective=dit"], "DiT, the baseline (same depth and width, no split)", config="fmnist_dit"),
+    Row("sddit", COMMON, "SD-DiT as specified: lambda_d 1, mask 0.2, teacher at sigma_min"),
+    Row("lambda0", [*COMMON, "sddit.lambda_d=0"], "null: masking only, no discriminative loss"),
+    Row("split", [*COMMON, "objective=maskdit", "maskdit.mask_ratio=0", "maskdit.mae_loss_coef=0"],
+        "null: DiT's loss on the split backbone, no mask, no head", config="fmnist_maskdit"),
+    Row("mask0", [*COMMON, "sddit.mask_ratio=0"], "null: discriminative loss, no masking"),
+    Row("lambda0.1", [*COMMON, "sddit.lambda_d=0.1"], "lambda_d sweep"),
+    Row("lambda0.01", [*COMMON, "sddit.lambda_d=0.01"], "lambda_d sweep"),
+    Row("block2", [*COMMON, "model.head_block=2"], "head reads encoder block 2 of 4; teacher runs 2 blocks"),
+    Row("cond", [*COMMON, "sddit.teacher_cond_sigma_min=0.027"], "teacher c_noise floored at exp(P_mean - 2 P_std)"),
+    Row("clip1", [*COMMON, "train.grad_clip=1.0"], "gradient clipping at norm 1 (REPA)"),
+    Row("dino-head", [*COMMON, "model.head_last_init=pytorch", "sddit.freeze_last_layer_steps=100"],
+        "DINO's prototype init and last-layer freeze"),
+    Row("cls-temp", [*COMMON, "sddit.teacher_temp_cls=0.04"], "[CLS] teacher temperature fixed at 0.04 (iBOT)"),
+    Row("cosine", [*COMMON, "train.lr_schedule=cosine"], "lr decays on a cosine, as DINO pairs with its momentum"),
+    Row("zeros", [*COMMON, "model.mask_token=zeros"], "masked decoder positions filled with zeros"),
+]
+
+
+def main() -> None:
+    p = parse_args(__doc__, "ablation")
+    args = p.parse_args()
+    rows, config, fid_samples = select(ROWS, args.rows), "fmnist_sddit", args.fid_samples
+    if args.smoke:
+        config, fid_samples = "digits_tiny", 20
+        tiny = ["train.max_steps=4", "train.batch_size=16", "train.gradnorm_every=2"]
+        rows = [Row("dit", [*tiny, "objective=dit"], "smoke"), Row("sddit", [*tiny, "objective=sddit"], "smoke")]
+    run_grid(rows, [int(s) for s in args.seeds.split(",")], config=config, out=Path(args.out), work=Path(args.work),
+             name="ablation", workers=args.workers, fid_samples=fid_samples, argv=sys.argv, baseline="dit",
+             title="SD-DiT ablation on Fashion-MNIST: 1000 steps x batch 64 per row, FID-1k", row_major=True)
+
+
+if __name__ == "__main__":
+    main()
