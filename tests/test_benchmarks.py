@@ -110,3 +110,15 @@ def test_ablation_smoke(tmp_path):
     assert sddit["final_metrics"]["mean_gradnorm_disc_encoder"] > 0
     assert not any(k.startswith("mean_gradnorm_disc") for k in dit["final_metrics"])
     assert (tmp_path / "ablation.png").stat().st_size > 0
+
+
+def test_eval_speed_smoke(tmp_path):
+    out = tmp_path / "e.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_speed.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result)
+    assert [r["precision"] for r in result["rows"]] == ["fp32", "bf16"]
+    assert all(r["fid"] > 0 and r["ms_per_image"] > 0 for r in result["rows"])
+    assert result["speedup"] > 0 and abs(result["fid_rel_diff"]) < 1  # a ratio, not a percentage

@@ -65,3 +65,26 @@ def test_ranks_split_the_same_global_batch():
     ranks = [EpochSampler(100, 8, seed=3, rank=r, world_size=2) for r in range(2)]
     for _ in range(20):
         assert torch.equal(single.next(), torch.cat([r.next() for r in ranks]))
+
+
+def test_padding_to_32_centres_the_images_on_black():
+    from sddit.data import build_dataset
+
+    small = load_digits("train")
+    big = build_dataset("digits", "", "train", resolution=12)
+    assert big.shape == (1, 12, 12) and len(big) == len(small)
+    assert torch.equal(big.images[:, :, 2:10, 2:10], small.images)
+    assert big.images[:, :, :2].sum() == 0 and big.images[:, :, :, 10:].sum() == 0
+    x, _ = big.batch(torch.arange(4))
+    assert x[:, :, 0, 0].eq(-1).all()  # the canvas is black in [-1, 1]
+    with pytest.raises(DataError, match="resolution"):
+        build_dataset("digits", "", "train", resolution=6)
+
+
+def test_fmnist32_presets_have_256_tokens():
+    from sddit.config import load_config
+
+    for objective in ("dit", "maskdit", "sddit"):
+        cfg = load_config(f"fmnist32_{objective}")
+        assert cfg.objective == objective and cfg.data.resolution == 32
+        assert (cfg.model.input_size // cfg.model.patch_size) ** 2 == 256

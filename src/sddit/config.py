@@ -59,6 +59,7 @@ class DataConfig:
     dataset: str = "fashion_mnist"  # fashion_mnist | digits | latents (a `sddit prepare` folder)
     root: str = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
     hflip: bool = False  # random horizontal flips at training time (pixel datasets; latents store flip copies)
+    resolution: int = 0  # pixel datasets: pad to this size on a black canvas (0 = native; fmnist32_* use 32)
 
 
 @dataclass
@@ -174,6 +175,8 @@ class Config:
         for key, value in (("sddit.mask_ratio", self.sddit.mask_ratio), ("maskdit.mask_ratio", self.maskdit.mask_ratio)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key}={value} must be in [0, 1)")
+        if self.data.dataset == "latents" and self.data.resolution:
+            raise ConfigError("data.resolution applies to pixel datasets; latents keep the size `sddit prepare` gave them")
         if self.data.dataset == "latents" and self.data.hflip:
             raise ConfigError("data.hflip must be false for latents: `sddit prepare` already stores the flipped copies")
         if self.train.batch_size <= 0 or self.train.max_steps < 0:

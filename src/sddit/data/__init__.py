@@ -9,12 +9,12 @@ from .latents import LatentDataset
 from .sampler import EpochSampler
 
 
-def build_dataset(name: str, root: str, split: str = "train"):
-    """fashion_mnist / digits (pixels in memory) or latents (a folder written by `sddit prepare`)."""
-    if name == "fashion_mnist":
-        return load_fashion_mnist(root, split)
-    if name == "digits":
-        return load_digits(split)
+def build_dataset(name: str, root: str, split: str = "train", resolution: int = 0):
+    """fashion_mnist / digits (pixels in memory, padded to `resolution` if set) or latents (a folder
+    written by `sddit prepare`)."""
+    if name in ("fashion_mnist", "digits"):
+        ds = load_fashion_mnist(root, split) if name == "fashion_mnist" else load_digits(split)
+        return ds.padded(resolution) if resolution else ds
     if name == "latents":
         return LatentDataset(root)
     raise DataError(f"unknown dataset '{name}'; use fashion_mnist, digits or latents")

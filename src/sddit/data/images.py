@@ -64,6 +64,16 @@ class ImageDataset:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
+    def padded(self, size: int) -> "ImageDataset":
+        """The images centred on a `size` x `size` canvas of the background value 0 (black), e.g.
+        Fashion-MNIST at 32x32, so that patch 2 gives 256 tokens like ImageNet-256 latents."""
+        h, w = self.images.shape[-2:]
+        if size < max(h, w):
+            raise DataError(f"data.resolution={size} is smaller than the images ({h}x{w}); use 0 or >= {max(h, w)}")
+        top, left = (size - h) // 2, (size - w) // 2
+        images = torch.nn.functional.pad(self.images, (left, size - w - left, top, size - h - top))
+        return ImageDataset(images, self.labels, self.class_names)
+
     def batch(self, indices: torch.Tensor, hflip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels scaled to [-1, 1]; `hflip` is an optional bool mask of samples to mirror."""
         x = self.images[indices].float().div_(127.5).sub_(1.0)  # (B, C, H, W)

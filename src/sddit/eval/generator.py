@@ -28,9 +28,9 @@ def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path) 
     methods are always scored against the same real images.
     """
     split = cfg.eval.reference
-    ds = build_dataset(cfg.data.dataset, cfg.data.root, split)
+    ds = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.resolution)
     num = min(num, len(ds))
-    tag = f"{cfg.data.dataset}-{split}-{num}-{weights.stat().st_size}-{extractor.resize}-{extractor.precision}"
+    tag = f"{cfg.data.dataset}{cfg.data.resolution or ''}-{split}-{num}-{weights.stat().st_size}-{extractor.resize}-{extractor.precision}"
     path = _cache_dir() / f"ref-{tag}.npz"
     if path.exists():
         mu, sigma = load_stats(path)

@@ -49,7 +49,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
 
         # data
-        self.dataset: ImageDataset = build_dataset(cfg.data.dataset, cfg.data.root, "train")
+        self.dataset: ImageDataset = build_dataset(cfg.data.dataset, cfg.data.root, "train", cfg.data.resolution)
         if self.dataset.shape != (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size):
             raise SystemExit(
                 f"error: data is {tuple(self.dataset.shape)} but the model expects "
