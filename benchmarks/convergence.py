@@ -1,31 +1,36 @@
 """FID of dit, maskdit and sddit at equal wall-clock: the paper's training-efficiency claim, measured.
 
 Every method trains the same backbone (its `fmnist_{objective}` preset: depth 6, width 192,
-patch 4; maskdit/sddit split it 4 + 2), with the same batch, optimiser, learning rate, EMA and
-data order seed, for the same wall-clock budget on this machine. The budget becomes a step
-count per method: a short calibration run measures each method's ms/step, and
-max_steps = budget / (ms/step), so every schedule that depends on max_steps (SD-DiT's teacher
-momentum and temperature warm-up, MaskDiT's unmasked fine-tune) runs to completion, the runs are
-reproducible step for step, and the measured training time (recorded) shows how close to equal
-the budgets came out. FID is taken at fixed fractions of each run (same sample count, sampler,
-Heun steps, CFG scale, seeds and reference images for all) and is kept off the clock.
+patch 4; maskdit/sddit split it 4 + 2; or the `fmnist32_*` presets: 256 tokens), with the same
+batch, optimiser, learning rate, EMA and data order seed, for the same wall-clock budget. Each
+(method, seed) runs in its own process with one torch thread, two processes at a time on the two
+cores, so every run gets one core whatever the other one does (FID of one run never slows the
+other's training). Inside each process a calibration (warm-up, then `--calib-steps` timed steps)
+turns the budget into max_steps = budget / (s/step), so every schedule that depends on max_steps
+(SD-DiT's teacher momentum and temperature warm-up, MaskDiT's unmasked fine-tune, lr decay) runs to
+completion and the run is reproducible step for step; the measured training time is recorded beside
+every FID point, so how equal the budgets came out is in the table. MaskDiT trains as its authors
+do: masked, then an unmasked fine-tune for the last `--maskdit-finetune` fraction of its steps (its
+two step costs calibrated separately). FID is taken at fixed fractions of each run (same sample
+count, sampler, Heun steps, CFG scale, seeds and reference images for all), off the clock.
 
-    python benchmarks/convergence.py                     # 32 min of training per method (~45 with FID), 1 seed
-    python benchmarks/convergence.py --minutes 20 --seeds 0,1,2
-    python benchmarks/convergence.py --smoke --out /tmp/c   # seconds-long check (used by the tests)
+    python benchmarks/convergence.py --minutes 24 --seeds 0,1       # ~2 h on 2 cores
+    python benchmarks/convergence.py --config 'fmnist32_{objective}' --minutes 20 --name convergence32
+    python benchmarks/convergence.py --smoke --out /tmp/c           # seconds-long check (used by the tests)
 
-Writes OUT/convergence.json (every FID point, the command, git commit, machine and date),
-OUT/convergence.png (FID against training images and against training minutes) and
-OUT/convergence.md (the table). The JSON and PNG are rewritten after every FID point, so an
-interrupted run keeps what it measured.
+Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
+against training images and against training minutes) and OUT/NAME.md (the table), rewritten after
+every finished run; finished runs are kept in RUNS/<method>-seed<k>.json, so a restart resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,62 +39,72 @@ from pathlib import Path
 from common import REPO, provenance
 
 
-def method_config(args: argparse.Namespace, objective: str, seed: int, run_dir: Path, max_steps: int,
-                  extra: tuple[str, ...] = ()):
+def method_config(spec: dict, run_dir: Path, max_steps: int, extra: tuple[str, ...] = ()):
     from sddit.config import load_config
 
-    overrides = [f"objective={objective}", "train.compile=false", "train.ckpt_every=0", "eval.num_samples=0",
-                 *args.set, f"train.seed={seed}", f"run_dir={run_dir}", f"train.max_steps={max_steps}", *extra]
-    return load_config(args.config.format(objective=objective), overrides)
+    overrides = [f"objective={spec['method']}", "train.compile=false", "train.ckpt_every=0", "eval.num_samples=0",
+                 "train.num_threads=1", *spec["set"], f"train.seed={spec['seed']}", f"run_dir={run_dir}",
+                 f"train.max_steps={max_steps}", *extra]
+    return load_config(spec["config"].format(objective=spec["method"]), overrides)
 
 
-def calibrate(args: argparse.Namespace, objective: str, extra: tuple[str, ...] = ()) -> float:
-    """Seconds per training step of `objective` here, from a throwaway run (after warm-up steps)."""
+def calibrate(spec: dict, extra: tuple[str, ...] = ()) -> float:
+    """Seconds per training step here, from a throwaway run (after warm-up steps)."""
     from sddit.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = method_config(args, objective, 0, Path(tmp), args.calib_warmup + args.calib_steps,
+        cfg = method_config(spec, Path(tmp), spec["calib_warmup"] + spec["calib_steps"],
                             ("maskdit.unmask_finetune_steps=0", *extra))
         trainer = Trainer(cfg, log=lambda *_: None)
-        trainer.fit(until=args.calib_warmup)
+        trainer.fit(until=spec["calib_warmup"])
         t0 = trainer.train_seconds
         trainer.fit()
-        return (trainer.train_seconds - t0) / args.calib_steps
+        return (trainer.train_seconds - t0) / spec["calib_steps"]
 
 
-def budget_steps(args: argparse.Namespace, objective: str) -> tuple[int, float]:
-    """max_steps that fit the budget, and the calibrated s/step. MaskDiT's unmasked fine-tune (its
-    last F steps, full tokens) is timed on its own: budget = (N - F) t_masked + F t_unmasked."""
-    budget = args.minutes * 60
-    t_step = calibrate(args, objective)
-    finetune = method_config(args, objective, 0, Path("."), 1).maskdit.unmask_finetune_steps
-    if objective != "maskdit" or finetune <= 0:
-        return max(args.points, int(budget / t_step)), t_step
-    t_full = calibrate(args, objective, ("maskdit.mask_ratio=0.0",))
-    steps = finetune + int(max(0.0, budget - finetune * t_full) / t_step)
-    return max(args.points, steps), budget / steps
+def budget_steps(spec: dict) -> tuple[int, int, float]:
+    """(max_steps that fit the budget, MaskDiT's unmasked fine-tune steps, calibrated mean s/step).
+    MaskDiT's fine-tune (the last fraction F of its steps, all tokens) is timed on its own:
+    budget = N (1 - F) t_masked + N F t_full."""
+    budget = spec["minutes"] * 60
+    t_step = calibrate(spec)
+    if spec["method"] != "maskdit" or spec["maskdit_finetune"] <= 0:
+        return max(spec["points"], int(budget / t_step)), 0, t_step
+    t_full = calibrate(spec, ("maskdit.mask_ratio=0.0",))
+    f = spec["maskdit_finetune"]
+    steps = int(budget / ((1 - f) * t_step + f * t_full))
+    return max(spec["points"], steps), round(f * steps), budget / steps
 
 
-def run_method(args: argparse.Namespace, objective: str, seed: int, max_steps: int, record) -> None:
-    """Train to max_steps in `points` chunks; after each chunk, FID of the sampling EMA (off the clock)."""
+def run_child(spec: dict) -> dict:
+    """One (method, seed): calibrate, then train in `points` chunks with an FID of the sampling EMA
+    after each (off the clock)."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     from sddit.eval import evaluate_generator
     from sddit.train import Trainer
 
-    run_dir = Path(args.runs) / f"{objective}-seed{seed}"
+    max_steps, finetune, t_step = budget_steps(spec)
+    run_dir = Path(spec["run_dir"])
     if run_dir.exists():  # the benchmark's own scratch directory: always a fresh run
         shutil.rmtree(run_dir)
-    cfg = method_config(args, objective, seed, run_dir, max_steps)
-    trainer = Trainer(cfg)
-    stops = sorted({max(1, round(max_steps * k / args.points)) for k in range(1, args.points + 1)})
-    for stop in stops:
+    cfg = method_config(spec, run_dir, max_steps, (f"maskdit.unmask_finetune_steps={finetune}",))
+    trainer = Trainer(cfg, log=lambda *a: None)
+    rows = []
+    for stop in sorted({max(1, round(max_steps * k / spec["points"])) for k in range(1, spec["points"] + 1)}):
         trainer.fit(until=stop)  # schedules see max_steps (the full run) on every step
         t = time.perf_counter()
-        r = evaluate_generator(trainer.ema, cfg, args.fid_samples, trainer.device, steps=args.fid_steps,
-                               cfg_scale=args.cfg_scale, seed=0)
-        record({"method": objective, "seed": seed, "step": trainer.step, "max_steps": max_steps,
-                "images_seen": trainer.step * cfg.train.batch_size, "train_seconds": round(trainer.train_seconds, 1),
-                "fid": round(r["fid"], 3), "fid_samples": r["num_samples"], "fid_reference": r["num_reference"],
-                "eval_seconds": round(time.perf_counter() - t, 1)})
+        r = evaluate_generator(trainer.ema, cfg, spec["fid_samples"], trainer.device, steps=spec["fid_steps"],
+                               cfg_scale=spec["cfg_scale"], seed=0)
+        rows.append({"method": spec["method"], "seed": spec["seed"], "step": trainer.step, "max_steps": max_steps,
+                     "finetune_steps": finetune, "images_seen": trainer.step * cfg.train.batch_size,
+                     "train_seconds": round(trainer.train_seconds, 1), "fid": round(r["fid"], 3),
+                     "fid_samples": r["num_samples"], "fid_reference": r["num_reference"],
+                     "eval_seconds": round(time.perf_counter() - t, 1), "calibrated_s_per_step": t_step})
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return {"rows": rows}
 
 
 # -------------------------------------------------------------------------------- summary
@@ -129,7 +144,7 @@ def table(rows: list[dict], calib: dict[str, float], meta: dict) -> str:
     cs = curves(rows)
     n_points = max(len(c) for c in cs.values())
     dit_final = cs["dit"][-1]["fid"] if "dit" in cs and len(cs["dit"]) == n_points else None
-    head = ["method", "ms/step (calibrated)", "steps", "images seen", "train min"]
+    head = ["method", "ms/step (calibrated)", "steps (per seed)", "images seen", "train min"]
     head += [f"FID @{round(100 * (i + 1) / n_points)}%" for i in range(n_points)]
     head += ["min to DiT's final FID"] if dit_final is not None else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -137,7 +152,9 @@ def table(rows: list[dict], calib: dict[str, float], meta: dict) -> str:
         mine = [r for r in rows if r["method"] == method]
         fids = [f"{p['fid']:.1f}" + (f" ± {p['fid_std']:.1f}" if p["seeds"] > 1 else "") for p in c]
         fids += ["—"] * (n_points - len(c))
-        cells = [method, f"{1000 * calib[method]:.0f}", str(mine[-1]["step"]), f"{c[-1]['images_seen'] / 1e3:.0f}k",
+        finals = [r for r in mine if r["step"] == r["max_steps"]]
+        steps = "/".join(str(r["step"]) for r in finals) or str(mine[-1]["step"])
+        cells = [method, f"{1000 * calib[method]:.0f}", steps, f"{c[-1]['images_seen'] / 1e3:.0f}k",
                  f"{c[-1]['train_minutes']:.1f}", *fids]
         if dit_final is not None:
             t = minutes_to_reach(c, dit_final)
@@ -149,8 +166,19 @@ def table(rows: list[dict], calib: dict[str, float], meta: dict) -> str:
               f"{len(meta['seeds'])} training seed(s) {meta['seeds']}"
               + (" (mean ± std)" if len(meta["seeds"]) > 1 else "") + f". Budget {meta['minutes']} min/method. "
               f"{meta['provenance']['machine']}; {meta['provenance']['date']}; commit {meta['provenance']['git_commit'][:12]}.",
+              budget_spread(rows),
               f"Command: `{meta['provenance']['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def budget_spread(rows: list[dict]) -> str:
+    """How equal the budgets came out: the final training minutes of every finished run."""
+    finals = [r["train_seconds"] / 60 for r in rows if r["step"] == r["max_steps"]]
+    if not finals:
+        return ""
+    lo, hi = min(finals), max(finals)
+    return (f"Training minutes of the {len(finals)} finished runs: {lo:.2f} to {hi:.2f} "
+            f"(max/min - 1 = {100 * (hi / lo - 1):.1f}%).")
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -184,65 +212,108 @@ def main() -> None:
                    help="preset or YAML; '{objective}' becomes each method (default: its Fashion-MNIST preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every method")
     p.add_argument("--methods", default="dit,maskdit,sddit")
-    p.add_argument("--minutes", type=float, default=32.0, help="training wall-clock budget per method and seed")
+    p.add_argument("--minutes", type=float, default=24.0, help="training wall-clock budget per run (1 thread)")
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     p.add_argument("--points", type=int, default=4, help="FID points per run, at equal fractions of it")
     p.add_argument("--fid-samples", type=int, default=1000)
     p.add_argument("--fid-steps", type=int, default=18, help="Heun steps of the FID sampler")
     p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--calib-steps", type=int, default=30)
-    p.add_argument("--calib-warmup", type=int, default=5)
+    p.add_argument("--maskdit-finetune", type=float, default=0.1,
+                   help="fraction of MaskDiT's steps trained unmasked at the end (0 = none)")
+    p.add_argument("--calib-steps", type=int, default=60)
+    p.add_argument("--calib-warmup", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel, one torch thread each")
+    p.add_argument("--name", default="convergence", help="output file stem")
     p.add_argument("--out", default=str(REPO / "docs" / "results"), help="where the .json/.png/.md go")
-    p.add_argument("--runs", default="runs/convergence", help="scratch run directories (replaced)")
+    p.add_argument("--runs", default="runs/convergence", help="per-run records and scratch run directories")
     p.add_argument("--smoke", action="store_true", help="digits, a few steps, tiny FID: checks the script runs")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child))))
+        return
     if args.smoke:
         args.config, args.minutes, args.points, args.fid_samples, args.fid_steps = "digits_tiny", 0.02, 2, 10, 3
         args.calib_steps, args.calib_warmup = 5, 2
         args.runs = str(Path(args.out) / "runs")
-    if args.minutes <= 0 or args.points < 1 or args.fid_samples < 2:
-        sys.exit("error: --minutes must be > 0, --points >= 1 and --fid-samples >= 2")
+    if args.minutes <= 0 or args.points < 1 or args.fid_samples < 2 or not 0 <= args.maskdit_finetune < 1:
+        sys.exit("error: --minutes must be > 0, --points >= 1, --fid-samples >= 2, 0 <= --maskdit-finetune < 1")
 
-    import torch
-
-    torch.set_flush_denormal(True)
-    out = Path(args.out)
+    out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     meta = {"provenance": provenance(sys.argv), "minutes": args.minutes, "seeds": seeds, "config": args.config,
-            "set": args.set, "eval": {"fid_samples": args.fid_samples, "fid_steps": args.fid_steps,
-                                      "cfg_scale": args.cfg_scale, "reference": args.fid_samples,
-                                      "sampler": "edm_heun", "network": "sampling EMA"},
-            "chunks": "each run is one Trainer trained in chunks (fit(until=...)); schedules see the full max_steps"}
-    calib: dict[str, float] = {}
-    steps: dict[str, int] = {}
-    rows: list[dict] = []
+            "set": args.set, "maskdit_finetune": args.maskdit_finetune,
+            "eval": {"fid_samples": args.fid_samples, "fid_steps": args.fid_steps, "cfg_scale": args.cfg_scale,
+                     "reference": args.fid_samples, "sampler": "edm_heun", "network": "sampling EMA"},
+            "protocol": f"each (method, seed) in its own 1-thread process, {args.workers} at a time on "
+                        f"{os.cpu_count()} cores; calibrated in that process; FID off the clock"}
+    jobs = [(m, s) for s in seeds for m in methods]
 
-    def save() -> None:
-        cs = curves(rows)
-        (out / "convergence.json").write_text(json.dumps(
-            {**meta, "ms_per_step_calibrated": {m: round(1000 * s, 1) for m, s in calib.items()},
-             "max_steps": steps,
-             "rows": rows, "curves": cs}, indent=2))
-        plot(rows, out / "convergence.png", f"Fashion-MNIST, equal wall-clock ({args.minutes:g} min/method), "
-                                              f"FID-{args.fid_samples}, {meta['provenance']['machine'][:60]}")
+    def record_path(m: str, s: int) -> Path:
+        return runs / f"{m}-seed{s}.json"
 
-    def record(row: dict) -> None:
-        rows.append(row)
-        print(f"[convergence] {row['method']} seed {row['seed']}: step {row['step']}/{row['max_steps']}, "
-              f"{row['train_seconds'] / 60:.1f} train min, FID-{row['fid_samples']} {row['fid']:.2f}", flush=True)
-        save()
+    def save() -> list[dict]:
+        rows = [r for m, s in jobs if record_path(m, s).exists() for r in json.loads(record_path(m, s).read_text())["rows"]]
+        calib = {m: statistics.mean(r["calibrated_s_per_step"] for r in rows if r["method"] == m)
+                 for m in methods if any(r["method"] == m for r in rows)}
+        (out / f"{args.name}.json").write_text(json.dumps(
+            {**meta, "ms_per_step_calibrated": {m: round(1000 * v, 1) for m, v in calib.items()},
+             "rows": rows, "curves": curves(rows)}, indent=2))
+        if rows:
+            plot(rows, out / f"{args.name}.png", f"{args.config.format(objective='*')}: equal wall-clock "
+                 f"({args.minutes:g} min/run, 1 thread), FID-{args.fid_samples}, {meta['provenance']['machine'][:50]}")
+            (out / f"{args.name}.md").write_text(table(rows, calib, meta))
+        return rows
 
-    for method in methods:
-        steps[method], calib[method] = budget_steps(args, method)
-        print(f"[convergence] {method}: {1000 * calib[method]:.0f} ms/step -> {steps[method]} steps in "
-              f"{args.minutes:g} min", flush=True)
-    for seed in seeds:
-        for method in methods:
-            run_method(args, method, seed, steps[method], record)
-    md = table(rows, calib, meta)
-    (out / "convergence.md").write_text(md)
-    print(md)
+    _warm_reference_cache(args, methods)
+    pending = [(m, s) for m, s in jobs if not record_path(m, s).exists()]
+    running: list[tuple[subprocess.Popen, str, int]] = []
+    while pending or running:
+        while pending and len(running) < args.workers:
+            m, s = pending.pop(0)
+            spec = {"method": m, "seed": s, "config": args.config, "set": args.set, "minutes": args.minutes,
+                    "points": args.points, "fid_samples": args.fid_samples, "fid_steps": args.fid_steps,
+                    "cfg_scale": args.cfg_scale, "maskdit_finetune": args.maskdit_finetune,
+                    "calib_steps": args.calib_steps, "calib_warmup": args.calib_warmup,
+                    "run_dir": str(runs / f"{m}-seed{s}")}
+            log = (runs / f"{m}-seed{s}.log").open("w")
+            proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
+                                    stderr=log, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            running.append((proc, m, s))
+            print(f"[convergence] started {m} seed {s}", flush=True)
+        time.sleep(2)
+        for item in list(running):
+            proc, m, s = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                print(f"[convergence] {m} seed {s} failed (exit {proc.returncode}); see {runs / f'{m}-seed{s}.log'}",
+                      flush=True)
+                continue
+            result = json.loads(proc.stdout.read().strip().splitlines()[-1])
+            record_path(m, s).write_text(json.dumps(result, indent=1))
+            last = result["rows"][-1]
+            print(f"[convergence] {m} seed {s}: {last['step']} steps, {last['train_seconds'] / 60:.1f} train min, "
+                  f"FID-{last['fid_samples']} {last['fid']:.2f}", flush=True)
+            save()
+    rows = save()
+    if rows:
+        print((out / f"{args.name}.md").read_text())
+
+
+def _warm_reference_cache(args: argparse.Namespace, methods: list[str]) -> None:
+    """Reference statistics once, before the runs start (they would all compute them at once)."""
+    from sddit.config import load_config
+    from sddit.eval import InceptionFeatures, find_inception_weights, load_inception, reference_stats
+
+    cfg = load_config(args.config.format(objective=methods[0]), [*args.set])
+    weights = find_inception_weights(cfg.eval.inception or None)
+    extractor = InceptionFeatures(load_inception(weights), batch_size=50, progress=True,
+                                  precision=cfg.eval.inception_precision)
+    reference_stats(cfg, args.fid_samples, extractor, weights)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,13 @@ def test_eval_speed_smoke(tmp_path):
     assert [r["precision"] for r in result["rows"]] == ["fp32", "bf16"]
     assert all(r["fid"] > 0 and r["ms_per_image"] > 0 for r in result["rows"])
     assert result["speedup"] > 0 and abs(result["fid_rel_diff"]) < 1  # a ratio, not a percentage
+
+
+def test_gpu_convergence_script_smoke(tmp_path):
+    """The prepared GPU script's command line runs (on the CPU, tiny): the device run itself needs a lent GPU."""
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_convergence.sh"), "--smoke", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_convergence.json").read_text())
+    assert {r["method"] for r in result["rows"]} == {"dit", "maskdit", "sddit"}
+    assert (tmp_path / "gpu_convergence.png").stat().st_size > 0 and not (tmp_path / "gpu_convergence_runs").exists()
