@@ -91,3 +91,13 @@ def test_learning_rate_schedules(schedule):
         assert lrs[35] == pytest.approx(quarter)
     with pytest.raises(ConfigError, match="lr_schedule"):
         load_config("digits_tiny", ["train.lr_schedule=step"])
+
+
+def test_learning_rate_decay_can_start_late():
+    from sddit.train.schedules import learning_rate
+
+    cfg = load_config("digits_tiny", ["train.lr_schedule=linear", "train.lr=1e-3", "train.warmup_steps=10",
+                                      "train.max_steps=100", "train.lr_decay_start=0.8"])
+    lrs = [learning_rate(cfg, s) for s in range(101)]
+    assert lrs[10:81] == [1e-3] * 71  # stable until 80% of the run
+    assert lrs[90] == pytest.approx(0.5e-3) and lrs[100] == pytest.approx(0.0)

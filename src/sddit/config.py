@@ -111,6 +111,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to train.lr (shared by all objectives)
     lr_schedule: str = "constant"  # constant | cosine | linear: decay after the warm-up to lr * lr_final at max_steps
     lr_final: float = 0.0  # final learning rate as a fraction of train.lr (cosine / linear)
+    lr_decay_start: float = 0.0  # the decay begins at this fraction of max_steps (0 = after the warm-up)
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     gradnorm_every: int = 0  # every N steps log each loss term's gradient norm per model part (0 = off)
     ema_decay: float = 0.9999  # sampling EMA of the whole student
