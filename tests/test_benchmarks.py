@@ -96,3 +96,18 @@ def test_recipe_sweep_smoke(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path),
                             "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and json.loads((tmp_path / "recipe.json").read_text())["table"] == result["table"]
+
+
+def test_latent_memory_smoke(tmp_path):
+    """Two dataset sizes x both loaders, one child process each: every row read one epoch."""
+    out = tmp_path / "lm.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latent_memory.py"), "--smoke", "--in-memory",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result)
+    rows = result["rows"]
+    assert [(round(r["dataset_mb"]), r["mode"]) for r in rows] == [(8, "mmap"), (8, "memory"), (24, "mmap"), (24, "memory")]
+    for r in rows:
+        assert r["rows_read"] == r["entries"] // 64 * 64 and r["rss_max_while_iterating_mb"] > 0
+    assert "| 24 | mmap |" in proc.stdout
