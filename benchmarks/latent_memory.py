@@ -1,9 +1,9 @@
 """Resident memory of a process that iterates over a prepared latent folder (`data.dataset: latents`).
 
 For each size in `--mb`, builds a synthetic `sddit prepare` folder of ImageNet-256 latent shape
-(moments float16 8x32x32 = 16 KiB per entry), then, in a fresh child process per row, reads one epoch of
+(moments float16 8x32x32 = 16 KiB per entry), then, in a fresh child process per row, reads
 it the way `sddit train` does (EpochSampler -> LatentDataset.batch) as rank `--rank` of
-`--world-size`, and records the process's resident memory (VmRSS, split into anonymous and
+`--world-size`, for the same number of batches whatever the size (`--batches`), and records the process's resident memory (VmRSS, split into anonymous and
 file-backed pages, from /proc/self/status) before and while iterating, and its peak (VmHWM).
 `--in-memory` adds a row for the old loader (every shard concatenated into one array) for contrast.
 
@@ -87,7 +87,7 @@ def child(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     worst = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
     rows = 0
-    for _ in range(n // args.batch):
+    for _ in range(args.batches):  # the same number of batches for every size (small datasets: several epochs)
         idx = sampler.next()
         if args.mode == "mmap":
             z, _ = ds.batch(idx)
@@ -97,7 +97,7 @@ def child(args: argparse.Namespace) -> dict:
         now = rss()
         worst = {k: max(worst[k], now[k]) for k in worst}
     return {"mode": args.mode, "rank": args.rank, "world_size": args.world_size, "global_batch": args.batch,
-            "rows_read": rows, "seconds": round(time.perf_counter() - t0, 2),
+            "batches": args.batches, "epochs": round(args.batches * args.batch / n, 2), "rows_read": rows, "seconds": round(time.perf_counter() - t0, 2),
             "rss_start_mb": round(before["VmRSS"], 1), "rss_after_open_mb": round(opened["VmRSS"], 1),
             "rss_max_while_iterating_mb": round(worst["VmRSS"], 1),
             "anon_max_mb": round(worst["RssAnon"], 1), "file_max_mb": round(worst["RssFile"], 1),
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mb", default="100,400", help="dataset sizes in MiB, comma-separated (default 100,400)")
     p.add_argument("--shard-entries", type=int, default=2500, help="entries per shard (default 2500, ~40 MiB)")
     p.add_argument("--batch", type=int, default=256, help="global batch (default 256, the ImageNet recipe)")
+    p.add_argument("--batches", type=int, default=400,
+                   help="batches read per row (default 400: ~4 epochs of 100 MiB, one of 400 MiB at batch 256)")
     p.add_argument("--world-size", type=int, default=1, help="simulated ranks; this process reads rank --rank's rows")
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--in-memory", action="store_true", help="also measure the old in-memory loader")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path("/proc/self/status").exists():
         raise SystemExit("error: this benchmark reads /proc/self/status (Linux only)")
     if args.smoke:
-        args.mb, args.shard_entries, args.batch = "8,24", 400, 64
+        args.mb, args.shard_entries, args.batch, args.batches = "8,24", 400, 64, 24
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import run_child, write_result
@@ -139,18 +141,19 @@ def main(argv: list[str] | None = None) -> int:
             info = build_folder(folder, mb, args.shard_entries)
             for mode in modes:
                 cmd = [sys.executable, __file__, "--child", mode, "--folder", str(folder), "--batch",
-                       str(args.batch), "--world-size", str(args.world_size), "--rank", str(args.rank)]
+                       str(args.batch), "--batches", str(args.batches), "--world-size", str(args.world_size),
+                       "--rank", str(args.rank)]
                 rows.append({**info, **run_child(cmd, f"{mode} iteration")})
             shutil.rmtree(folder)
     finally:
         if not args.dir:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{ENTRY_SHAPE} float16 moments per entry, {args.shard_entries} per shard; one epoch at global batch "
-          f"{args.batch} as rank {args.rank} of {args.world_size}; resident memory in MiB")
-    print("| dataset MiB | loader | rows read | RSS before | RSS max while iterating | of which anon / file | peak |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{ENTRY_SHAPE} float16 moments per entry, {args.shard_entries} per shard; {args.batches} batches at global "
+          f"batch {args.batch} as rank {args.rank} of {args.world_size}; resident memory in MiB")
+    print("| dataset MiB | loader | epochs | rows read | RSS before | RSS max while iterating | of which anon / file | peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset_mb']:.0f} | {r['mode']} | {r['rows_read']} | {r['rss_start_mb']:.0f} | "
+        print(f"| {r['dataset_mb']:.0f} | {r['mode']} | {r['epochs']:g} | {r['rows_read']} | {r['rss_start_mb']:.0f} | "
               f"{r['rss_max_while_iterating_mb']:.0f} | {r['anon_max_mb']:.0f} / {r['file_max_mb']:.0f} | "
               f"{r['peak_mb']:.0f} |")
     if args.json:

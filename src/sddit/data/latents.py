@@ -31,12 +31,17 @@ from .latent_format import MANIFEST, read_manifest, stored_npy_members
 
 @dataclass
 class _Shard:
-    """One memory-mapped shard: views into the mapping, nothing read yet."""
+    """One memory-mapped shard: byte views of its rows into the mapping, nothing read yet.
+
+    The arrays start at arbitrary (usually odd) offsets inside the .npz, so typed views would be
+    unaligned, and numpy copies a whole unaligned array before `take`-ing rows from it. Rows are
+    therefore viewed as bytes (always aligned), copied out, and given their dtype afterwards.
+    """
 
     path: Path
     map: mmap.mmap
-    moments: np.ndarray  # (n, 2C, h, w) float16, a view of the file
-    labels: np.ndarray  # (n,) int64, a view of the file
+    moments: np.ndarray  # (n, 2C*h*w*2) uint8 view of the file: float16 moments as bytes
+    labels: np.ndarray  # (n, 8) uint8 view of the file: int64 labels as bytes
 
     def release(self) -> None:
         """Drop the pages this process touched from its mapping (they stay in the page cache)."""
@@ -49,15 +54,15 @@ def _open_shard(path: Path, n: int, moment_shape: tuple[int, int, int], rank_hin
         raise DataError(f"shard {path} listed in {MANIFEST} is missing: re-run `sddit prepare` for rank {rank_hint}")
     layout = stored_npy_members(path, ("moments", "labels"))
     mo, la = layout["moments"], layout["labels"]
-    if mo.shape != (n, *moment_shape) or la.shape != (n,) or mo.dtype.kind != "f" or la.dtype.kind not in "iu":
+    if mo.shape != (n, *moment_shape) or la.shape != (n,) or mo.dtype != np.float16 or la.dtype != np.int64:
         raise DataError(f"shard {path} holds {mo.dtype} {mo.shape} moments / {la.dtype} {la.shape} labels, expected {n} "
                         f"entries of {moment_shape}: re-run `sddit prepare` for rank {rank_hint}")
     with open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # keeps its own handle on the file
     if hasattr(mmap, "MADV_RANDOM"):
         mapped.madvise(mmap.MADV_RANDOM)  # rows are read in random order: no read-ahead of other rows
-    moments = np.frombuffer(mapped, mo.dtype, int(np.prod(mo.shape)), mo.offset).reshape(mo.shape)
-    labels = np.frombuffer(mapped, la.dtype, n, la.offset)
+    moments = np.frombuffer(mapped, np.uint8, mo.nbytes, mo.offset).reshape(n, mo.nbytes // max(n, 1))
+    labels = np.frombuffer(mapped, np.uint8, la.nbytes, la.offset).reshape(n, 8)
     return _Shard(path, mapped, moments, labels)
 
 
@@ -81,7 +86,8 @@ class LatentDataset:
         if total == 0:
             raise DataError(f"{self.root} holds no latents (every image was skipped?)")
         for s in self._shards:  # one pass over the labels (8 bytes per entry), then their pages are dropped
-            if len(s.labels) and (int(s.labels.min()) < 0 or int(s.labels.max()) >= len(self.class_names)):
+            labels = s.labels.copy().view(np.int64).reshape(-1)
+            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(self.class_names)):
                 raise DataError(f"{s.path}: labels outside the {len(self.class_names)} classes of the manifest")
             s.release()
 
@@ -107,17 +113,24 @@ class LatentDataset:
         idx = np.asarray(torch.as_tensor(indices).cpu(), dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} latents")
-        moments = np.empty((idx.size, *self._moment_shape), np.float16)
-        labels = np.empty(idx.size, np.int64)
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
-        for k in np.unique(shard_of):
-            rows = np.nonzero(shard_of == k)[0]
-            local = idx[rows] - self._starts[k]
+        row_bytes = int(np.prod(self._moment_shape)) * 2
+        moments = np.empty((idx.size, row_bytes), np.uint8)  # the batch's rows as bytes, in shard order
+        labels = np.empty((idx.size, 8), np.uint8)
+        order = np.argsort(shard_of, kind="stable")  # rows grouped by shard: each shard fills one block
+        local = idx[order] - self._starts[shard_of[order]]  # row within its shard
+        bounds = np.searchsorted(shard_of[order], np.arange(len(self._shards) + 1))
+        for k in np.nonzero(np.diff(bounds))[0]:
+            a, b = bounds[k], bounds[k + 1]
             shard = self._shards[k]
-            moments[rows] = shard.moments[local]
-            labels[rows] = shard.labels[local]
+            # reads only these rows, straight into the batch (indices checked above, so mode="clip" never clips)
+            np.take(shard.moments, local[a:b], axis=0, out=moments[a:b], mode="clip")
+            np.take(shard.labels, local[a:b], axis=0, out=labels[a:b], mode="clip")
             shard.release()
-        return torch.from_numpy(moments), torch.from_numpy(labels)
+        restore = np.empty_like(order)
+        restore[order] = np.arange(idx.size)
+        moments = moments[restore].view(np.float16).reshape(idx.size, *self._moment_shape)  # (B, 2C, h, w)
+        return torch.from_numpy(moments), torch.from_numpy(labels[restore].view(np.int64).reshape(-1))
 
     def batch(self, indices: torch.Tensor, hflip: torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
