@@ -99,7 +99,7 @@ def test_recipe_sweep_smoke(tmp_path):
 
 
 def test_latent_memory_smoke(tmp_path):
-    """Two dataset sizes x both loaders, one child process each: every row read one epoch."""
+    """Two dataset sizes x both loaders, one child process each: every row reads the same 24 batches of 64."""
     out = tmp_path / "lm.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latent_memory.py"), "--smoke", "--in-memory",
                            "--json", str(out)], capture_output=True, text=True, timeout=300)
@@ -109,5 +109,6 @@ def test_latent_memory_smoke(tmp_path):
     rows = result["rows"]
     assert [(round(r["dataset_mb"]), r["mode"]) for r in rows] == [(8, "mmap"), (8, "memory"), (24, "mmap"), (24, "memory")]
     for r in rows:
-        assert r["rows_read"] == r["entries"] // 64 * 64 and r["rss_max_while_iterating_mb"] > 0
+        assert r["rows_read"] == 24 * 64 and r["epochs"] == round(24 * 64 / r["entries"], 2)
+        assert r["rss_max_while_iterating_mb"] > 0
     assert "| 24 | mmap |" in proc.stdout
