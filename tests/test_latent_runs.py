@@ -185,3 +185,27 @@ def test_latent_grid_needs_a_reachable_vae(latents, tmp_path, capsys):
     assert main(["train", *latent_args(moved), "--run-dir", str(run), "--max-steps", "2", "--no-eval",
                  "--set", "train.sample_every=2", "--vae", vae]) == 0
     assert Image.open(run / "samples" / "step-0000002.png").mode == "RGB"
+
+
+def test_fid_reference_as_folder_adm_npz_or_statistics_agree(latent_run, ref_folder, tmp_path):
+    """The same 12 reference images as a folder, as an ADM-style .npz (arr_0) and as a statistics
+    file (mu/sigma) give the same FID of the same samples."""
+    from sddit.eval import InceptionFeatures, find_inception_weights, load_inception
+    from sddit.eval.files import reference_statistics
+
+    images = np.stack([np.asarray(Image.open(p)) for p in sorted(ref_folder.glob("*.png"))])
+    np.savez(tmp_path / "ref_batch.npz", arr_0=images)
+    weights = find_inception_weights()
+    extractor = InceptionFeatures(load_inception(weights), batch_size=50, precision="bf16")  # eval.inception_precision
+    mu, sigma, n = reference_statistics(ref_folder, extractor, weights, cache_dir=None, progress=False)
+    assert n == 12 and mu.shape == (2048,)
+    np.savez(tmp_path / "ref_stats.npz", mu=mu, sigma=sigma)
+    fids = {}
+    for name, ref in (("folder", ref_folder), ("npz", tmp_path / "ref_batch.npz"), ("stats", tmp_path / "ref_stats.npz")):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", str(latent_run), "--num-samples", "10", "--steps", "2", "--ref", str(ref), "--json",
+                     str(out), "--device", "cpu"]) == 0
+        fids[name] = json.loads(out.read_text())
+    assert fids["folder"]["num_reference"] == fids["npz"]["num_reference"] == 12 and fids["stats"]["num_reference"] is None
+    assert fids["npz"]["fid"] == pytest.approx(fids["folder"]["fid"], rel=1e-6)
+    assert fids["stats"]["fid"] == pytest.approx(fids["folder"]["fid"], rel=1e-6)
