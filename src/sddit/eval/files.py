@@ -239,6 +239,35 @@ def _save_ref_cache(path: Path, arrays: dict, meta: dict) -> Path:
     return path
 
 
+def reference_statistics(ref: str | Path, extractor: InceptionFeatures, weights: Path,
+                         cache_dir: Path | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(mu, sigma, number of reference images or None) of a reference for generator FID (`train.fid_ref`).
+
+    A file with statistics (mu/sigma: ADM's reference batches, pytorch-fid files, our caches) gives
+    them as they are; otherwise the Inception statistics of all its images are computed once and
+    cached in `cache_dir` (keyed on the files, the Inception file and its precision).
+    """
+    reference = Reference(ref)
+    count = reference.images.count if reference.images is not None else None
+    if "mu" in reference.stats:
+        return reference.stats["mu"], reference.stats["sigma"], count
+    ref_id = f"{inception_id(weights)}:{extractor.precision}"
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha1(str(reference.path.resolve()).encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"fidref-{key}.npz"
+        cached = _load_ref_cache(cache, reference, ref_id, extractor.resize)
+        if cached is not None and "mu" in cached:
+            return cached["mu"].astype(np.float64), cached["sigma"].astype(np.float64), count
+    pool, _ = _extract(extractor, reference.images, False, "inception (reference)", progress)
+    mu, sigma = feature_stats(pool)
+    if cache is not None:
+        _save_ref_cache(cache, {"mu": mu, "sigma": sigma}, {
+            "version": CACHE_VERSION, "inception": ref_id, "resize": extractor.resize,
+            "source": reference.images.fingerprint(), "path": str(reference.path), "num_images": count})
+    return mu, sigma, count
+
+
 def evaluate_sample_files(
     samples: str | Path,
     ref: str | Path,

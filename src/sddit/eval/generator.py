@@ -1,5 +1,7 @@
 """Scoring a trained generator: FID of class-balanced samples against a fixed subset of its
-dataset's reference split, with the reference statistics cached on disk."""
+dataset's reference split, or against a reference given as a path (`train.fid_ref`: an image
+folder, an ADM `.npz` batch or a statistics file), with the reference statistics cached on disk.
+Latent models are decoded through their VAE (`sampling.decode`) before the Inception network."""
 
 from __future__ import annotations
 
@@ -11,22 +13,44 @@ import numpy as np
 import torch
 
 from ..data import build_dataset
-from ..sampling import generate, quantize
+from ..errors import ConfigError
+from ..sampling import decoder_for_config, generate, quantize
 from ..seeding import reference_subset
+from .files import reference_statistics
 from .inception import InceptionFeatures, find_inception_weights, load_inception
 from .metrics import feature_stats, frechet_distance, load_stats, save_stats
+
+LATENT_REF_HINT = ("set train.fid_ref=PATH (an image folder, an ADM .npz batch such as "
+                   "VIRTUAL_imagenet256_labeled.npz, or a statistics .npz with mu/sigma)")
+
+
+def check_reference(cfg, ref: str | None = None) -> None:
+    """Fail before any work (training, sampling) when FID would have no reference: latent models
+    need a path, and a given path must exist."""
+    ref = ref or cfg.train.fid_ref
+    if ref:
+        if not Path(ref).expanduser().exists():
+            raise ConfigError(f"FID reference {ref} does not exist: {LATENT_REF_HINT}")
+    elif cfg.data.dataset == "latents":
+        raise ConfigError(f"FID of a latent model needs real images to compare with: {LATENT_REF_HINT}, or pass "
+                          "--ref PATH to sddit eval")
 
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("SDDIT_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sddit"))
 
 
-def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """Inception statistics of `num` images of the dataset's reference split (cached on disk).
+def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path,
+                    ref: str | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Inception statistics of `num` images of the dataset's reference split (cached on disk), or of
+    the reference at `ref` / `train.fid_ref` (all its images, or the statistics it stores).
 
     The subset is the first `num` images of a fixed permutation (seed 0) of the split, so runs and
     methods are always scored against the same real images.
     """
+    check_reference(cfg, ref)
+    if ref or cfg.train.fid_ref:
+        return reference_statistics(ref or cfg.train.fid_ref, extractor, weights, _cache_dir(), progress=True)
     split = cfg.eval.reference
     ds = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.resolution)
     num = min(num, len(ds))
@@ -50,30 +74,51 @@ def evaluate_generator(
     cfg_scale: float | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    decode=None,
+    ref: str | None = None,
 ) -> dict:
-    """FID of `num_samples` class-balanced samples (label k % classes, seed seed+k) vs the reference split."""
+    """FID of `num_samples` class-balanced samples (label k % classes, seed seed+k) vs the reference.
+
+    The reference is `ref`, else `train.fid_ref`, else the dataset's `eval.reference` split. Latent
+    models are decoded with `decode` (default: the VAE their config names, `sampling.decode`).
+    Samples go through the Inception network batch by batch, so memory does not grow with N.
+    """
     from tqdm.auto import tqdm
 
     steps = steps or cfg.eval.steps
     cfg_scale = cfg.eval.cfg_scale if cfg_scale is None else cfg_scale
     batch_size = batch_size or cfg.eval.batch_size
+    check_reference(cfg, ref)
     weights = find_inception_weights(cfg.eval.inception or None)
-    extractor = InceptionFeatures(load_inception(weights), device=device, batch_size=50, progress=True,
+    if decode is None:
+        decode = decoder_for_config(cfg, device)  # None for pixel models
+    extractor = InceptionFeatures(load_inception(weights), device=device, batch_size=50, progress=False,
                                   precision=cfg.eval.inception_precision)
-    t0 = time.perf_counter()
     labels = torch.arange(num_samples) % cfg.model.num_classes
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
-    with tqdm(total=num_samples, desc=f"sample ({steps} Heun steps)", unit="img") as bar:
-        images = generate(net, labels, range(seed, seed + num_samples), shape, num_steps=steps, cfg_scale=cfg_scale,
-                          null_label=cfg.model.num_classes, batch_size=batch_size, device=device, progress=bar.update,
-                          precision=cfg.eval.precision)
+    sampler = dict(sigma_min=cfg.diffusion.sigma_min, sigma_max=cfg.diffusion.sigma_max, rho=cfg.diffusion.rho)
+    feats, sample_s, feature_s = [], 0.0, 0.0
+    with tqdm(total=num_samples, desc=f"sample + inception ({steps} Heun steps)", unit="img") as bar:
+        for start in range(0, num_samples, batch_size):
+            t0 = time.perf_counter()
+            stop = min(num_samples, start + batch_size)
+            images = generate(net, labels[start:stop], range(seed + start, seed + stop), shape, num_steps=steps,
+                              cfg_scale=cfg_scale, null_label=cfg.model.num_classes, batch_size=batch_size,
+                              device=device, precision=cfg.eval.precision, clamp=decode is None,
+                              sampler_kwargs=sampler)
+            if decode is not None:
+                images = decode(images)  # latents -> (b, 3, H, W) in [-1, 1]
+            t1 = time.perf_counter()
+            feats.append(extractor(quantize(images)))
+            sample_s, feature_s = sample_s + t1 - t0, feature_s + time.perf_counter() - t1
+            bar.update(len(images))
     t1 = time.perf_counter()
-    mu_r, sigma_r, num_ref = reference_stats(cfg, num_samples, extractor, weights)
-    feats = extractor(quantize(images))
-    fid = frechet_distance(*feature_stats(feats), mu_r, sigma_r)
+    mu_r, sigma_r, num_ref = reference_stats(cfg, num_samples, extractor, weights, ref)
+    fid = frechet_distance(*feature_stats(np.concatenate(feats)), mu_r, sigma_r)
     return {
-        "fid": fid, "num_samples": num_samples, "num_reference": num_ref, "reference": cfg.eval.reference,
+        "fid": fid, "num_samples": num_samples, "num_reference": num_ref,
+        "reference": str(ref or cfg.train.fid_ref or cfg.eval.reference),
         "steps": steps, "cfg_scale": cfg_scale, "seed": seed, "sampler": "edm_heun", "precision": cfg.eval.precision,
         "inception_precision": cfg.eval.inception_precision,
-        "sample_seconds": round(t1 - t0, 1), "fid_seconds": round(time.perf_counter() - t1, 1),
+        "sample_seconds": round(sample_s, 1), "fid_seconds": round(feature_s + time.perf_counter() - t1, 1),
     }

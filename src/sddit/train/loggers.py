@@ -1,0 +1,169 @@
+"""Where a run's numbers and pictures go (`train.loggers`): `metrics.jsonl` always, TensorBoard and
+Weights & Biases on request.
+
+`metrics.jsonl` is the source of truth: the curves (`plots.py`), the benchmarks and a resumed run
+read it, so it is written whatever `train.loggers` says. TensorBoard and wandb receive the same
+records (every numeric field as a scalar at the record's step) plus the sample grids as images, for
+live dashboards on a cluster. Only rank 0 logs. Each optional backend is imported when the run
+starts, so a missing package stops the run before training with the `pip install` that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config, config_to_dict
+from ..errors import ConfigError
+
+EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}  # logger: (package, extra)
+
+
+def _missing(name: str) -> ConfigError:
+    package, extra = EXTRAS[name]
+    return ConfigError(f"train.loggers includes {name}, but the {package} package is not installed: pip install "
+                       f"'sddit[{extra}]' (or pip install {package}), or remove {name} from train.loggers")
+
+
+def _png(path: Path) -> np.ndarray:
+    """A PNG as uint8 (H, W, 3)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _numeric(record: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class JsonlLogger:
+    """Appends one JSON object per record to `metrics.jsonl`; an image is recorded by its path."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+
+    def image(self, step: int, tag: str, path: Path) -> None:
+        path, root = Path(path).resolve(), self.run_dir.resolve()
+        self.log(step, {tag: str(path.relative_to(root) if path.is_relative_to(root) else path)})
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger:
+    """`torch.utils.tensorboard` event files in `run_dir/tensorboard` (`tensorboard --logdir runs/`)."""
+
+    def __init__(self, run_dir: Path, resume_step: int = 0):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise _missing("tensorboard") from None
+        # purge_step: a resumed run drops the events the killed run logged after its last checkpoint
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step or None)
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        for key, value in _numeric(record).items():
+            self.writer.add_scalar(key, value, step)
+
+    def image(self, step: int, tag: str, path: Path) -> None:
+        self.writer.add_image(tag, _png(path), step, dataformats="HWC")
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbLogger:
+    """A Weights & Biases run (project `train.wandb_project`, named after the run directory). Its id
+    is kept in `run_dir/wandb_id.txt`, so a resumed training run continues the same wandb run."""
+
+    def __init__(self, cfg: Config, run_dir: Path):
+        try:
+            import wandb
+        except ImportError:
+            raise _missing("wandb") from None
+        self.wandb = wandb
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
+        self.run = wandb.init(project=cfg.train.wandb_project, name=run_dir.name, id=run_id, resume="allow",
+                              dir=str(run_dir), config=config_to_dict(cfg))
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        self.run.log(_numeric(record), step=step)
+
+    def image(self, step: int, tag: str, path: Path) -> None:
+        self.run.log({tag: self.wandb.Image(str(path))}, step=step)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Loggers:
+    """Every configured logger behind one call; a no-op on ranks other than 0."""
+
+    def __init__(self, loggers: list):
+        self.loggers = loggers
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        """One record (e.g. {"loss": ..., "lr": ...}) at `step`: a line of metrics.jsonl, scalars elsewhere."""
+        for logger in self.loggers:
+            logger.log(step, record)
+
+    def image(self, step: int, tag: str, path: Path) -> None:
+        for logger in self.loggers:
+            logger.image(step, tag, path)
+
+    def flush(self) -> None:
+        for logger in self.loggers:
+            logger.flush()
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
+
+
+def check_loggers(names: tuple[str, ...]) -> None:
+    """Raise the one-line ConfigError for a requested logger whose package is missing (every rank, at start)."""
+    for name in names:
+        try:
+            if name == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            elif name == "wandb":
+                import wandb  # noqa: F401
+        except ImportError:
+            raise _missing(name) from None
+
+
+def build_loggers(cfg: Config, run_dir: Path, main: bool, resume_step: int = 0) -> Loggers:
+    """metrics.jsonl plus the loggers `train.loggers` names, on the main rank; nothing elsewhere."""
+    check_loggers(cfg.train.loggers)
+    if not main:
+        return Loggers([])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loggers: list = [JsonlLogger(run_dir)]
+    if "tensorboard" in cfg.train.loggers:
+        loggers.append(TensorBoardLogger(run_dir, resume_step))
+    if "wandb" in cfg.train.loggers:
+        loggers.append(WandbLogger(cfg, run_dir))
+    return Loggers(loggers)
