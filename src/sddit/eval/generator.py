@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..data import build_dataset
+from ..errors import ConfigError
 from ..sampling import generate, quantize
 from ..seeding import reference_subset
 from .inception import InceptionFeatures, find_inception_weights, load_inception
@@ -54,9 +55,12 @@ def evaluate_generator(
     """FID of `num_samples` class-balanced samples (label k % classes, seed seed+k) vs the reference split."""
     from tqdm.auto import tqdm
 
-    steps = steps or cfg.eval.steps
+    steps = cfg.eval.steps if steps is None else steps  # not `steps or ...`: 0 must not mean the default
     cfg_scale = cfg.eval.cfg_scale if cfg_scale is None else cfg_scale
-    batch_size = batch_size or cfg.eval.batch_size
+    batch_size = cfg.eval.batch_size if batch_size is None else batch_size
+    if steps < 1 or batch_size < 1 or num_samples < 2:
+        raise ConfigError(f"FID needs steps >= 1 (got {steps}), batch size >= 1 (got {batch_size}) and at least 2 "
+                          f"samples (got {num_samples})")
     weights = find_inception_weights(cfg.eval.inception or None)
     extractor = InceptionFeatures(load_inception(weights), device=device, batch_size=50, progress=True,
                                   precision=cfg.eval.inception_precision)
