@@ -7,6 +7,7 @@ this machine, writes a class grid and prints the FID of the sampling EMA against
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set objective=sddit --set train.lr=2e-4 (repeatable)")
     t.add_argument("--no-eval", action="store_true", help="skip the grid and FID after training")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though the config differs from the checkpoint's in keys that change what is "
+                        "computed (e.g. train.lr); the change is recorded in RUN_DIR/config_changes.jsonl")
     _common_run_args(t)
 
     s = sub.add_parser("sample", help="class-conditional grid PNG from a checkpoint")
@@ -123,7 +127,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     cfg = load_config(args.config, overrides)
     t0 = time.perf_counter()
-    trainer = train(cfg)
+    trainer = train(cfg, allow_config_change=args.allow_config_change)
+    try:
+        return _after_training(args, cfg, trainer, t0)
+    finally:
+        trainer.close()  # release the run directory
+
+
+def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:
+    """The class grid and FID of the sampling EMA, written into the (still locked) run directory."""
     train_s = time.perf_counter() - t0
     from . import distributed as dist
 
@@ -151,14 +163,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """Flags that must be >= minimum when given: a one-line error before any work."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is not valid: it must be >= {minimum}")
+
+
+def _writable_parent(path: str | None, flag: str) -> None:
+    """Fail before a long evaluation, not after it, when its output file cannot be created."""
+    if path is not None and not Path(path).expanduser().parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {Path(path).expanduser().parent} does not exist; create it or "
+                          "choose another path")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .checkpoint import resolve_checkpoint
-    from .pretrained import load_sampling_net
+    from .pretrained import load_sampling_checkpoint
     from .sampling import class_grid
 
+    _at_least(args, 1, "per_class", "steps")
     device = resolve_device(args.device or "auto")
-    ckpt = resolve_checkpoint(args.checkpoint)
-    cfg, net = load_sampling_net(ckpt, device)
+    ckpt, cfg, net = load_sampling_checkpoint(args.checkpoint, device)
     out = Path(args.out) if args.out else ckpt.parent.parent / f"samples_seed{args.seed}.png"
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
     class_grid(net, cfg.model.num_classes, args.per_class, shape, out, seed=args.seed, num_steps=args.steps,
@@ -168,6 +194,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _at_least(args, 1, "steps", "batch_size")
+    _writable_parent(args.json, "--json")
     if args.samples is not None or args.ref is not None:
         return _eval_files(args)
     if args.checkpoint is None:
@@ -177,6 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_generator
     from .pretrained import load_sampling_net
 
+    _at_least(args, 2, "num_samples")  # FID needs two samples at least
     device = resolve_device(args.device or "auto")
     cfg, net = load_sampling_net(args.checkpoint, device)
     if args.inception:
@@ -245,6 +274,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.official_dit is None):
         raise ConfigError("sddit generate needs a checkpoint (CKPT_OR_RUN_DIR) or --official-dit PATH (one of them)")
+    _at_least(args, 1, "num_samples", "steps", "batch_size")
     device = resolve_device(args.device or "auto")
     started = not dist.is_dist()
     rank, world, _ = dist.init_from_env(str(device))
@@ -348,8 +378,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except SdditError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), e.exit_status)
+    except KeyboardInterrupt:  # outside the training loop's clean stop, or a second Ctrl-C
+        return _fail(f"interrupted during `sddit {args.command}`; files are written atomically, so what was saved is "
+                     "intact: run the same command again (generate: add --resume)", 130)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        return _fail(f"cannot write {e.filename or 'a file'} ({e.strerror}): free space or choose a writable location, "
+                     "then run the same command again (training resumes from its newest checkpoint)", 2)
+
+
+# Full, read-only or forbidden storage: the user's to fix, so one line, not a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def _fail(message: str, status: int) -> int:
+    """Print `error: message` as the last line on stderr (after closing any progress bar)."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()  # a bar left open mid-line would otherwise share the error's line
+    except Exception:  # noqa: BLE001 - best effort only
+        pass
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

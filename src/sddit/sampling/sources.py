@@ -35,11 +35,9 @@ class SampleSource:
 
 def load_source(checkpoint: str | Path, device: str | torch.device = "cpu") -> SampleSource:
     """The sampling EMA of an sddit checkpoint (file or run directory)."""
-    from ..checkpoint import resolve_checkpoint
-    from ..pretrained import load_sampling_net
+    from ..pretrained import load_sampling_checkpoint
 
-    path = resolve_checkpoint(checkpoint)
-    cfg, net = load_sampling_net(path, device)
+    path, cfg, net = load_sampling_checkpoint(checkpoint, device)
     m, d = cfg.model, cfg.diffusion
     latent = cfg.data.dataset == "latents"
     return SampleSource(
