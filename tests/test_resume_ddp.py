@@ -94,6 +94,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     for ga, gb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(ga["exp_avg"], gb["exp_avg"]) and torch.equal(ga["exp_avg_sq"], gb["exp_avg_sq"])
     torch.testing.assert_close(a["objective"]["center_patch"], b["objective"]["center_patch"], rtol=0, atol=0)
+    # steps between the checkpoint and the kill are trained again but logged once, with the same losses
+    # (except a line whose 5-step averaging window straddles the resumed step: it averages fewer steps)
+    full, resumed = ([json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()]
+                     for r in (tmp_path / "full", run))
+    assert [r["step"] for r in resumed] == [r["step"] for r in full]
+    whole = [i for i, r in enumerate(full) if r["step"] <= kill_after or r["step"] - 5 >= kill_after]
+    assert len(whole) >= len(full) - 1
+    assert [resumed[i]["loss"] for i in whole] == [full[i]["loss"] for i in whole]
 
 
 def test_truncated_newest_checkpoint_falls_back(tmp_path, capsys):
