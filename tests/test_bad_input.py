@@ -517,7 +517,7 @@ def test_disk_full_or_read_only_elsewhere_in_the_run_dir(err, tmp_path, capsys, 
     before = snapshot(run_dir)
     if err == errno.EROFS:
         monkeypatch.setattr(rundir, "open", _failing(err, str(run_dir / "train.lock")), raising=False)  # 1st write
-        says = ["cannot write in the run directory", "Read-only file system", "choose a writable --run-dir"]
+        says = ["cannot write in the run directory", "Read-only file system", "make it writable", "choose another --run-dir"]
     else:
         monkeypatch.setattr(rundir, "write_config", _failing(err, str(run_dir / "config.json")))
         says = ["cannot write", "config.json", "No space left on device", "free space", "run the same command again"]

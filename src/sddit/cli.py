@@ -173,9 +173,13 @@ def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
 
 def _writable_parent(path: str | None, flag: str) -> None:
     """Fail before a long evaluation, not after it, when its output file cannot be created."""
-    if path is not None and not Path(path).expanduser().parent.is_dir():
-        raise ConfigError(f"{flag} {path}: the folder {Path(path).expanduser().parent} does not exist; create it or "
-                          "choose another path")
+    if path is None:
+        return
+    parent = Path(path).expanduser().parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {parent} does not exist; create it or choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -385,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in DISK_ERRNOS:
             raise
+        again = " (training resumes from its newest checkpoint)" if args.command == "train" else ""
         return _fail(f"cannot write {e.filename or 'a file'} ({e.strerror}): free space or choose a writable location, "
-                     "then run the same command again (training resumes from its newest checkpoint)", 2)
+                     f"then run the same command again{again}", 2)
 
 
 # Full, read-only or forbidden storage: the user's to fix, so one line, not a traceback.

@@ -67,8 +67,8 @@ def make_run_dir(run_dir: Path) -> None:
         raise ConfigError(f"run directory {run_dir} cannot be created (a part of its path is a file): pass another "
                           "--run-dir") from None
     except OSError as e:
-        raise RunError(f"cannot create the run directory {run_dir} ({e.strerror or e}): choose a writable "
-                       "--run-dir") from None
+        raise RunError(f"cannot create the run directory {run_dir} ({e.strerror or e}): make its parent writable "
+                       "(or free space), or choose another --run-dir") from None
 
 
 class RunDirLock:
@@ -86,8 +86,8 @@ class RunDirLock:
         try:
             f = open(self.path, "a+")  # a+ creates the file but keeps the holder's line readable
         except OSError as e:
-            raise RunError(f"cannot write in the run directory {self.run_dir} ({e.strerror or e}): free space or "
-                           "choose a writable --run-dir") from None
+            raise RunError(f"cannot write in the run directory {self.run_dir} ({e.strerror or e}): make it writable "
+                           "(or free space), or choose another --run-dir") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -109,8 +109,8 @@ class RunDirLock:
             f.flush()
         except OSError as e:
             f.close()
-            raise RunError(f"cannot write in the run directory {self.run_dir} ({e.strerror or e}): free space or "
-                           "choose a writable --run-dir") from None
+            raise RunError(f"cannot write in the run directory {self.run_dir} ({e.strerror or e}): make it writable "
+                           "(or free space), or choose another --run-dir") from None
         self._file = f
         return self
 

@@ -24,14 +24,14 @@ from .. import distributed as dist
 from .. import seeding
 from ..checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_latest, save_checkpoint
 from ..config import Config, config_to_dict
-from ..errors import CheckpointError, ConfigError, Interrupted, RunError
 from ..data import EpochSampler, ImageDataset, build_dataset
 from ..diffusion import EDMPrecond
+from ..errors import CheckpointError, ConfigError, Interrupted, RunError
 from ..models import build_model
 from ..objectives import build_objective
 from ..runtime import resolve_device
-from .ema import copy_for_ema, ema_decay, ema_update
 from . import run_dir as rundir
+from .ema import copy_for_ema, ema_decay, ema_update
 from .plots import plot_metrics
 from .schedules import learning_rate
 from .stop import GracefulStop, signal_name
@@ -43,6 +43,7 @@ class Trainer:
     def __init__(self, cfg: Config, log=print, allow_config_change: bool = False):
         self.cfg, self.log = cfg, log
         self.allow_config_change = allow_config_change  # resume even if the stored config differs (recorded)
+        self.saved_step: int | None = None  # the step of the last checkpoint this process wrote
         self.device = resolve_device(cfg.device)
         self.rank, self.world, _ = dist.init_from_env(str(self.device))
         if self.device.type == "cuda" and self.world > 1:
@@ -263,8 +264,7 @@ class Trainer:
 
     def _interrupted(self, signum: int) -> None:
         """Save at this step boundary (unless just saved) and stop with a one-line message."""
-        path = self.save() if getattr(self, "saved_step", None) != self.step else \
-            self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
+        path = self.save() if self.saved_step != self.step else self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
         raise Interrupted(f"stopped by {signal_name(signum)} at step {self.step}: saved {path}; run the same command "
                           "again to resume", signum)
 
