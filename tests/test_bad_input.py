@@ -681,8 +681,23 @@ def test_sample_per_class_zero(tmp_path, capsys):
     assert not (tmp_path / "g.png").exists()
 
 
-def test_sample_torch_file_that_is_not_a_checkpoint(tmp_path, capsys):
-    expect_error(capsys, ["sample", _weights_only_file(tmp_path / "w.pt")], "no 'config', 'ema' entry")
+NOT_CHECKPOINTS = {
+    "weights only": ({"model": {"w": torch.zeros(2)}}, "no 'config', 'ema' entry"),
+    "a list": ([torch.zeros(2)], "it holds a list, not a dict"),
+    "a future format": ({"config": {}, "ema": {}, "version": 99}, "format 99; this code reads formats 1 to"),
+    "config not a dict": ({"config": [1], "ema": {}}, "its 'config' is a list, not a dict"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_CHECKPOINTS)
+def test_sample_torch_file_that_is_not_a_checkpoint(case, tmp_path, capsys):
+    obj, says = NOT_CHECKPOINTS[case]
+    torch.save(obj, tmp_path / "w.pt")
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["sample", tmp_path / "w.pt", "--out", tmp_path / "g.png"], "w.pt is not an sddit checkpoint",
+                 says, "pass a checkpoint written by `sddit train`")
+    assert_unchanged(before)
+    assert not (tmp_path / "g.png").exists()
 
 
 GEN = ["--num-samples", "4", "--steps", "2", "--batch-size", "2", "--cfg-scale", "1"]

@@ -157,6 +157,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     missing = [k for k in need if k not in state]
     if missing:
         raise _not_ours(path, f"no {', '.join(repr(k) for k in missing)} entry")
+    version = state.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise _not_ours(path, f"format {version!r}; this code reads formats 1 to {CHECKPOINT_VERSION}")
+    for key, kind in (("config", dict), ("ema", dict), ("model", dict), ("rng", dict), ("objective", dict),
+                      ("step", int)):
+        if key in state and not isinstance(state[key], kind):
+            raise _not_ours(path, f"its {key!r} is a {type(state[key]).__name__}, not a {kind.__name__}")
     return upgrade(state)
 
 
