@@ -20,7 +20,7 @@ def test_train_sample_eval(tmp_path, objective, capsys):
     assert rc == 0
     ckpts = list_checkpoints(run)
     assert [p.name for p in ckpts] == ["ckpt-0000010.pt", "ckpt-0000020.pt"]
-    state = torch.load(ckpts[-1], weights_only=False)
+    state = torch.load(ckpts[-1], weights_only=True)
     assert state["step"] == 20 and state["config"]["objective"] == objective
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20]

@@ -1,26 +1,68 @@
-"""Checkpoints that are written atomically and found again after a crash.
+"""Checkpoints that are written atomically, loaded without running code, and found again after a crash.
 
 A checkpoint is one `torch.save` dict in `<run_dir>/checkpoints/ckpt-<step>.pt`. It is written to a
 temporary file in the same directory, fsynced, then renamed over the final name, so a crash or a
 full disk mid-write never leaves a half-written file under a checkpoint's name, and the previous
 checkpoint stays intact.
+
+Loading never unpickles arbitrary objects: `torch.load(weights_only=True)` accepts tensors and
+plain Python values only, so a crafted `.pt` whose pickle would call, say, `os.system` is refused
+before anything runs. Checkpoints of format 3 need nothing else; formats 1 and 2 stored numpy's RNG
+state as an ndarray, which loads through the explicit allow-list `LEGACY_NUMPY_GLOBALS`.
+
+What a run directory's checkpoints promise: a readable checkpoint is never deleted in favour of an
+unreadable one. Unreadable files found on resume are moved to `checkpoints/unreadable/` (never
+counted, never deleted), and when checkpoints exist but none is readable, training refuses to start
+from step 0 and says what to do.
 """
 
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import CheckpointError
 from .runtime import atomic_write
+from .seeding import numpy_state_from_tuple
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 # 1: objective state as {"teacher": state_dict, "center_cls", "center_patch"};
-# 2: objective state is the objective module's own state_dict ("teacher.<name>", "center_cls", ...).
-CHECKPOINT_VERSION = 2
+# 2: objective state is the objective module's own state_dict ("teacher.<name>", "center_cls", ...);
+# 3: per-rank numpy RNG state as plain values (seeding.rng_state), so weights_only needs no allow-list.
+CHECKPOINT_VERSION = 3
+QUARANTINE_DIR = "unreadable"  # under checkpoints/: unreadable files found on resume, kept, never counted
+SAMPLING_KEYS = ("config", "ema")  # what sample / eval / generate need
+RESUME_KEYS = ("step", "config", "model", "ema", "optimizer", "objective", "sampler", "rng")
+
+
+def _legacy_numpy_globals() -> list:
+    """What numpy's RNG state of formats 1-2 needs to unpickle: an empty uint32 ndarray rebuilt by
+    `_reconstruct` and filled by `__setstate__`. Nothing here can run code. Pickles written under
+    numpy 1 name `numpy.core.multiarray._reconstruct`, numpy 2 `numpy._core.multiarray._reconstruct`."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.multiarray import _reconstruct
+    allowed: list = [np.ndarray, np.dtype, _reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"),
+                     (_reconstruct, "numpy._core.multiarray._reconstruct")]
+    uint32_dtype = getattr(getattr(np, "dtypes", None), "UInt32DType", None)  # numpy >= 1.25 builds dtypes as classes
+    if uint32_dtype is not None:
+        allowed.append(uint32_dtype)
+    return allowed
+
+
+LEGACY_NUMPY_GLOBALS = _legacy_numpy_globals()
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A `.pt` whose pickle asks for something other than tensors and plain values: refused unread."""
 
 
 def upgrade(state: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +74,11 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
             objective.update({f"teacher.{k}": v for k, v in teacher.items()})
         state["objective"] = objective
         state["version"] = 2
+    if state["version"] < 3:
+        for rank_state in (state.get("rng") or {}).values():
+            if isinstance(rank_state, dict) and isinstance(rank_state.get("numpy"), tuple):
+                rank_state["numpy"] = numpy_state_from_tuple(rank_state["numpy"])
+        state["version"] = 3
     return state
 
 
@@ -39,60 +86,175 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def checkpoint_step(path: Path) -> int:
+    m = CKPT_RE.match(path.name)
+    if m is None:
+        raise ValueError(f"{path} is not named like a checkpoint (ckpt-<step>.pt)")
+    return int(m.group(1))
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run, oldest first."""
+    """Checkpoint files of a run (named ckpt-<step>.pt, readable or not), oldest first."""
     d = checkpoint_dir(run_dir)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_file()]
     return [p for _, p in sorted(found)]
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_last: int = 2) -> Path:
-    """Atomic write (temp file, fsync, rename), then prune to the newest `keep_last` checkpoints."""
+    """Atomic write (temp file, fsync, rename), then prune the OLDER checkpoints to `keep_last` in all.
+
+    Only checkpoints with a lower step than the one just written are pruned: a file with a higher
+    step is never deleted for a lower one (unreadable files were moved away on resume, so every
+    file counted here was written by this run or resumed from).
+    """
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"ckpt-{step:07d}.pt"
     with atomic_write(final, fsync=True) as f:
         torch.save(state, f)
     if keep_last > 0:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
+        older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
+        for old in older[: max(0, len(older) - (keep_last - 1))]:
             old.unlink(missing_ok=True)
     return final
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def _refused_global(message: str) -> str | None:
+    """The global a weights-only unpickler refused, from torch's error text (None: not a refusal)."""
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    if m:
+        return m.group(1)
+    m = re.search(r"but got <class '([\w.]+)'>", message)
+    return m.group(1) if m else None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    need: tuple[str, ...] = SAMPLING_KEYS) -> dict[str, Any]:
+    """A checkpoint's dict, upgraded to the current format; CheckpointError when it cannot be used
+    (UnsafeCheckpointError when its pickle asks for anything but tensors and plain values)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist: pass a .pt file or a run directory")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file: pass a .pt file or a run directory")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated zip, wrong format, ...
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not an sddit checkpoint (no 'model' entry)")
+        with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says enough
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = _refused_global(str(e))
+        if refused is not None:
+            raise UnsafeCheckpointError(
+                f"{path} was refused unread: its pickle asks for {refused}, which could run code, and sddit loads only "
+                "tensors and plain values; delete the file unless you know what wrote it") from None
+        raise _unreadable(path, e) from None
+    except Exception as e:  # truncated zip, wrong format, I/O error, ...
+        raise _unreadable(path, e) from None
+    if not isinstance(state, dict):
+        raise _not_ours(path, f"it holds a {type(state).__name__}, not a dict")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise _not_ours(path, f"no {', '.join(repr(k) for k in missing)} entry")
+    version = state.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise _not_ours(path, f"format {version!r}; this code reads formats 1 to {CHECKPOINT_VERSION}")
+    for key, kind in (("config", dict), ("ema", dict), ("model", dict), ("rng", dict), ("objective", dict),
+                      ("step", int)):
+        if key in state and not isinstance(state[key], kind):
+            raise _not_ours(path, f"its {key!r} is a {type(state[key]).__name__}, not a {kind.__name__}")
     return upgrade(state)
 
 
-def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu", warn=print) -> dict[str, Any] | None:
-    """The newest readable checkpoint of a run; unreadable newer ones are reported and skipped."""
-    for path in reversed(list_checkpoints(run_dir)):
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # drop torch's advice to load with weights_only=False
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    text = " ".join(text.split()).split(". ")[0]  # the first sentence says it
+    reason = f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
+    err = CheckpointError(f"checkpoint {path} is unreadable ({reason}): it is truncated or not a checkpoint")
+    err.reason = reason  # type: ignore[attr-defined]  (for the summary when none is readable)
+    return err
+
+
+def _not_ours(path: Path, reason: str) -> CheckpointError:
+    err = CheckpointError(f"{path} is not an sddit checkpoint ({reason}): pass a checkpoint written by `sddit train`")
+    err.reason = reason  # type: ignore[attr-defined]
+    return err
+
+
+def quarantine(path: Path) -> Path:
+    """Move an unreadable checkpoint to checkpoints/unreadable/ (a free name there), out of the count."""
+    dest_dir = path.parent / QUARANTINE_DIR
+    dest_dir.mkdir(exist_ok=True)
+    dest, k = dest_dir / path.name, 1
+    while dest.exists():
+        dest, k = dest_dir / f"{path.name}.{k}", k + 1
+    path.rename(dest)
+    return dest
+
+
+def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu", warn: Callable[[str], Any] = print,
+                need: tuple[str, ...] = RESUME_KEYS, move_unreadable: bool = False) -> dict[str, Any] | None:
+    """The newest readable checkpoint of a run (with its path as `_path`), or None when there is none.
+
+    Unreadable newer files are reported and skipped; with `move_unreadable` (training, rank 0) they
+    are also moved to checkpoints/unreadable/. When files exist but none is readable this is a
+    CheckpointError, never a silent fresh start. A refused (unsafe) file is always an error.
+    """
+    paths = list_checkpoints(run_dir)
+    bad: list[tuple[Path, CheckpointError]] = []
+    for path in reversed(paths):
         try:
-            state = load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location, need)
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as e:
-            warn(f"warning: {e}; falling back to the previous checkpoint")
+            if path.exists():  # another rank may have moved it already
+                bad.append((path, e))
             continue
+        for p, e in bad:
+            if move_unreadable:
+                try:
+                    moved = f"moved it to {quarantine(p)}"
+                except FileNotFoundError:
+                    moved = "it was moved away"
+            else:
+                moved = "skipped it"
+            warn(f"warning: {e}; {moved} and falling back to {path.name}")
         state["_path"] = str(path)
         return state
+    if bad:
+        names = ", ".join(p.name for p, _ in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(
+            f"{checkpoint_dir(run_dir)} holds {len(bad)} checkpoint file(s) but none is readable ({names}; newest: "
+            f"{getattr(bad[0][1], 'reason', bad[0][1])}): restore a good copy, or move them out of checkpoints/ "
+            "(e.g. into checkpoints/unreadable/) to start again from step 0")
     return None
 
 
 def resolve_checkpoint(path_or_run_dir: str | Path) -> Path:
-    """A checkpoint file, or the newest checkpoint of a run directory."""
+    """A checkpoint file, or the newest checkpoint file of a run directory (not opened)."""
     p = Path(path_or_run_dir)
     if p.is_file():
         return p
     ckpts = list_checkpoints(p)
     if not ckpts:
-        raise CheckpointError(f"no checkpoint found at {p}: pass a .pt file or a run directory that has checkpoints/")
+        where = "does not exist" if not p.exists() else "has no checkpoints"
+        raise CheckpointError(f"{p} {where}: pass a .pt file or a run directory that has checkpoints/")
     return ckpts[-1]
+
+
+def open_checkpoint(path_or_run_dir: str | Path, map_location: str | torch.device = "cpu",
+                    warn: Callable[[str], Any] = print) -> tuple[Path, dict[str, Any]]:
+    """(path, state) of a checkpoint file, or of the newest READABLE checkpoint of a run directory
+    (unreadable newer files are reported and left where they are: sampling never moves files)."""
+    p = Path(path_or_run_dir)
+    if not p.is_dir():
+        path = resolve_checkpoint(p)
+        return path, load_checkpoint(path, map_location, SAMPLING_KEYS)
+    state = load_latest(p, map_location, warn=warn, need=SAMPLING_KEYS)
+    if state is None:
+        raise CheckpointError(f"{p} has no checkpoints: pass a .pt file or a run directory that has checkpoints/")
+    return Path(state.pop("_path")), state

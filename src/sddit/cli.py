@@ -7,6 +7,7 @@ this machine, writes a class grid and prints the FID of the sampling EMA against
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-eval", action="store_true", help="skip the grid and FID after training")
     t.add_argument("--vae", default=None, metavar="ID_OR_DIR",
                    help="latent runs: the VAE that decodes grids and FID samples (default: the latent manifest's)")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though the config differs from the checkpoint's in keys that change what is "
+                        "computed (e.g. train.lr); the change is recorded in RUN_DIR/config_changes.jsonl")
     _common_run_args(t)
 
     s = sub.add_parser("sample", help="class-conditional grid PNG from a checkpoint or release")
@@ -150,7 +154,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"eval.vae={args.vae}")
     cfg = load_config(args.config, overrides)
     t0 = time.perf_counter()
-    trainer = train(cfg, evaluate=not args.no_eval)  # the grid/FID needs (VAE, Inception, reference) load first
+    trainer = train(cfg, evaluate=not args.no_eval,  # the grid/FID needs (VAE, Inception, reference) load first
+                    allow_config_change=args.allow_config_change)
+    try:
+        return _after_training(args, cfg, trainer, t0)
+    finally:
+        trainer.close()  # release the run directory
+
+
+def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:
+    """The class grid and FID of the sampling EMA, written into the (still locked) run directory."""
     train_s = time.perf_counter() - t0
     from . import distributed as dist
 
@@ -170,6 +183,25 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"cfg {result['cfg_scale']}); train {train_s / 60:.1f} min, total {result['total_seconds'] / 60:.1f} min")
     trainer.close()
     return 0
+
+
+def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """Flags that must be >= minimum when given: a one-line error before any work."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is not valid: it must be >= {minimum}")
+
+
+def _writable_parent(path: str | None, flag: str) -> None:
+    """Fail before a long evaluation, not after it, when its output file cannot be created."""
+    if path is None:
+        return
+    parent = Path(path).expanduser().parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {parent} does not exist; create it or choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
 
 
 def _load_decoder(source, args: argparse.Namespace, device):
@@ -194,8 +226,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import class_grid
     from .sampling.sources import load_source
 
-    if args.per_class < 1:
-        raise ConfigError("--per-class must be >= 1")
+    _at_least(args, 1, "per_class", "steps")
     device = resolve_device(args.device or "auto")
     source = load_source(args.checkpoint, device)
     classes = None
@@ -219,17 +250,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _at_least(args, 1, "steps", "batch_size")
+    _writable_parent(args.json, "--json")
     if args.samples is not None:
         return _eval_files(args)
     if args.checkpoint is None:
         raise ConfigError("sddit eval needs a checkpoint (CKPT_OR_RUN_DIR) or --samples PATH --ref PATH")
     if args.cache_ref is not None:
         raise ConfigError("--cache-ref applies to --samples/--ref evaluation only")
-    if args.num_samples < 2:
-        raise ConfigError("--num-samples must be >= 2 (FID needs a covariance)")
     from .eval import evaluate_generator
     from .sampling.sources import load_source
 
+    _at_least(args, 2, "num_samples")  # FID needs two samples at least
     device = resolve_device(args.device or "auto")
     source = load_source(args.checkpoint, device)
     cfg = source.config
@@ -301,6 +333,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.official_dit is None):
         raise ConfigError("sddit generate needs a checkpoint (CKPT_OR_RUN_DIR) or --official-dit PATH (one of them)")
+    _at_least(args, 1, "num_samples", "steps", "batch_size")
     device = resolve_device(args.device or "auto")
     started = not dist.is_dist()
     rank, world, _ = dist.init_from_env(str(device))
@@ -426,8 +459,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except SdditError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), e.exit_status)
+    except KeyboardInterrupt:  # outside the training loop's clean stop, or a second Ctrl-C
+        return _fail(f"interrupted during `sddit {args.command}`; files are written atomically, so what was saved is "
+                     "intact: run the same command again (generate: add --resume)", 130)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        again = " (training resumes from its newest checkpoint)" if args.command == "train" else ""
+        return _fail(f"cannot write {e.filename or 'a file'} ({e.strerror}): free space or choose a writable location, "
+                     f"then run the same command again{again}", 2)
+
+
+# Full, read-only or forbidden storage: the user's to fix, so one line, not a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def _fail(message: str, status: int) -> int:
+    """Print `error: message` as the last line on stderr (after closing any progress bar)."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()  # a bar left open mid-line would otherwise share the error's line
+    except Exception:  # noqa: BLE001 - best effort only
+        pass
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Every default that SPEC.md marks [choice] is a field here, with a comment saying
 
 from __future__ import annotations
 
+import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -189,8 +191,32 @@ class Config:
             raise ConfigError("data.resolution applies to pixel datasets; latents keep the size `sddit prepare` gave them")
         if self.data.dataset == "latents" and self.data.hflip:
             raise ConfigError("data.hflip must be false for latents: `sddit prepare` already stores the flipped copies")
-        if self.train.batch_size <= 0 or self.train.max_steps < 0:
-            raise ConfigError("train.batch_size must be > 0 and train.max_steps >= 0")
+        for key, (ok, need) in _RANGES.items():
+            section, _, name = key.rpartition(".")
+            value = getattr(getattr(self, section) if section else self, name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if not ok(v):
+                    raise ConfigError(f"{key}={_show(value)} is not valid: it must be {need}")
+        if not self.run_dir.strip():
+            raise ConfigError("run_dir is empty: pass --run-dir DIR (a new or an earlier run's directory)")
+        if not DEVICE_RE.match(self.device):
+            raise ConfigError(f"device={self.device!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+        m = self.model
+        if m.input_size % m.patch_size:
+            raise ConfigError(f"model.input_size={m.input_size} is not divisible by model.patch_size={m.patch_size}")
+        if not m.preset:  # a preset brings its own sizes
+            if m.hidden_size % m.num_heads:
+                raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}: "
+                                  "choose heads that divide the width")
+            width, heads = m.decoder_hidden_size or m.hidden_size, m.decoder_num_heads or m.num_heads
+            if self.objective != "dit" and width % heads:
+                raise ConfigError(f"the decoder width {width} is not divisible by its {heads} heads: set "
+                                  "model.decoder_hidden_size / model.decoder_num_heads so the heads divide the width")
+        if self.diffusion.sigma_max <= self.diffusion.sigma_min:
+            raise ConfigError(f"diffusion.sigma_max={self.diffusion.sigma_max} must exceed "
+                              f"diffusion.sigma_min={self.diffusion.sigma_min}")
+        if self.eval.num_samples == 1:
+            raise ConfigError("eval.num_samples=1 is not valid: FID needs at least 2 samples (0 turns it off)")
         if self.train.grad_accum < 1 or self.train.batch_size % self.train.grad_accum:
             raise ConfigError(f"train.grad_accum={self.train.grad_accum} must be >= 1 and divide train.batch_size="
                               f"{self.train.batch_size} (the global batch, split into equal micro-batches)")
@@ -201,11 +227,43 @@ class Config:
                                                                           self.train.sample_per_class) < 1:
             raise ConfigError("train.sample_every and train.fid_every must be >= 0, train.sample_classes and "
                               "train.sample_per_class >= 1")
-        if self.model.input_size % self.model.patch_size:
-            raise ConfigError(
-                f"model.input_size={self.model.input_size} is not divisible by model.patch_size={self.model.patch_size}"
-            )
         return self
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_POS_INT = (lambda v: v >= 1, "an integer >= 1")
+_NONNEG_INT = (lambda v: v >= 0, "an integer >= 0")
+_POS = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_NONNEG = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+_FINITE = (lambda v: math.isfinite(v), "a finite number")
+_UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_UNIT_OPEN = (lambda v: 0 <= v < 1, "in [0, 1)")
+# Numeric keys and the values that make sense: a bad one fails here, in one line, before any work
+# (a zero patch size used to divide by zero, train.lr=nan trained NaNs, train.log_every=0 crashed).
+_RANGES = {
+    **{f"model.{k}": _POS_INT for k in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
+                                         "num_classes", "head_dim", "head_hidden_dim", "head_bottleneck_dim")},
+    **{f"model.{k}": _NONNEG_INT for k in ("decoder_depth", "decoder_hidden_size", "decoder_num_heads")},
+    "model.mlp_ratio": _POS, "model.class_dropout_prob": _UNIT_OPEN,
+    **{f"diffusion.{k}": _POS for k in ("sigma_data", "P_std", "sigma_min", "sigma_max", "rho")},
+    "diffusion.P_mean": _FINITE,
+    "maskdit.mae_loss_coef": _NONNEG, "maskdit.unmask_finetune_steps": _NONNEG_INT,
+    **{f"sddit.{k}": _POS for k in ("teacher_sigma_value", "teacher_sigma_fraction", "student_temp", "teacher_temp",
+                                     "teacher_temp_warmup")},
+    **{f"sddit.{k}": _UNIT for k in ("teacher_momentum", "teacher_momentum_final", "center_momentum")},
+    "sddit.lambda_d": _NONNEG, "sddit.teacher_temp_warmup_steps": _NONNEG_INT,
+    **{f"train.{k}": _POS_INT for k in ("batch_size", "log_every", "max_bad_steps", "fid_samples")},
+    **{f"train.{k}": _NONNEG_INT for k in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "fid_every",
+                                           "num_threads")},
+    "train.lr": _POS, "train.betas": _UNIT_OPEN, "train.ema_decay": _UNIT,
+    **{f"train.{k}": _NONNEG for k in ("weight_decay", "lr_final", "grad_clip")},
+    **{f"eval.{k}": _POS_INT for k in ("steps", "batch_size", "grid_steps")},
+    "eval.num_samples": _NONNEG_INT, "eval.cfg_scale": _FINITE, "eval.grid_cfg_scale": _FINITE,
+}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -299,17 +357,43 @@ def resolve_config_path(name: str) -> Path:
     raise ConfigError(f"config '{name}' not found: pass a YAML path or one of the presets: {presets}")
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path} ({getattr(e, 'strerror', None) or e}): pass a readable YAML "
+                          "file") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)}): fix the file") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line out of PyYAML's multi-line message: the problem and where."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def load_config(name: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML preset (which may name a `base:` preset) <- `key=value` overrides."""
     cfg = Config()
     chain: list[dict] = []
+    seen: list[Path] = []
     current: str | None = name or DEFAULT_CONFIG
     while current:
         path = resolve_config_path(current)
-        data = yaml.safe_load(path.read_text()) or {}
+        if path.resolve() in seen:  # a preset naming itself, or A -> B -> A: would loop forever
+            names = " -> ".join(p.stem for p in [*seen, path.resolve()])
+            raise ConfigError(f"config {path} has a base: cycle ({names}): remove the base: key that closes it")
+        seen.append(path.resolve())
+        data = _read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of keys to values")
         current = data.pop("base", None)
+        if current is not None and not isinstance(current, str):
+            raise ConfigError(f"{path}: base: must name a preset or a YAML file, got {current!r}")
         chain.append(data)
     for data in reversed(chain):
         for key, value in data.items():
@@ -318,7 +402,11 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' must look like key=value (e.g. train.lr=2e-4)")
-        _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(e)}); quote it") from None
+        _set(cfg, key.strip(), value)
     return cfg.validate()
 
 

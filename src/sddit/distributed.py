@@ -33,6 +33,15 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def max_over_ranks(value: int, device: torch.device | str = "cpu") -> int:
+    """The largest of every rank's `value` (a collective: every rank must call it at the same point)."""
+    if not is_dist():
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def gather_objects(obj: object) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects; [obj] without a group)."""
     if not is_dist():

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import open_checkpoint
 from .config import Config, config_from_dict, config_to_dict
 from .diffusion import EDMPrecond
 from .errors import CheckpointError, ConfigError, DataError
@@ -89,21 +89,40 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
     return cfg, _build(cfg, weights, str(path), device), meta
 
 
+def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                             warn=print) -> tuple[Path, Config, EDMPrecond]:
+    """(checkpoint file, config, sampling-EMA denoiser) of a checkpoint file or run directory (its
+    newest readable checkpoint). Loading runs no code from the file (weights-only unpickling)."""
+    ckpt, state = open_checkpoint(path, map_location="cpu", warn=warn)
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{ckpt} is not an sddit checkpoint (its 'config' is not a dict)")
+    try:
+        cfg = config_from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt}: the config stored in it is not valid here ({e})") from None
+    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
+    try:
+        net.model.load_state_dict(state["ema"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{ckpt}: weights do not match the config stored with them "
+                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    return ckpt, cfg, net.to(device).eval().requires_grad_(False)
+
+
 def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, EDMPrecond]:
     """The sampling-EMA denoiser of a release directory, a checkpoint file or a run directory
     (student encoder + decoder; the head is loaded but unused), in eval mode without gradients."""
     if is_export(path):
         cfg, net, _ = load_export(path, device)
         return cfg, net
-    state = load_checkpoint(resolve_checkpoint(path), map_location="cpu")
-    cfg = config_from_dict(state["config"])
-    return cfg, _build(cfg, state["ema"], str(path), device)
+    _, cfg, net = load_sampling_checkpoint(path, device)
+    return cfg, net
 
 
 def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | None = None,
                       scale_factor: float | None = None) -> dict[str, Any]:
     """Write the sampling EMA of a checkpoint (a file, a run directory's newest, or one already
-    loaded with `checkpoint.load_checkpoint`) as a release in `out`.
+    loaded with `checkpoint.open_checkpoint`) as a release in `out`.
 
     `vae` / `scale_factor` are recorded for latent models (resolved by the caller: `sddit export`
     takes them from `--vae`, the run's eval.vae or the latent manifest). Returns the config.json written.
@@ -115,8 +134,7 @@ def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | Non
     if isinstance(source, dict):
         state, ckpt = source, Path(source.get("_path", "checkpoint"))
     else:
-        ckpt = resolve_checkpoint(source)
-        state = load_checkpoint(ckpt, map_location="cpu")
+        ckpt, state = open_checkpoint(source, map_location="cpu")
     cfg = config_from_dict(state["config"])
     latent = cfg.data.dataset == "latents"
     if latent and not vae:

@@ -29,11 +29,20 @@ def resolve_device(name: str) -> torch.device:
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device '{name}' is not valid; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu")
-    if name.startswith("mps") and not _mps_available():
-        raise ConfigError(f"device '{name}' requested but Apple's MPS is not available here; use --device cpu")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                          "use cuda:0 .. cuda:N-1")
+    if device.type == "mps" and not _mps_available():
+        raise ConfigError(f"device '{name}' requested but MPS is not available; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device '{name}' is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 def _mps_available() -> bool:

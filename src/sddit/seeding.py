@@ -49,16 +49,31 @@ def seed_rank_streams(seed: int, rank: int) -> None:
 
 
 def rng_state() -> dict:
-    """The global generators' states (saved per rank in checkpoints)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global generators' states (saved per rank in checkpoints), as tensors and plain Python
+    values only, so a checkpoint loads with `torch.load(weights_only=True)` and no allow-list:
+    numpy's state tuple (which holds an ndarray) is stored as a dict of a tensor and numbers."""
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state_from_tuple(np.random.get_state()),
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def numpy_state_from_tuple(state: tuple) -> dict:
+    """`np.random.get_state()`'s tuple (also what checkpoint formats 1 and 2 stored) as plain values."""
+    name, keys, pos, has_gauss, cached_gaussian = state
+    return {"algorithm": str(name), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),  # (624,) uint32 values
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved (numpy's state as the dict above, or as the raw tuple)."""
     torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):
+        keys = np_state["keys"].cpu().numpy().astype(np.uint32)
+        np_state = (np_state["algorithm"], keys, np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
+    np.random.set_state(np_state)
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

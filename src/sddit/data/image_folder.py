@@ -55,7 +55,16 @@ def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
+        # Symlinked folders are followed (datasets are often assembled from links), each real folder
+        # once: a link back up the tree (`ln -s . loop`) would otherwise count images again and again,
+        # and two such links never end.
+        seen: set[tuple[int, int]] = set()
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 if not fn.startswith(".") and fn.lower().endswith(IMAGE_EXTENSIONS):

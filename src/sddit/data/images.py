@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +32,21 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path} ({e}): re-download it ({FASHION_MNIST_HINT})") from None
     if len(raw) < 4:
-        raise DataError(f"{path} is not an IDX file (too short)")
+        raise DataError(f"{path} is not an IDX file (too short): re-download it ({FASHION_MNIST_HINT})")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path} is not a uint8 IDX file (magic {raw[:4].hex()})")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: its header needs {4 + 4 * ndim} bytes, the file has {len(raw)}; "
+                        f"re-download it ({FASHION_MNIST_HINT})")
     shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise DataError(f"{path} is truncated: expected {int(np.prod(shape))} bytes of data, found {body.size}")
+        raise DataError(f"{path} is truncated: expected {int(np.prod(shape))} bytes of data, found {body.size}; "
+                        f"re-download it ({FASHION_MNIST_HINT})")
     return body.reshape(shape)
 
 

@@ -43,6 +43,7 @@ def summary_name(rank: int, world_size: int) -> str:
 
 
 _REQUIRED = ("latent_shape", "class_names", "scale_factor", "shards", "counts", "resolution", "vae")
+_REQUIRED_COUNTS = ("entries",)  # what training reads; prepare writes the other counts for people
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -61,6 +62,21 @@ def read_manifest(root: str | Path) -> dict:
         fmt = m.get("format") if isinstance(m, dict) else None
         raise DataError(f"{path} is not an sddit latent manifest (format {fmt!r}): re-run `sddit prepare`")
     missing = [k for k in _REQUIRED if k not in m]
+    counts, shards = m.get("counts"), m.get("shards")
+    if isinstance(counts, dict):
+        missing += [f"counts.{k}" for k in _REQUIRED_COUNTS if not isinstance(counts.get(k), int)]
+    elif "counts" not in missing:
+        missing.append("counts (a mapping)")
+    if isinstance(shards, list):
+        if not all(isinstance(sh, dict) and isinstance(sh.get("file"), str) and isinstance(sh.get("entries"), int)
+                   for sh in shards):
+            missing.append("shards[].file/entries")
+    elif "shards" not in missing:
+        missing.append("shards (a list)")
+    shape = m.get("latent_shape")
+    if "latent_shape" not in missing and not (isinstance(shape, list) and len(shape) == 3
+                                              and all(isinstance(v, int) and v > 0 for v in shape)):
+        missing.append("latent_shape (three positive integers)")
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}: re-run `sddit prepare ... --merge`")
     return m

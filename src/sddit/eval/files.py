@@ -18,7 +18,8 @@ import torch
 
 from ..errors import DataError
 from ..runtime import atomic_write
-from .inception import InceptionFeatures, find_inception_weights, inception_id, inception_logit_weight, load_inception
+from .inception import (POOL_DIM, SPATIAL_DIM, InceptionFeatures, find_inception_weights, inception_id,
+                        inception_logit_weight, load_inception)
 from .metrics import feature_stats, frechet_distance, inception_score, precision_recall
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -83,8 +84,10 @@ class ImageSet:
                 try:
                     with Image.open(p) as img:
                         arr = np.asarray(img.convert("RGB"))
-                except OSError as e:
-                    raise DataError(f"cannot read image {p}: {e}") from None
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                    # DecompressionBombError: a small file that claims billions of pixels
+                    raise DataError(f"cannot read image {p} ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
+                                    "remove it from the folder or regenerate it") from None
                 size = size or arr.shape
                 if arr.shape != size:
                     raise DataError(f"{p} is {arr.shape[1]}x{arr.shape[0]} but the first image of {self.path} is "
@@ -104,13 +107,22 @@ def _npz_open_member(path: Path, key: str):
         keys = [n.removesuffix(".npy") for n in zf.namelist()]
         zf.close()
         raise DataError(f"{path} has no {key!r} (it holds {keys}): expected arr_0 (N, H, W, 3) uint8 images")
-    f = zf.open(name)
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    try:
+        f = zf.open(name)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        zf.close()
+        raise _corrupt(path, e) from None
     return zf, f, shape, fortran, dtype
+
+
+def _corrupt(path: Path, e: Exception) -> DataError:
+    return DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
+                     "regenerate or copy it again")
 
 
 def _npz_array_info(path: Path, key: str) -> tuple[int, tuple[int, ...]]:
@@ -133,8 +145,16 @@ def _npz_batches(path: Path, key: str, batch_size: int) -> Iterator[np.ndarray]:
         per_image = int(np.prod(shape[1:])) * dtype.itemsize
         for start in range(0, shape[0], batch_size):
             n = min(batch_size, shape[0] - start)
-            raw = f.read(n * per_image)
+            try:
+                raw = f.read(n * per_image)  # the zip's CRC is checked when the member's end is read
+            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                raise _corrupt(path, e) from None
+            if len(raw) != n * per_image:
+                raise DataError(f"{path} is truncated: {key} declares {shape[0]} images but its data ends after "
+                                f"{start + len(raw) // per_image}; regenerate or copy it again")
             yield np.frombuffer(bytearray(raw), dtype=dtype).reshape(n, *shape[1:])  # writable for torch
+    except (ValueError, zipfile.BadZipFile) as e:  # the non-streamed (Fortran-order) path
+        raise _corrupt(path, e) from None
     finally:
         f.close()
         zf.close()
@@ -171,12 +191,16 @@ class Reference:
             return
         keys = _npz_keys(self.path)
         if "mu" in keys and "sigma" in keys:
-            with np.load(self.path) as data:
-                for k in ("mu", "sigma", "mu_s", "sigma_s"):
-                    if k in data.files:
-                        self.stats[k] = data[k].astype(np.float64)
-                if "pool_features" in data.files:
-                    self.features = data["pool_features"]
+            try:
+                with np.load(self.path) as data:
+                    for k in ("mu", "sigma", "mu_s", "sigma_s"):
+                        if k in data.files:
+                            self.stats[k] = data[k].astype(np.float64)
+                    if "pool_features" in data.files:
+                        self.features = data["pool_features"]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise _corrupt(self.path, e) from None
+            self._check_stats()
         if "arr_0" in keys:
             self.images = ImageSet(self.path)
         if not self.stats and self.images is None:
@@ -184,6 +208,20 @@ class Reference:
         if ("mu_s" in self.stats) != ("sigma_s" in self.stats):
             self.stats.pop("mu_s", None)
             self.stats.pop("sigma_s", None)
+
+    def _check_stats(self) -> None:
+        """Statistics that cannot give a number are refused before any Inception pass."""
+        for mu_key, sigma_key, dim in (("mu", "sigma", POOL_DIM), ("mu_s", "sigma_s", SPATIAL_DIM)):
+            if mu_key not in self.stats or sigma_key not in self.stats:
+                continue
+            mu, sigma = self.stats[mu_key], self.stats[sigma_key]
+            if mu.shape != (dim,) or sigma.shape != (dim, dim):
+                raise DataError(f"{self.path}: {mu_key}/{sigma_key} have shapes {mu.shape} and {sigma.shape}, expected "
+                                f"({dim},) and ({dim}, {dim}) (Inception features): pass statistics computed with the "
+                                "same Inception, e.g. from `sddit eval --samples IMAGES --ref IMAGES --cache-ref`")
+            if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+                raise DataError(f"{self.path}: {mu_key}/{sigma_key} contain NaN or inf, so FID would be NaN: recompute the "
+                                "reference statistics")
 
     def describe(self) -> str:
         parts = []
@@ -338,7 +376,13 @@ def evaluate_sample_files(
         notes.append("--cache-ref ignored: the reference is already a statistics file")
 
     mu, sigma = feature_stats(pool)
+    if ref_stats["mu"].shape != mu.shape:
+        raise DataError(f"the reference statistics of {reference.path} are {ref_stats['mu'].shape[0]}-dimensional but "
+                        f"this Inception gives {mu.shape[0]} features: compute both with the same Inception")
     fid = frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"])
+    if not math.isfinite(fid):
+        raise DataError(f"FID is {fid} ({sample_set.path} vs {reference.path}): the features or statistics hold NaN "
+                        "or inf; check the images and recompute the reference statistics")
     sfid = None
     if spat is not None and "mu_s" in ref_stats:
         sfid = frechet_distance(*feature_stats(spat), ref_stats["mu_s"], ref_stats["sigma_s"])

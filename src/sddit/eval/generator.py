@@ -85,9 +85,12 @@ def evaluate_generator(
     """
     from tqdm.auto import tqdm
 
-    steps = steps or cfg.eval.steps
+    steps = cfg.eval.steps if steps is None else steps  # not `steps or ...`: 0 must not mean the default
     cfg_scale = cfg.eval.cfg_scale if cfg_scale is None else cfg_scale
-    batch_size = batch_size or cfg.eval.batch_size
+    batch_size = cfg.eval.batch_size if batch_size is None else batch_size
+    if steps < 1 or batch_size < 1 or num_samples < 2:
+        raise ConfigError(f"FID needs steps >= 1 (got {steps}), batch size >= 1 (got {batch_size}) and at least 2 "
+                          f"samples (got {num_samples})")
     check_reference(cfg, ref)
     weights = find_inception_weights(cfg.eval.inception or None)
     if decode is None:

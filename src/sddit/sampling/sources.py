@@ -39,16 +39,14 @@ class SampleSource:
 
 def load_source(checkpoint: str | Path, device: str | torch.device = "cpu") -> SampleSource:
     """The sampling EMA of an sddit checkpoint (file or run directory) or release (`sddit export`)."""
-    from ..checkpoint import resolve_checkpoint
-    from ..pretrained import is_export, load_export, load_sampling_net
+    from ..pretrained import is_export, load_export, load_sampling_checkpoint
 
     if is_export(checkpoint):
         path = Path(checkpoint)
         cfg, net, meta = load_export(path, device)
         vae, scale = meta.get("vae"), meta.get("scale_factor")
     else:
-        path = resolve_checkpoint(checkpoint)
-        cfg, net = load_sampling_net(path, device)
+        path, cfg, net = load_sampling_checkpoint(checkpoint, device)
         vae, scale = cfg.eval.vae or None, None
     m, d = cfg.model, cfg.diffusion
     latent = cfg.data.dataset == "latents"

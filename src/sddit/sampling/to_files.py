@@ -114,8 +114,12 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 def _read_png_rgb(path: Path, hw: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("RGB"))
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path} is unreadable ({type(e).__name__}): delete it and run again with --resume, which "
+                        "generates it again") from None
     if arr.shape[:2] != hw:
         raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, expected {hw[1]}x{hw[0]}: remove stale files from "
                         "that folder and generate again")
@@ -149,6 +153,20 @@ def write_image_npz(path: str | Path, images: Iterable[np.ndarray], shape: tuple
     return path
 
 
+def _png_done(path: Path, hw: tuple[int, int]) -> bool:
+    """Whether --resume may keep this PNG: it exists, opens and has the size of this run's images
+    (a 0-byte or foreign file is generated again, never packed)."""
+    from PIL import Image
+
+    try:
+        if path.stat().st_size == 0:
+            return False
+        with Image.open(path) as img:
+            return (img.height, img.width) == tuple(hw)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+
+
 def _pngs_in_order(out: Path, n: int, hw: tuple[int, int]) -> Iterator[np.ndarray]:
     for i in range(n):
         yield _read_png_rgb(_png_path(out, i), hw)
@@ -156,17 +174,23 @@ def _pngs_in_order(out: Path, n: int, hw: tuple[int, int]) -> Iterator[np.ndarra
 
 def _check_out_dir(out: Path, settings: dict, resume: bool) -> None:
     """Refuse to mix two runs' PNGs in one folder; with resume, require the same settings."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder: choose another --out")
     existing = any((out / IMAGES_DIR).glob("*.png")) if (out / IMAGES_DIR).is_dir() else False
     if not resume:
         if existing:
             raise DataError(f"{out / IMAGES_DIR} already holds PNGs from an earlier run: pass --resume to finish that "
                             "run (same settings), or choose an empty --out")
+        earlier = [name for name in (NPZ_NAME, JSON_NAME) if (out / name).exists()]
+        if earlier:
+            raise DataError(f"{out} already holds {' and '.join(earlier)} from an earlier run, which this run would "
+                            "overwrite: choose an empty --out, or move them away")
         return
     meta = out / JSON_NAME
     if not meta.exists():
-        if existing:
-            raise DataError(f"--resume: {meta} is missing, so the PNGs in {out / IMAGES_DIR} cannot be checked against "
-                            "these settings; choose an empty --out")
+        if existing or (out / NPZ_NAME).exists():
+            raise DataError(f"--resume: {meta} is missing, so the files in {out} cannot be checked against these "
+                            "settings; choose an empty --out")
         return
     try:
         old = json.loads(meta.read_text())
@@ -243,7 +267,7 @@ def generate_samples(
     todo, skipped = [], 0
     for start, stop in mine:
         idx = range(start, stop)
-        if resume and all(_png_path(out, i).exists() for i in idx):
+        if resume and all(_png_done(_png_path(out, i), image_shape[1:]) for i in idx):
             seeds = [seed + i for i in idx]
             labels = (torch.tensor([i % source.num_classes for i in idx]) if balanced
                       else seed_labels(seeds, source.num_classes, source.shape, device))

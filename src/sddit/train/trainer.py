@@ -1,14 +1,16 @@
 """The training loop shared by every objective (dit, maskdit, sddit). Read it top to bottom.
 
-    setup -> data -> student (EDMPrecond around DiT or SplitDiT) -> objective (teacher, centers)
-          -> sampling EMA -> optimiser, precision -> resume? -> loggers, monitor
-          -> loop { loss + gradients (micro-batches), step, EMA, teacher, log, grid, FID, save }
+    setup -> lock the run directory -> data -> student (EDMPrecond around DiT or SplitDiT)
+          -> objective (teacher, centers) -> sampling EMA -> optimiser, precision -> resume? -> loggers, monitor
+          -> loop { stop requested? -> loss + gradients (micro-batches), step, EMA, teacher, log, grid, FID, save }
           -> final checkpoint -> class grid PNG -> FID
+
+What happens to the run directory (lock, metrics on resume, config changes) is in run_dir.py, the
+clean stop on SIGINT/SIGTERM in stop.py, checkpoint files in sddit/checkpoint.py.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,10 +25,11 @@ from ..checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_latest, save
 from ..config import Config, config_to_dict
 from ..data import EpochSampler, ImageDataset, build_dataset
 from ..diffusion import EDMPrecond
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, Interrupted, RunError
 from ..models import build_model
 from ..objectives import Terms, build_objective
 from ..runtime import resolve_device
+from . import run_dir as rundir
 from .amp import Precision
 from .ema import copy_for_ema, ema_decay, ema_update
 from .gradnorms import gradient_norms
@@ -34,15 +37,20 @@ from .loggers import build_loggers
 from .monitor import Monitor
 from .plots import plot_metrics
 from .schedules import learning_rate
+from .stop import GracefulStop, signal_name
 
 
 class Trainer:
     """Holds the state of one run; `fit()` is the loop."""
 
-    def __init__(self, cfg: Config, log=print, evaluate: bool = False):
+    def __init__(self, cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False):
         """`evaluate`: the caller will ask for a grid and FID after training (`sddit train`), so what
-        they need is checked and loaded now, before training."""
+        they need is checked and loaded now, before training. `allow_config_change`: resume even if
+        the run directory's config differs in keys that change the computation (recorded)."""
         self.cfg, self.log = cfg, log
+        self.allow_config_change = allow_config_change  # resume even if the stored config differs (recorded)
+        self.evaluate = evaluate  # load the final grid / FID's needs before training
+        self.saved_step: int | None = None  # the step of the last checkpoint this process wrote
         self.device = resolve_device(cfg.device)
         self.rank, self.world, _ = dist.init_from_env(str(self.device))
         if self.device.type == "cuda" and self.world > 1:
@@ -54,12 +62,24 @@ class Trainer:
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         seeding.init_weights_seed(cfg.train.seed)  # the same initial weights on every rank (teacher, EMA too)
         self.run_dir = Path(cfg.run_dir)
+        # One training process per run directory (rank 0 holds the lock; released by close()).
+        self.lock = rundir.RunDirLock(self.run_dir).acquire() if dist.is_main() else None
+        if self.lock is not None and self.lock.stale_holder:
+            self.log(f"note: took over the lock of {self.run_dir} left by a process that is gone ({self.lock.stale_holder})")
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
 
+    def _build(self) -> None:
+        """Data, networks, optimiser, then resume: everything under the run-directory lock."""
+        cfg = self.cfg
         # data
         self.dataset: ImageDataset = build_dataset(cfg.data.dataset, cfg.data.root, "train", cfg.data.resolution)
         if self.dataset.shape != (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size):
-            raise SystemExit(
-                f"error: data is {tuple(self.dataset.shape)} but the model expects "
+            raise ConfigError(
+                f"data is {tuple(self.dataset.shape)} but the model expects "
                 f"({cfg.model.in_channels}, {cfg.model.input_size}, {cfg.model.input_size}); set model.in_channels/model.input_size"
             )
         self.sampler = EpochSampler(len(self.dataset), cfg.train.batch_size, cfg.train.seed, self.rank, self.world)
@@ -89,8 +109,8 @@ class Trainer:
         tc = cfg.train
         self.monitor = None
         if dist.is_main():
-            self.monitor = Monitor(cfg, self.device, grids=tc.sample_every > 0 or evaluate,
-                                   fid=tc.fid_every > 0 or (evaluate and cfg.eval.num_samples > 0))
+            self.monitor = Monitor(cfg, self.device, grids=tc.sample_every > 0 or self.evaluate,
+                                   fid=tc.fid_every > 0 or (self.evaluate and cfg.eval.num_samples > 0))
 
         self.train_net: nn.Module = self.net
         self.ddp = None
@@ -114,32 +134,43 @@ class Trainer:
             "train_seconds": self.train_seconds, "scaler": self.amp.state_dict(),
         }
 
-    def save(self) -> None:
+    def save(self) -> Path:
         rng_states = dist.gather_objects(seeding.rng_state())
+        path = self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
         if dist.is_main():
             try:
                 path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last)
             except OSError as e:  # e.g. a full disk: the temp file is gone, older checkpoints are intact
                 kept = list_checkpoints(self.run_dir)
-                raise SystemExit(f"error: could not write the step-{self.step} checkpoint ({e.strerror or e}); "
-                                 f"{'the previous one, ' + str(kept[-1]) + ', is intact' if kept else 'no earlier checkpoint exists'}; "
-                                 f"free space in {self.run_dir} and re-run the same command to resume") from None
+                raise RunError(f"could not write the step-{self.step} checkpoint ({e.strerror or e}); "
+                               f"{'the previous one, ' + str(kept[-1]) + ', is intact' if kept else 'no earlier checkpoint exists'}; "
+                               f"free space in {self.run_dir} and re-run the same command to resume") from None
             self.log(f"saved {path}")
         dist.barrier()
+        self.saved_step = self.step
+        return path
+
+    def close(self) -> None:
+        """Close the loggers and release the run directory (the lock); the object stays usable for sampling."""
+        if getattr(self, "loggers", None) is not None:
+            self.loggers.close()
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
 
     def _resume(self) -> None:
-        state = load_latest(self.run_dir, map_location=self.device, warn=self.log)
+        # Unreadable newer checkpoints move to checkpoints/unreadable/; none readable is an error.
+        state = load_latest(self.run_dir, map_location=self.device, warn=self.log, move_unreadable=dist.is_main())
         if state is None:
+            self._drop_metrics_after(0)
             return
-        if state["config"].get("objective") != self.cfg.objective:
-            raise SystemExit(f"error: {state['_path']} was trained with objective={state['config'].get('objective')}, "
-                             f"not {self.cfg.objective}; use another --run-dir")
+        changes = rundir.check_resume_config(state["config"], config_to_dict(self.cfg), state["_path"],
+                                             self.allow_config_change)
         try:
             self.net.model.load_state_dict(state["model"])
             self.ema.model.load_state_dict(state["ema"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise SystemExit(f"error: {state['_path']} does not match this model config ({first}); use another --run-dir") from None
+            raise CheckpointError(f"{state['_path']} does not match this model config ({first}); use another --run-dir") from None
         self.opt.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state["objective"])
         self.sampler.load_state_dict(state["sampler"])
@@ -152,6 +183,16 @@ class Trainer:
         self.step = state["step"]
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.log(f"resumed from {state['_path']} at step {self.step}")
+        if changes and dist.is_main():
+            rundir.record_config_changes(self.run_dir, changes, self.step, self.allow_config_change)
+            self.log(f"note: config changed on resume ({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items())}); "
+                     f"recorded in {self.run_dir / rundir.CHANGES_NAME}")
+        self._drop_metrics_after(self.step)
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """metrics.jsonl lines past the resumed step describe steps that are trained again: drop them."""
+        if dist.is_main() and (dropped := rundir.truncate_metrics(self.run_dir, step)):
+            self.log(f"note: dropped {dropped} line(s) of metrics.jsonl after step {step} (those steps are trained again)")
 
     # ------------------------------------------------------------------ the loop
     def forward_backward(self, x0: Tensor, y: Tensor) -> tuple[Tensor, Terms] | None:
@@ -199,22 +240,26 @@ class Trainer:
         if self.bad_steps >= self.cfg.train.max_bad_steps:
             last = list_checkpoints(self.run_dir)
             where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-            raise SystemExit(f"error: loss was non-finite for {self.bad_steps} steps in a row (step {self.step}); {where}; "
-                             f"lower train.lr, set train.grad_clip, or use train.precision=fp32")
+            raise RunError(f"loss was non-finite for {self.bad_steps} steps in a row (step {self.step}); {where}; "
+                           f"lower train.lr, set train.grad_clip, or use train.precision=fp32")
 
-    def fit(self, until: int | None = None) -> None:
+    def fit(self, until: int | None = None, signals: GracefulStop | None = None) -> None:
         """Train to step `until` (default train.max_steps). Schedules always see train.max_steps, so
-        one run can be trained in chunks with work between them (benchmarks/convergence.py)."""
+        one run can be trained in chunks with work between them (benchmarks/convergence.py).
+        `signals`: a stop it requests (SIGINT/SIGTERM) saves at the next step boundary and raises
+        Interrupted."""
         cfg, tc = self.cfg, self.cfg.train
         stop = tc.max_steps if until is None else min(until, tc.max_steps)
         if dist.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+            rundir.write_config(self.run_dir, config_to_dict(cfg))
         bar = tqdm(total=tc.max_steps, initial=self.step, desc=f"train {cfg.objective}", unit="step",
                    disable=not dist.is_main(), dynamic_ncols=True)
         sums: dict[str, float] = {}
         count, t_last, step_last = 0, time.perf_counter(), self.step
         while self.step < stop:
+            if signals is not None and (signum := signals.requested(self.device)):
+                bar.close()
+                self._interrupted(signum)
             t_step, self.diagnostic_seconds = time.perf_counter(), 0.0
             idx = self.sampler.next()
             flips = torch.rand(len(idx)) < 0.5 if cfg.data.hflip else None
@@ -290,6 +335,12 @@ class Trainer:
             self.loggers.image(self.step, "samples", path)
         dist.barrier()
 
+    def _interrupted(self, signum: int) -> None:
+        """Save at this step boundary (unless just saved) and stop with a one-line message."""
+        path = self.save() if self.saved_step != self.step else self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
+        raise Interrupted(f"stopped by {signal_name(signum)} at step {self.step}: saved {path}; run the same command "
+                          "again to resume", signum)
+
     def log_fid(self) -> None:
         """In-training FID of the sampling EMA on `train.fid_samples` samples (rank 0; others wait)."""
         if dist.is_main():
@@ -299,14 +350,21 @@ class Trainer:
             self.log(f"step {self.step}: FID-{r['num_samples']} = {r['fid']:.2f}")
         dist.barrier()
 
-    def close(self) -> None:
-        """Close the loggers (tensorboard files, the wandb run)."""
-        self.loggers.close()
 
 
-def train(cfg: Config, log=print, evaluate: bool = False) -> Trainer:
-    """Train to cfg.train.max_steps (resuming from the run directory if it has checkpoints).
-    `evaluate`: see `Trainer`; the caller closes the trainer's loggers (`Trainer.close`)."""
-    trainer = Trainer(cfg, log, evaluate)
-    trainer.fit()
+def train(cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False) -> Trainer:
+    """Train to cfg.train.max_steps (resuming from the run directory if it has checkpoints), with a
+    clean stop on SIGINT/SIGTERM. `evaluate`: see `Trainer`. The trainer returned still holds the run
+    directory and its loggers: close() it."""
+    trainer = Trainer(cfg, log, evaluate, allow_config_change=allow_config_change)
+    try:
+        with GracefulStop() as signals:
+            trainer.fit(signals=signals)
+        if signals.signum:  # arrived during the last step: training is complete and saved
+            raise Interrupted(f"{signal_name(signals.signum)} after the last step ({trainer.step}), which is saved in "
+                              f"{trainer.run_dir / 'checkpoints'}; the grid and FID were skipped (`sddit eval "
+                              f"{trainer.run_dir}` computes the FID)", signals.signum)
+    except BaseException:
+        trainer.close()
+        raise
     return trainer
