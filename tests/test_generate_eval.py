@@ -180,19 +180,6 @@ def test_inception_logit_weight_hook():
     assert inception_logit_weight(torch.nn.Linear(3, 3)) is None
 
 
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
-                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32)
-    path = tmp_path_factory.mktemp("vae") / "vae"
-    vae.save_pretrained(path)
-    return path
-
-
 def test_latent_model_is_decoded_with_the_manifest_vae(tiny_vae, tmp_path, capsys, one_thread):
     from sddit.config import config_to_dict, load_config
     from sddit.data.latent_format import FORMAT, MANIFEST

@@ -20,16 +20,9 @@ SIZE = 32  # pixels; the tiny VAE downsamples 8x -> 4x4 latents
 
 
 @pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
-                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=SIZE)
-    path = tmp_path_factory.mktemp("vae") / "vae"
-    vae.save_pretrained(path)
-    return path
+def vae_dir(tiny_vae):
+    """The session's tiny random VAE (tests/conftest.py)."""
+    return tiny_vae
 
 
 def _rand(rng, h, w, c=3):
