@@ -7,10 +7,18 @@ AdamW, the teacher EMA). Prints a table with ratios to dit.
     python benchmarks/step_time.py                       # fmnist_{dit,maskdit,sddit}: one backbone, CPU
     python benchmarks/step_time.py --set train.precision=fp32 --steps 10
     python benchmarks/step_time.py --set model.patch_size=2 --batch 32
+    python benchmarks/step_time.py --repeats 5 --steps 30 --warmup 8   # ratio with its spread over 5 rounds
     python benchmarks/step_time.py --smoke               # seconds-long check (used by the tests)
 
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the process's peak RSS (ru_maxrss), which
 includes the Python/torch baseline (printed separately) and the model.
+
+Why ratios from single runs disagree (1.36x to 1.55x for sddit/dit on one machine): one short run
+per objective, run one after another, compares two moments of a shared 2-core machine, and any
+other load in one of them (a build, a second benchmark, a turbo step) lands in one objective only.
+So `--repeats R` (default 3) runs the objectives R times, interleaved and in a rotated order each
+round, takes each ratio within a round (neighbours in time), and reports the median ratio with the
+min-max over rounds: quote that spread with the figure.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import sys
 
 from common import run_child, write_result
@@ -56,38 +65,51 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
-    p.add_argument("--objectives", default="dit,maskdit,sddit")
+    p.add_argument("--objectives", default="dit,maskdit,sddit", help="the first one is the base of the ratios")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; ratios are taken within a round")
     p.add_argument("--smoke", action="store_true", help="tiny config, 2 steps: checks the script runs")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--objective", help=argparse.SUPPRESS)  # internal: run one objective in this process
     args = p.parse_args()
     if args.smoke:
-        args.config, args.steps, args.warmup, args.batch = "digits_tiny", 2, 1, 16
+        args.config, args.steps, args.warmup, args.batch, args.repeats = "digits_tiny", 2, 1, 16, 2
         args.set = [*args.set, "train.compile=false"]
     if args.objective:
         print(json.dumps(measure(args)))
         return
+    if args.repeats < 1:
+        sys.exit("error: --repeats must be >= 1")
 
+    objectives = args.objectives.split(",")
+    runs: dict[str, list[dict]] = {o: [] for o in objectives}
+    for r in range(args.repeats):  # interleaved, order rotated each round: no objective always goes first
+        for objective in objectives[r % len(objectives):] + objectives[:r % len(objectives)]:
+            cmd = [sys.executable, __file__, "--objective", objective, "--config", args.config, "--batch",
+                   str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+            for s in args.set:
+                cmd += ["--set", s]
+            runs[objective].append(run_child(cmd, objective))
+    base_name = objectives[0]
     rows = []
-    for objective in args.objectives.split(","):
-        cmd = [sys.executable, __file__, "--objective", objective, "--config", args.config, "--batch", str(args.batch),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
-        for s in args.set:
-            cmd += ["--set", s]
-        rows.append(run_child(cmd, objective))
+    for objective in objectives:
+        ms = [x["ms_per_step"] for x in runs[objective]]
+        ratios = [a["ms_per_step"] / b["ms_per_step"] for a, b in zip(runs[objective], runs[base_name])]
+        rows.append({**runs[objective][0], "ms_per_step": statistics.median(ms), "ms_per_step_runs": ms,
+                     "peak_mb": max(x["peak_mb"] for x in runs[objective]),
+                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)})
     base = rows[0]
     print(f"config {args.config} {' '.join(args.set)} | batch {base['batch']} | {base['precision']} | "
-          f"compile {base['compile']} | {base['device']} | {platform.processor() or platform.machine()}")
-    print("| objective | params | ms/step | x dit | peak MB | x dit |")
-    print("|---|---|---|---|---|---|")
+          f"compile {base['compile']} | {base['device']} | {platform.processor() or platform.machine()} | "
+          f"{args.repeats} interleaved round(s) of {args.steps} steps")
+    print(f"| objective | params | ms/step (median) | x {base_name} (median) | x {base_name} (min-max) | peak MB | x {base_name} |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['objective']} | {r['params_m']:.2f}M | {r['ms_per_step']:.0f} | {r['ms_per_step'] / base['ms_per_step']:.2f} "
-              f"| {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
+        print(f"| {r['objective']} | {r['params_m']:.2f}M | {r['ms_per_step']:.0f} | {r['ratio_median']:.2f} "
+              f"| {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
     if base["device"] == "cpu":
         print(f"(CPU peak = process peak RSS; the Python+torch baseline before the model is ~{base['baseline_rss_mb']:.0f} MB)")
     if args.json:
-        write_result(args.json, sys.argv, rows=rows)
-
+        write_result(args.json, sys.argv, repeats=args.repeats, rows=rows)
 
 if __name__ == "__main__":
     main()

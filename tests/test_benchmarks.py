@@ -20,8 +20,10 @@ def test_step_time_smoke(tmp_path):
     assert {"command", "git_commit", "machine", "date"} <= set(result)
     rows = result["rows"]
     assert [r["objective"] for r in rows] == ["dit", "maskdit", "sddit"]
+    assert result["repeats"] == 2 and rows[0]["ratio_min"] == rows[0]["ratio_max"] == 1.0  # dit against itself
     for r in rows:
         assert r["ms_per_step"] > 0 and r["peak_mb"] > 0 and r["batch"] == 16 and r["params_m"] > 0
+        assert len(r["ms_per_step_runs"]) == 2 and r["ratio_min"] <= r["ratio_median"] <= r["ratio_max"]
         assert r["precision"] in ("fp32", "bf16") and r["compile"] is False and r["device"] == "cpu"
     # the SD-DiT student carries a projection head the others do not have
     assert rows[2]["params_m"] > rows[0]["params_m"]
