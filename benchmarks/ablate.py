@@ -37,7 +37,7 @@ from pathlib import Path
 
 from sweep import Row, parse_args, run_grid, select
 
-COMMON = ["train.max_steps=1000", "train.gradnorm_every=100"]
+COMMON = ["train.max_steps=1000", "train.gradnorm_every=100", "eval.cfg_scale=1.0"]  # the study's FID: no guidance
 # SD-DiT rows start from the paper's mask ratio (the fmnist_sddit preset trains unmasked since this study)
 SD = [*COMMON, "sddit.mask_ratio=0.2"]
 ROWS = [
