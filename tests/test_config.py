@@ -38,6 +38,8 @@ def test_unknown_key_names_the_valid_ones():
         ("model.patch_size=5", "not divisible"),
         ("train=3", "is a section"),
         ("lr", "must look like key=value"),
+        ("eval.cfg_interval=5,0.3", "is empty: give lo < hi"),
+        ("eval.cfg_interval=-1,3", "two noise levels >= 0"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, fragment):

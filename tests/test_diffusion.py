@@ -481,6 +481,28 @@ def test_sampler_with_cfg_uses_guided_denoiser():
     torch.testing.assert_close(edm_sampler(net, latents, y, num_steps=5, cfg_scale=1.0), cond)
 
 
+def test_guidance_interval_guides_only_inside():
+    """eval.cfg_interval: guided (one doubled batch) at lo < sigma <= hi, conditional (one batch) elsewhere."""
+    net = LabelDenoiser()
+    x, y = torch.randn(3, 4, 2, 2), torch.tensor([0, 1, 4])
+    D = guided_denoiser(net, 2.0, 5, interval=(0.5, 2.0))
+    for s, guided in ((0.3, False), (0.5, False), (1.0, True), (2.0, True), (5.0, False)):
+        net.batch_sizes.clear()
+        out = D(x, torch.tensor(s), y)
+        assert net.batch_sizes == ([6] if guided else [3])
+        D_c, D_u = net(x, torch.tensor(s), y), net(x, torch.tensor(s), torch.full_like(y, 5))
+        torch.testing.assert_close(out, D_u + 2.0 * (D_c - D_u) if guided else D_c)
+    # through the sampler: an interval holding no step's sigma is the conditional sampler
+    latents = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    y2 = torch.tensor([0, 3])
+    cond = edm_sampler(net, latents, y2, num_steps=5)
+    torch.testing.assert_close(edm_sampler(net, latents, y2, num_steps=5, cfg_scale=2.0, null_label=5,
+                                           cfg_interval=(100.0, 200.0)), cond)
+    part = edm_sampler(net, latents, y2, num_steps=5, cfg_scale=2.0, null_label=5, cfg_interval=(0.5, 10.0))
+    full = edm_sampler(net, latents, y2, num_steps=5, cfg_scale=2.0, null_label=5)
+    assert (part - cond).abs().max() > 1e-3 and (part - full).abs().max() > 1e-3
+
+
 def test_sampler_progress_bar_runs():
     out = edm_sampler(gaussian_denoiser(torch.full((4,), SD)), torch.randn(1, 4, 2, 2), num_steps=3, progress=True)
     assert torch.isfinite(out).all()

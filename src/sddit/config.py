@@ -144,6 +144,7 @@ class EvalConfig:
     num_samples: int = 1000  # FID-N after training; 0 disables
     steps: int = 18  # Heun steps of the post-training FID (SPEC's 40 is the ImageNet protocol)
     cfg_scale: float = 1.0
+    cfg_interval: tuple[float, float] = (0.0, math.inf)  # guide only at sigma in (lo, hi]; elsewhere conditional
     batch_size: int = 250
     precision: str = "fp32"  # fp32 | bf16: the network's precision while sampling for FID and grids
     grid_steps: int = 40
@@ -197,6 +198,8 @@ class Config:
             for v in value if isinstance(value, tuple) else (value,):
                 if not ok(v):
                     raise ConfigError(f"{key}={_show(value)} is not valid: it must be {need}")
+        if not self.eval.cfg_interval[0] < self.eval.cfg_interval[1]:
+            raise ConfigError(f"eval.cfg_interval={_show(self.eval.cfg_interval)} is empty: give lo < hi, e.g. 0.3,5")
         if not self.run_dir.strip():
             raise ConfigError("run_dir is empty: pass --run-dir DIR (a new or an earlier run's directory)")
         if not DEVICE_RE.match(self.device):
@@ -263,6 +266,7 @@ _RANGES = {
     **{f"train.{k}": _NONNEG for k in ("weight_decay", "lr_final", "grad_clip")},
     **{f"eval.{k}": _POS_INT for k in ("steps", "batch_size", "grid_steps")},
     "eval.num_samples": _NONNEG_INT, "eval.cfg_scale": _FINITE, "eval.grid_cfg_scale": _FINITE,
+    "eval.cfg_interval": (lambda v: v >= 0 and not math.isnan(v), "two noise levels >= 0 (inf allowed)"),
 }
 
 

@@ -72,6 +72,7 @@ def evaluate_generator(
     device: str | torch.device = "cpu",
     steps: int | None = None,
     cfg_scale: float | None = None,
+    cfg_interval: tuple[float, float] | None = None,
     seed: int = 0,
     batch_size: int | None = None,
     decode=None,
@@ -87,6 +88,7 @@ def evaluate_generator(
 
     steps = cfg.eval.steps if steps is None else steps  # not `steps or ...`: 0 must not mean the default
     cfg_scale = cfg.eval.cfg_scale if cfg_scale is None else cfg_scale
+    cfg_interval = tuple(cfg.eval.cfg_interval if cfg_interval is None else cfg_interval)
     batch_size = cfg.eval.batch_size if batch_size is None else batch_size
     if steps < 1 or batch_size < 1 or num_samples < 2:
         raise ConfigError(f"FID needs steps >= 1 (got {steps}), batch size >= 1 (got {batch_size}) and at least 2 "
@@ -99,7 +101,8 @@ def evaluate_generator(
                                   precision=cfg.eval.inception_precision)
     labels = torch.arange(num_samples) % cfg.model.num_classes
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
-    sampler = dict(sigma_min=cfg.diffusion.sigma_min, sigma_max=cfg.diffusion.sigma_max, rho=cfg.diffusion.rho)
+    sampler = dict(sigma_min=cfg.diffusion.sigma_min, sigma_max=cfg.diffusion.sigma_max, rho=cfg.diffusion.rho,
+                   cfg_interval=cfg_interval)
     feats, sample_s, feature_s = [], 0.0, 0.0
     with tqdm(total=num_samples, desc=f"sample + inception ({steps} Heun steps)", unit="img") as bar:
         for start in range(0, num_samples, batch_size):
@@ -121,7 +124,7 @@ def evaluate_generator(
     return {
         "fid": fid, "num_samples": num_samples, "num_reference": num_ref,
         "reference": str(ref or cfg.train.fid_ref or cfg.eval.reference),
-        "steps": steps, "cfg_scale": cfg_scale, "seed": seed, "sampler": "edm_heun", "precision": cfg.eval.precision,
+        "steps": steps, "cfg_scale": cfg_scale, "cfg_interval": list(cfg_interval), "seed": seed, "sampler": "edm_heun", "precision": cfg.eval.precision,
         "inception_precision": cfg.eval.inception_precision,
         "sample_seconds": round(sample_s, 1), "fid_seconds": round(feature_s + time.perf_counter() - t1, 1),
     }
