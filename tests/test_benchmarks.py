@@ -126,6 +126,19 @@ def test_eval_speed_smoke(tmp_path):
     assert result["speedup"] > 0 and abs(result["fid_rel_diff"]) < 1  # a ratio, not a percentage
 
 
+def test_guidance_smoke(tmp_path):
+    out = tmp_path / "g.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "guidance.py"), "--smoke", "--json", str(out),
+                           "--set", "1.0", "--set", "2.0@0.3,5", "--workers", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result)
+    assert [(r["cfg_scale"], r["cfg_interval"]) for r in result["results"]] == [(1.0, [0.0, float("inf")]),
+                                                                                 (2.0, [0.3, 5.0])]
+    assert all(r["fid"] > 0 for r in result["results"]) and out.with_suffix(".md").exists()
+
+
 def test_gpu_convergence_script_smoke(tmp_path):
     """The prepared GPU script's command line runs (on the CPU, tiny): the device run itself needs a lent GPU."""
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_convergence.sh"), "--smoke", str(tmp_path)],
