@@ -7,9 +7,11 @@ batch, optimiser, learning rate, EMA and data order seed, for the same wall-cloc
 cores, so every run gets one core whatever the other one does (FID of one run never slows the
 other's training). Inside each process a calibration (warm-up, then `--calib-steps` timed steps)
 turns the budget into max_steps = budget / (s/step), so every schedule that depends on max_steps
-(SD-DiT's teacher momentum and temperature warm-up, MaskDiT's unmasked fine-tune, lr decay) runs to
-completion and the run is reproducible step for step; the measured training time is recorded beside
-every FID point, so how equal the budgets came out is in the table. MaskDiT trains as its authors
+(SD-DiT's teacher momentum, MaskDiT's unmasked fine-tune, lr decay) runs to completion; at every
+FID stop the plan is re-fitted to the pace the run has actually kept (a 60-step calibration misjudged
+8-minute runs by -6% to +8%, so budgets came out 14% apart), so the budgets come out equal; the
+measured training time is recorded beside every FID point, and the spread of the budgets is in the
+table. MaskDiT trains as its authors
 do: masked, then an unmasked fine-tune for the last `--maskdit-finetune` fraction of its steps (its
 two step costs calibrated separately). FID is taken at fixed fractions of each run (same sample
 count, sampler, Heun steps, CFG scale, seeds and reference images for all), off the clock.
@@ -62,18 +64,34 @@ def calibrate(spec: dict, extra: tuple[str, ...] = ()) -> float:
         return (trainer.train_seconds - t0) / spec["calib_steps"]
 
 
-def budget_steps(spec: dict) -> tuple[int, int, float]:
-    """(max_steps that fit the budget, MaskDiT's unmasked fine-tune steps, calibrated mean s/step).
+def budget_steps(spec: dict) -> tuple[int, int, float, float]:
+    """(max_steps that fit the budget, MaskDiT's unmasked fine-tune steps, calibrated mean s/step,
+    cost of a fine-tune step / a masked one (1 without a fine-tune)).
     MaskDiT's fine-tune (the last fraction F of its steps, all tokens) is timed on its own:
     budget = N (1 - F) t_masked + N F t_full."""
     budget = spec["minutes"] * 60
     t_step = calibrate(spec)
     if spec["method"] != "maskdit" or spec["maskdit_finetune"] <= 0:
-        return max(spec["points"], int(budget / t_step)), 0, t_step
+        return max(spec["points"], int(budget / t_step)), 0, t_step, 1.0
     t_full = calibrate(spec, ("maskdit.mask_ratio=0.0",))
     f = spec["maskdit_finetune"]
     steps = int(budget / ((1 - f) * t_step + f * t_full))
-    return max(spec["points"], steps), round(f * steps), budget / steps
+    return max(spec["points"], steps), round(f * steps), budget / steps, t_full / t_step
+
+
+def refit_budget(cfg, trainer, budget_s: float, f: float, r: float, chunks_left: int) -> None:
+    """Set train.max_steps (and MaskDiT's fine-tune steps) so the run ends on the budget, at the pace
+    measured so far. A short calibration misjudges the pace of a long run by several percent (the
+    other process's phase, turbo, memory traffic), so the plan is corrected at every FID stop.
+    MaskDiT: the fine-tune fraction f of steps costs r x a masked step,
+    remaining = (N - s - f N) t + f N r t  =>  N = (remaining / t + s) / (1 + f (r - 1))."""
+    s, pace = trainer.step, trainer.train_seconds / max(1, trainer.step)
+    left = max(0.0, budget_s - trainer.train_seconds) / pace
+    f = f if cfg.objective == "maskdit" and cfg.maskdit.unmask_finetune_steps > 0 else 0.0
+    n = max(s + chunks_left, round((left + s) / (1 + f * (r - 1))))
+    cfg.train.max_steps = n  # schedules (lr decay, teacher momentum, MaskDiT's fine-tune) read it every step
+    if f:
+        cfg.maskdit.unmask_finetune_steps = round(f * n)
 
 
 def run_child(spec: dict) -> dict:
@@ -86,15 +104,20 @@ def run_child(spec: dict) -> dict:
     from sddit.eval import evaluate_generator
     from sddit.train import Trainer
 
-    max_steps, finetune, t_step = budget_steps(spec)
+    max_steps, finetune, t_step, finetune_cost = budget_steps(spec)
     run_dir = Path(spec["run_dir"])
     if run_dir.exists():  # the benchmark's own scratch directory: always a fresh run
         shutil.rmtree(run_dir)
     cfg = method_config(spec, run_dir, max_steps, (f"maskdit.unmask_finetune_steps={finetune}",))
     trainer = Trainer(cfg, log=lambda *a: None)
-    rows = []
-    for stop in sorted({max(1, round(max_steps * k / spec["points"])) for k in range(1, spec["points"] + 1)}):
-        trainer.fit(until=stop)  # schedules see max_steps (the full run) on every step
+    rows, points, plan = [], spec["points"], [max_steps]
+    for k in range(1, points + 1):
+        trainer.fit(until=max(trainer.step + 1, round(cfg.train.max_steps * k / points)))
+        if k < points:  # re-fit the steps still to run to the budget, at the pace this run has kept so far
+            refit_budget(cfg, trainer, spec["minutes"] * 60, spec["maskdit_finetune"], finetune_cost,
+                         points - k)
+            plan.append(cfg.train.max_steps)
+        max_steps, finetune = cfg.train.max_steps, cfg.maskdit.unmask_finetune_steps
         t = time.perf_counter()
         r = evaluate_generator(trainer.ema, cfg, spec["fid_samples"], trainer.device, steps=spec["fid_steps"],
                                cfg_scale=spec["cfg_scale"], seed=0)
@@ -102,7 +125,8 @@ def run_child(spec: dict) -> dict:
                      "finetune_steps": finetune, "images_seen": trainer.step * cfg.train.batch_size,
                      "train_seconds": round(trainer.train_seconds, 1), "fid": round(r["fid"], 3),
                      "fid_samples": r["num_samples"], "fid_reference": r["num_reference"],
-                     "eval_seconds": round(time.perf_counter() - t, 1), "calibrated_s_per_step": t_step})
+                     "eval_seconds": round(time.perf_counter() - t, 1), "calibrated_s_per_step": t_step,
+                     "max_steps_plan": list(plan)})
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return {"rows": rows}
 

@@ -163,3 +163,29 @@ def test_latent_memory_smoke(tmp_path):
         assert r["rows_read"] == 24 * 64 and r["epochs"] == round(24 * 64 / r["entries"], 2)
         assert r["rss_max_while_iterating_mb"] > 0
     assert "| 24 | mmap |" in proc.stdout
+
+
+def test_convergence_refit_lands_on_the_budget():
+    """The step plan re-fitted at an FID stop spends exactly the budget left at the pace kept so far,
+    MaskDiT's costlier unmasked fine-tune steps included."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from convergence import refit_budget
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from sddit.config import load_config
+
+    trainer = SimpleNamespace(step=100, train_seconds=50.0)  # pace 0.5 s/step, 100 s of a 150 s budget left
+    cfg = load_config("fmnist_dit", ["train.max_steps=1000"])
+    refit_budget(cfg, trainer, 150.0, 0.1, 2.0, 2)
+    assert cfg.train.max_steps == 300  # DiT: no fine-tune, 200 more steps
+    cfg = load_config("fmnist_maskdit", ["train.max_steps=1000", "maskdit.unmask_finetune_steps=100"])
+    refit_budget(cfg, trainer, 150.0, 0.1, 2.0, 2)
+    n, ft = cfg.train.max_steps, cfg.maskdit.unmask_finetune_steps
+    assert ft == round(0.1 * n)
+    assert abs((n - 100 - ft) * 0.5 + ft * 2.0 * 0.5 - 100.0) < 1.0  # the seconds left, to a step
+    cfg = load_config("fmnist_dit", ["train.max_steps=1000"])
+    refit_budget(cfg, SimpleNamespace(step=100, train_seconds=200.0), 150.0, 0.0, 1.0, 2)
+    assert cfg.train.max_steps == 102  # over budget already: one step per FID stop still to come
