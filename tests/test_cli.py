@@ -42,6 +42,11 @@ def test_train_sample_eval(tmp_path, objective, capsys):
     assert Image.open(png).size[1] > Image.open(png).size[0] // 2  # 10 rows, 2 columns
     assert main(["eval", str(run), "--num-samples", "20", "--steps", "3", "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["num_samples"] == 20
+    capsys.readouterr()
+    assert main(["eval", str(run), "--num-samples", "20", "--steps", "3", "--cfg-scale", "2", "--cfg-interval", "0.3,5",
+                 "--json", str(tmp_path / "e2.json")]) == 0
+    assert json.loads((tmp_path / "e2.json").read_text())["cfg_interval"] == [0.3, 5.0]
+    assert "cfg 2.0 at sigma in (0.3, 5]" in capsys.readouterr().out
 
 
 def test_rerun_resumes_instead_of_restarting(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import sys
 import time
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file, run directory (newest checkpoint) or release; omit with --samples")
     e.add_argument("--num-samples", type=int, default=1000)
     e.add_argument("--cfg-scale", type=float, default=None)
+    e.add_argument("--cfg-interval", default=None, metavar="LO,HI",
+                   help="guide only at noise levels LO < sigma <= HI (default: the checkpoint's eval.cfg_interval)")
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=None,
@@ -180,7 +183,7 @@ def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:
         (run_dir / "fid.json").write_text(json.dumps(result, indent=2))
         print(f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
               f"{_reference_words(result, cfg)}; {result['steps']} Heun steps, "
-              f"cfg {result['cfg_scale']}); train {train_s / 60:.1f} min, total {result['total_seconds'] / 60:.1f} min")
+              f"cfg {result['cfg_scale']}{_interval_words(result)}); train {train_s / 60:.1f} min, total {result['total_seconds'] / 60:.1f} min")
     trainer.close()
     return 0
 
@@ -269,15 +272,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.eval.inception = args.inception
     if args.inception_precision:
         cfg.eval.inception_precision = args.inception_precision
+    if args.cfg_interval is not None:  # validated as the config key is
+        cfg.eval.cfg_interval = load_config(None, [f"eval.cfg_interval={args.cfg_interval}"]).eval.cfg_interval
     result = evaluate_generator(source.net, cfg, num_samples=args.num_samples, device=device, steps=args.steps,
                                 cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
                                 decode=_load_decoder(source, args, device), ref=args.ref)
     print(f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
           f"{_reference_words(result, cfg, args.ref)}; "
-          f"{result['steps']} Heun steps, cfg {result['cfg_scale']})")
+          f"{result['steps']} Heun steps, cfg {result['cfg_scale']}{_interval_words(result)})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _interval_words(result: dict) -> str:
+    lo, hi = result.get("cfg_interval", (0.0, math.inf))
+    return "" if result["cfg_scale"] == 1 or (lo, hi) == (0.0, math.inf) else f" at sigma in ({lo:g}, {hi:g}]"
 
 
 def _eval_files(args: argparse.Namespace) -> int:
