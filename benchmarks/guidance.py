@@ -100,7 +100,9 @@ def main() -> None:
         by_setting = {r["setting"]: r for o in outs for r in json.loads(o.strip().splitlines()[-1])}
         results = [by_setting[s] for s in settings]
     write_result(args.json, sys.argv, checkpoint=str(checkpoint), results=results)
-    lines = ["| setting | cfg scale | interval (sigma) | FID | sampling s |", "|---|---|---|---|---|"]
+    prov = json.loads(Path(args.json).read_text())
+    lines = [f"`{prov['command']}` at commit {prov['git_commit']}, {prov['machine']}, {prov['date']}; checkpoint "
+             f"{checkpoint}; FID-{num}.", "", "| setting | cfg scale | interval (sigma) | FID | sampling s |", "|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['cfg_scale']} | {tuple(r['cfg_interval'])} | {r['fid']:.2f} | "
               f"{r['sample_seconds']:.0f} |" for r in results]
     Path(args.json).with_suffix(".md").write_text("\n".join(lines) + "\n")
