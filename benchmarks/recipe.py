@@ -66,7 +66,7 @@ def main() -> None:
         args.rows = ""
     run_grid(rows, [int(s) for s in args.seeds.split(",")], config=config, out=Path(args.out), work=Path(args.work),
              name="recipe", workers=args.workers, fid_samples=fid_samples, argv=sys.argv, baseline="const",
-             title="Default-run recipe: DiT on Fashion-MNIST, 10 min of 2-thread training per row, FID-1k",
+             title="Default-run recipe: DiT on Fashion-MNIST, the default run's 1,800 steps per row, FID-1k with CFG 2",
              row_major=True)
 
 
