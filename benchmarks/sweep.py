@@ -78,6 +78,7 @@ def run_child(spec: dict) -> dict:
         ckpt.unlink()
     return {
         "row": spec["row"], "seed": spec["seed"], "overrides": spec["overrides"], "config": spec["config"],
+        "git_commit": provenance(["sweep.py"])["git_commit"],  # the code this run trained with (a sweep may span commits)
         "steps": steps, "batch_size": cfg.train.batch_size, "images": steps * cfg.train.batch_size,
         "train_seconds": trainer.train_seconds, "ms_per_step": 1000 * trainer.train_seconds / max(1, steps),
         "final_metrics": {**{k: v for k, v in last.items() if k not in ("step", "img_per_s", "train_seconds")},
@@ -184,6 +185,7 @@ def summarize(rows: list[Row], seeds: list[int], out: Path, work: Path, name: st
                      "seeds": [r["seed"] for r in runs], "fid": fids, "fid_mean": mean, "fid_std": std,
                      "ms_per_step": statistics.fmean(r["ms_per_step"] for r in runs),
                      "steps": runs[0]["steps"], "images": runs[0]["images"],
+                     "commits": sorted({r.get("git_commit", "unrecorded") for r in runs}),
                      "train_minutes": statistics.fmean(r["train_seconds"] for r in runs) / 60,
                      "final_metrics": {k: statistics.fmean(r["final_metrics"].get(k, float("nan")) for r in runs)
                                        for k in runs[0]["final_metrics"]}}
@@ -213,6 +215,7 @@ def markdown(summary: dict) -> str:
     lines = [f"# {summary['title'] or summary['name']}", "",
              f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.", "",
              f"Baseline row: `{summary['baseline']}`. *beyond spread*: |diff| > 2 x its standard error over seeds.", "",
+             *_commit_lines(summary),
              "| row | eval | seeds | FID mean | std | diff vs baseline | beyond spread | ms/step | steps | images | what it tests |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in summary["table"]:
@@ -223,6 +226,15 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {t['row']} | {t['eval']} | {len(t['seeds'])} | {t['fid_mean']:.2f} | {std} | {diff} | {beyond} "
                      f"| {t['ms_per_step']:.0f} | {t['steps']} | {t['images']} | {t['note']} |")
     return "\n".join(lines) + "\n"
+
+
+def _commit_lines(summary: dict) -> list[str]:
+    """Which commits the runs trained at, when that is not (only) the commit that wrote the table."""
+    commits = sorted({c for t in summary["table"] for c in t.get("commits", [])})
+    if not commits or commits == [summary["git_commit"]]:
+        return []
+    rows = {c: sorted({t["row"] for t in summary["table"] if c in t.get("commits", [])}) for c in commits}
+    return ["Runs trained at: " + "; ".join(f"{c[:10]} ({', '.join(r)})" for c, r in rows.items()) + ".", ""]
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -91,7 +91,7 @@ def test_recipe_sweep_smoke(tmp_path):
     assert [(t["row"], t["eval"]) for t in result["table"]] == [("a", "default"), ("b", "default"), ("b", "steps=3")]
     for t in result["table"]:
         assert len(t["fid"]) == 1 and 0 < t["fid_mean"] < 1e4 and t["ms_per_step"] > 0 and t["images"] == 64
-        assert "loss" in t["final_metrics"]
+        assert "loss" in t["final_metrics"] and t["commits"] == [result["git_commit"]]  # each run records its code
     assert "vs_baseline" in result["table"][1] and "vs_baseline" not in result["table"][0]
     assert (tmp_path / "recipe.png").stat().st_size > 0 and "| b | steps=3 |" in (tmp_path / "recipe.md").read_text()
     # finished runs are kept: a second call has nothing left to run and writes the same table
