@@ -79,19 +79,38 @@ def budget_steps(spec: dict) -> tuple[int, int, float, float]:
     return max(spec["points"], steps), round(f * steps), budget / steps, t_full / t_step
 
 
-def refit_budget(cfg, trainer, budget_s: float, f: float, r: float, chunks_left: int) -> None:
-    """Set train.max_steps (and MaskDiT's fine-tune steps) so the run ends on the budget, at the pace
-    measured so far. A short calibration misjudges the pace of a long run by several percent (the
-    other process's phase, turbo, memory traffic), so the plan is corrected at every FID stop.
-    MaskDiT: the fine-tune fraction f of steps costs r x a masked step,
-    remaining = (N - s - f N) t + f N r t  =>  N = (remaining / t + s) / (1 + f (r - 1))."""
-    s, pace = trainer.step, trainer.train_seconds / max(1, trainer.step)
-    left = max(0.0, budget_s - trainer.train_seconds) / pace
-    f = f if cfg.objective == "maskdit" and cfg.maskdit.unmask_finetune_steps > 0 else 0.0
-    n = max(s + chunks_left, round((left + s) / (1 + f * (r - 1))))
+def refit_budget(cfg, step: int, seconds: float, pace: float, budget_s: float, f: float, r: float,
+                 min_left: int) -> None:
+    """Set train.max_steps (and MaskDiT's fine-tune steps) so that the run ends on the budget when the
+    steps still to run go at `pace` (s/step, measured over the run's recent steps).
+
+    MaskDiT before its fine-tune: the fine-tune fraction f of all steps costs r x a masked step,
+    remaining = (N - s - f N) t + f N r t  =>  N = (remaining / t + s) / (1 + f (r - 1)).
+    Inside the fine-tune every step left is an unmasked one (`pace` is then measured there) and the
+    step where it began stays put."""
+    left = max(0.0, budget_s - seconds) / pace  # steps the budget still holds at this pace
+    m = cfg.maskdit
+    tuning = cfg.objective == "maskdit" and m.unmask_finetune_steps > 0
+    if tuning and step >= cfg.train.max_steps - m.unmask_finetune_steps:
+        begin = cfg.train.max_steps - m.unmask_finetune_steps
+        cfg.train.max_steps = max(step + min_left, step + round(left))
+        m.unmask_finetune_steps = cfg.train.max_steps - begin
+        return
+    n = max(step + min_left, round((left + step) / (1 + f * (r - 1)))) if tuning else max(step + min_left,
+                                                                                          step + round(left))
     cfg.train.max_steps = n  # schedules (lr decay, teacher momentum, MaskDiT's fine-tune) read it every step
-    if f:
-        cfg.maskdit.unmask_finetune_steps = round(f * n)
+    if tuning:
+        m.unmask_finetune_steps = min(round(f * n), n - step)
+
+
+def recent_pace(history: list[tuple[int, float]], since: int, window: int) -> float | None:
+    """s/step over the last `window` steps of `history` [(step, train seconds)], not before step `since`."""
+    step, t = history[-1]
+    older = [(s, u) for s, u in history if s >= max(since, step - window) and s < step]
+    if not older:
+        return None
+    s0, t0 = older[0]
+    return (t - t0) / (step - s0)
 
 
 def run_child(spec: dict) -> dict:
@@ -110,13 +129,26 @@ def run_child(spec: dict) -> dict:
         shutil.rmtree(run_dir)
     cfg = method_config(spec, run_dir, max_steps, (f"maskdit.unmask_finetune_steps={finetune}",))
     trainer = Trainer(cfg, log=lambda *a: None)
-    rows, points, plan = [], spec["points"], [max_steps]
-    for k in range(1, points + 1):
-        trainer.fit(until=max(trainer.step + 1, round(cfg.train.max_steps * k / points)))
-        if k < points:  # re-fit the steps still to run to the budget, at the pace this run has kept so far
-            refit_budget(cfg, trainer, spec["minutes"] * 60, spec["maskdit_finetune"], finetune_cost,
-                         points - k)
-            plan.append(cfg.train.max_steps)
+    rows, points, plan, k = [], spec["points"], [max_steps], 1
+    budget_s, every = spec["minutes"] * 60, max(1, max_steps // 50)  # re-fit every ~2% of the run
+    history = [(0, 0.0)]
+    while k <= points:
+        stop = max(trainer.step + 1, round(cfg.train.max_steps * k / points))  # the next FID stop
+        trainer.fit(until=min(stop, trainer.step + every))
+        history.append((trainer.step, trainer.train_seconds))
+        if trainer.step < cfg.train.max_steps:  # re-fit the steps still to run to the budget
+            ft = cfg.maskdit.unmask_finetune_steps if cfg.objective == "maskdit" else 0
+            phase = cfg.train.max_steps - ft if ft and trainer.step >= cfg.train.max_steps - ft else 0
+            pace = recent_pace(history, phase, window=10 * every)
+            if pace is None:  # the fine-tune has just begun: its calibrated cost
+                pace = finetune_cost * recent_pace(history, 0, window=10 * every)
+            refit_budget(cfg, trainer.step, trainer.train_seconds, pace, budget_s, spec["maskdit_finetune"],
+                         finetune_cost, points - k + 1)
+            if cfg.train.max_steps != plan[-1]:
+                plan.append(cfg.train.max_steps)
+        if trainer.step < round(cfg.train.max_steps * k / points):
+            continue
+        k += 1
         max_steps, finetune = cfg.train.max_steps, cfg.maskdit.unmask_finetune_steps
         t = time.perf_counter()
         r = evaluate_generator(trainer.ema, cfg, spec["fid_samples"], trainer.device, steps=spec["fid_steps"],

@@ -166,26 +166,29 @@ def test_latent_memory_smoke(tmp_path):
 
 
 def test_convergence_refit_lands_on_the_budget():
-    """The step plan re-fitted at an FID stop spends exactly the budget left at the pace kept so far,
-    MaskDiT's costlier unmasked fine-tune steps included."""
-    from types import SimpleNamespace
-
+    """The step plan re-fitted during a run spends exactly the budget left at the measured pace,
+    MaskDiT's costlier unmasked fine-tune steps included, before and inside the fine-tune."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from convergence import refit_budget
+        from convergence import recent_pace, refit_budget
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     from sddit.config import load_config
 
-    trainer = SimpleNamespace(step=100, train_seconds=50.0)  # pace 0.5 s/step, 100 s of a 150 s budget left
     cfg = load_config("fmnist_dit", ["train.max_steps=1000"])
-    refit_budget(cfg, trainer, 150.0, 0.1, 2.0, 2)
+    refit_budget(cfg, 100, 50.0, 0.5, 150.0, 0.1, 2.0, 2)  # 100 s left at 0.5 s/step
     assert cfg.train.max_steps == 300  # DiT: no fine-tune, 200 more steps
     cfg = load_config("fmnist_maskdit", ["train.max_steps=1000", "maskdit.unmask_finetune_steps=100"])
-    refit_budget(cfg, trainer, 150.0, 0.1, 2.0, 2)
+    refit_budget(cfg, 100, 50.0, 0.5, 150.0, 0.1, 2.0, 2)
     n, ft = cfg.train.max_steps, cfg.maskdit.unmask_finetune_steps
     assert ft == round(0.1 * n)
     assert abs((n - 100 - ft) * 0.5 + ft * 2.0 * 0.5 - 100.0) < 1.0  # the seconds left, to a step
+    cfg = load_config("fmnist_maskdit", ["train.max_steps=1000", "maskdit.unmask_finetune_steps=100"])
+    refit_budget(cfg, 950, 140.0, 1.0, 150.0, 0.1, 2.0, 1)  # inside the fine-tune (it began at 900)
+    assert cfg.train.max_steps == 960 and cfg.train.max_steps - cfg.maskdit.unmask_finetune_steps == 900
     cfg = load_config("fmnist_dit", ["train.max_steps=1000"])
-    refit_budget(cfg, SimpleNamespace(step=100, train_seconds=200.0), 150.0, 0.0, 1.0, 2)
+    refit_budget(cfg, 100, 200.0, 0.5, 150.0, 0.0, 1.0, 2)
     assert cfg.train.max_steps == 102  # over budget already: one step per FID stop still to come
+    history = [(0, 0.0), (10, 5.0), (20, 10.0), (30, 20.0)]
+    assert recent_pace(history, 0, 15) == 1.0 and recent_pace(history, 0, 100) == 20.0 / 30
+    assert recent_pace(history, 30, 100) is None
