@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import math
 import os
 import sys
 import time
@@ -76,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file, run directory (newest checkpoint) or release; omit with --samples")
     e.add_argument("--num-samples", type=int, default=1000)
     e.add_argument("--cfg-scale", type=float, default=None)
-    e.add_argument("--cfg-interval", default=None, metavar="LO,HI",
-                   help="guide only at noise levels LO < sigma <= HI (default: the checkpoint's eval.cfg_interval)")
+    e.add_argument("--cfg-interval", metavar="LO,HI", help="guide only at LO < sigma <= HI (eval.cfg_interval)")
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=None,
@@ -286,8 +284,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _interval_words(result: dict) -> str:
-    lo, hi = result.get("cfg_interval", (0.0, math.inf))
-    return "" if result["cfg_scale"] == 1 or (lo, hi) == (0.0, math.inf) else f" at sigma in ({lo:g}, {hi:g}]"
+    lo, hi = result.get("cfg_interval", (0.0, float("inf")))
+    return "" if result["cfg_scale"] == 1 or (lo, hi) == (0.0, float("inf")) else f" at sigma in ({lo:g}, {hi:g}]"
 
 
 def _eval_files(args: argparse.Namespace) -> int:
