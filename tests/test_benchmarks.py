@@ -129,13 +129,13 @@ def test_eval_speed_smoke(tmp_path):
 def test_guidance_smoke(tmp_path):
     out = tmp_path / "g.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "guidance.py"), "--smoke", "--json", str(out),
-                           "--set", "1.0", "--set", "2.0@0.3,5", "--workers", "2"],
+                           "--set", "1.0", "--set", "2.0@0.3,5", "--set", "raw:2.0/3", "--workers", "2"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
-    assert [(r["cfg_scale"], r["cfg_interval"]) for r in result["results"]] == [(1.0, [0.0, float("inf")]),
-                                                                                 (2.0, [0.3, 5.0])]
+    assert [(r["weights"], r["cfg_scale"], r["cfg_interval"], r["steps"]) for r in result["results"]] == [
+        ("ema", 1.0, [0.0, float("inf")], 18), ("ema", 2.0, [0.3, 5.0], 18), ("raw", 2.0, [0.0, float("inf")], 3)]
     assert all(r["fid"] > 0 for r in result["results"]) and out.with_suffix(".md").exists()
 
 

@@ -153,6 +153,11 @@ def test_export_of_a_latent_run_samples_like_the_checkpoint(latent_run, tiny_vae
     assert np.array_equal(images.permute(0, 2, 3, 1).numpy(), a)  # the same seeds and labels as generate --balanced
     floats = sddit.sample(model, [0, 1, 2, 3], steps=2, batch_size=4)
     assert floats.dtype == torch.float32 and -1 <= floats.min() and floats.max() <= 1
+    from sddit.errors import CheckpointError
+    from sddit.sampling.sources import load_source
+
+    with pytest.raises(CheckpointError, match="only the sampling EMA"):  # a release has no raw weights to score
+        load_source(release, weights="raw")
 
 
 def test_latent_fid_without_a_reference_stops_before_training(latents, tmp_path, capsys):

@@ -225,3 +225,20 @@ def test_v1_checkpoint_loads_and_resumes(tmp_path):
             torch.testing.assert_close(resumed[part][k], v, rtol=1e-4, atol=1e-5, msg=f"{part}.{k}")
             moved += not torch.equal(start[part][k], v)
         assert moved > 0  # ten steps of training happened in between
+
+
+def test_sampling_checkpoint_loads_the_ema_or_the_raw_weights():
+    """FID uses the EMA; `weights="raw"` loads the trained weights instead (guidance.py's `raw:` setting)."""
+    from sddit.pretrained import load_sampling_checkpoint
+    from sddit.sampling.sources import load_source
+
+    path = FIXTURES / "v1-sddit-digits-step10.pt"
+    state = load_checkpoint(path)
+    for weights, key in (("ema", "ema"), ("raw", "model")):
+        _, _, net = load_sampling_checkpoint(path, weights=weights)
+        loaded = net.model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in state[key].items())
+    assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["ema"])  # the check can fail
+    with pytest.raises(ValueError, match="'ema' or 'raw'"):
+        load_sampling_checkpoint(path, weights="last")
+    assert load_source(path, weights="raw").net.model.state_dict().keys() == state["model"].keys()

@@ -90,9 +90,12 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
 
 
 def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                             warn=print) -> tuple[Path, Config, EDMPrecond]:
-    """(checkpoint file, config, sampling-EMA denoiser) of a checkpoint file or run directory (its
-    newest readable checkpoint). Loading runs no code from the file (weights-only unpickling)."""
+                             warn=print, weights: str = "ema") -> tuple[Path, Config, EDMPrecond]:
+    """(checkpoint file, config, denoiser) of a checkpoint file or run directory (its newest readable
+    checkpoint). `weights` is "ema" (the sampling EMA, what every FID here uses) or "raw" (the trained
+    weights, to measure what the EMA adds). Loading runs no code from the file (weights-only unpickling)."""
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', not {weights!r}")
     ckpt, state = open_checkpoint(path, map_location="cpu", warn=warn)
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{ckpt} is not an sddit checkpoint (its 'config' is not a dict)")
@@ -102,7 +105,7 @@ def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu
         raise CheckpointError(f"{ckpt}: the config stored in it is not valid here ({e})") from None
     net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
     try:
-        net.model.load_state_dict(state["ema"])
+        net.model.load_state_dict(state["ema" if weights == "ema" else "model"])
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{ckpt}: weights do not match the config stored with them "
                               f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None

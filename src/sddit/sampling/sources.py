@@ -37,16 +37,19 @@ class SampleSource:
     config: Any = None  # the run config (sddit checkpoints and releases)
 
 
-def load_source(checkpoint: str | Path, device: str | torch.device = "cpu") -> SampleSource:
-    """The sampling EMA of an sddit checkpoint (file or run directory) or release (`sddit export`)."""
+def load_source(checkpoint: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> SampleSource:
+    """The sampling EMA of an sddit checkpoint (file or run directory) or release (`sddit export`);
+    `weights="raw"` takes a checkpoint's trained weights instead (a release holds only the EMA)."""
     from ..pretrained import is_export, load_export, load_sampling_checkpoint
 
     if is_export(checkpoint):
+        if weights != "ema":
+            raise CheckpointError(f"{checkpoint} is a release: it holds only the sampling EMA, not the raw weights")
         path = Path(checkpoint)
         cfg, net, meta = load_export(path, device)
         vae, scale = meta.get("vae"), meta.get("scale_factor")
     else:
-        path, cfg, net = load_sampling_checkpoint(checkpoint, device)
+        path, cfg, net = load_sampling_checkpoint(checkpoint, device, weights=weights)
         vae, scale = cfg.eval.vae or None, None
     m, d = cfg.model, cfg.diffusion
     latent = cfg.data.dataset == "latents"
