@@ -72,6 +72,8 @@ ROWS = [
     Row("p2-b32", [*PRESET2, "train.max_steps=4000", "train.batch_size=32"], "batch 32, 2x the steps"),
     Row("p2-w128", [*PRESET2, "train.max_steps=4080", "model.hidden_size=128", "model.num_heads=4"],
         "narrower model, ~2x the steps"),
+    Row("p2-w128-b32", [*PRESET2, "train.max_steps=8160", "model.hidden_size=128", "model.num_heads=4",
+                        "train.batch_size=32"], "both: narrower model and batch 32, ~4x the steps"),
     Row("p2-pmean-0.8", [*PRESET2, "diffusion.P_mean=-0.8"], "noise levels shifted up"),
     Row("p2-steps2400", [*PRESET2, "train.max_steps=2400"], "the ~2 min the default run has left, as steps"),
 ]
