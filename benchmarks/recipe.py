@@ -23,7 +23,7 @@ exact GELU) with the preset's earlier recipe pinned (BASE: 1,800 steps of 64, co
 CFG 2.0 at every step) and the row's overrides on top; the `preset` row is the preset as it ships; rows that change the cost
 of a step change the step count to keep the training time (ratios of eager ms/step measured on
 this CPU: 0.50x at batch 32, 1.85x at batch 128, 0.49x at width 128, 0.63x at width 256 x depth 8 x
-patch 7 = 16 tokens). Every row is scored as the default run scores itself (FID-1k: 1,000
+patch 7 = 16 tokens; 1-thread eager at batch 64: width 192 ~536 ms, 128 257 ms, 96 174 ms). Every row is scored as the default run scores itself (FID-1k: 1,000
 class-balanced samples, seeds 0..999, EDM Heun 18 steps, CFG 2.0, vs the fixed 1,000 test images,
 bf16 Inception).
 
@@ -74,6 +74,10 @@ ROWS = [
         "narrower model, ~2x the steps"),
     Row("p2-w128-b32", [*PRESET2, "train.max_steps=8160", "model.hidden_size=128", "model.num_heads=4",
                         "train.batch_size=32"], "both: narrower model and batch 32, ~4x the steps"),
+    Row("p2-w96", [*PRESET2, "train.max_steps=6030", "model.hidden_size=96", "model.num_heads=4"],
+        "narrower still (0.68x the ms/step of width 128), ~3x the steps"),
+    Row("p2-w96-b32", [*PRESET2, "train.max_steps=12060", "model.hidden_size=96", "model.num_heads=4",
+                       "train.batch_size=32"], "width 96 and batch 32, ~6x the steps"),
     Row("p2-pmean-0.8", [*PRESET2, "diffusion.P_mean=-0.8"], "noise levels shifted up"),
     Row("p2-steps2400", [*PRESET2, "train.max_steps=2400"], "the ~2 min the default run has left, as steps"),
 ]
