@@ -43,10 +43,10 @@ from sweep import Row, parse_args, run_grid, select
 
 # The base of the rows: the preset before this sweep changed it (constant lr 1e-3, 1,800 steps, CFG 2.0
 # at every step), pinned so the rows mean what they meant when they ran whatever the preset says now.
-BASE = ["train.max_steps=1800", "train.lr=1e-3", "train.lr_schedule=constant", "train.lr_decay_start=0",
+BASE = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "train.max_steps=1800", "train.lr=1e-3", "train.lr_schedule=constant", "train.lr_decay_start=0",
         "eval.cfg_scale=2.0", "eval.cfg_interval=0,inf"]
 # The recipe the first round chose, pinned for the second round's rows.
-PRESET2 = ["train.max_steps=2000", "train.lr=3e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8",
+PRESET2 = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "train.max_steps=2000", "train.lr=3e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8",
            "eval.cfg_scale=3.0", "eval.cfg_interval=0.3,5"]
 ROWS = [
     Row("const", BASE, "the previous preset: constant lr 1e-3"),
@@ -79,7 +79,6 @@ ROWS = [
     Row("p2-w96-b32", [*PRESET2, "train.max_steps=12060", "model.hidden_size=96", "model.num_heads=4",
                        "train.batch_size=32"], "width 96 and batch 32, ~6x the steps"),
     Row("p2-pmean-0.8", [*PRESET2, "diffusion.P_mean=-0.8"], "noise levels shifted up"),
-    Row("p2-steps2400", [*PRESET2, "train.max_steps=2400"], "the ~2 min the default run has left, as steps"),
 ]
 
 
