@@ -1,7 +1,8 @@
 """FID of dit, maskdit and sddit at equal wall-clock: the paper's training-efficiency claim, measured.
 
-Every method trains the same backbone (its `fmnist_{objective}` preset: depth 6, width 192,
-patch 4; maskdit/sddit split it 4 + 2; or the `fmnist32_*` presets: 256 tokens), with the same
+Every method trains the same backbone (its `fmnist_{objective}` preset: depth 6, width 128 (192
+with batch 64 until commit 7f85f68, which the committed result used), patch 4; maskdit/sddit split
+it 4 + 2; or the `fmnist32_*` presets: 256 tokens), with the same
 batch, optimiser, learning rate, EMA and data order seed, for the same wall-clock budget. Each
 (method, seed) runs in its own process with one torch thread, two processes at a time on the two
 cores, so every run gets one core whatever the other one does (FID of one run never slows the
