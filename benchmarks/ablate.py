@@ -72,8 +72,9 @@ def main() -> None:
         tiny = ["train.max_steps=4", "train.batch_size=16", "train.gradnorm_every=2"]
         rows = [Row("dit", [*tiny, "objective=dit"], "smoke"), Row("sddit", [*tiny, "objective=sddit"], "smoke")]
     run_grid(rows, [int(s) for s in args.seeds.split(",")], config=config, out=Path(args.out), work=Path(args.work),
-             name="ablation", workers=args.workers, fid_samples=fid_samples, argv=sys.argv, baseline="dit",
-             title="SD-DiT ablation on Fashion-MNIST: 1000 steps x batch 64 per row, FID-1k", row_major=True)
+             name="ablation", workers=args.workers, fid_samples=fid_samples, argv=sys.argv, baseline=args.baseline or "dit",
+             title="SD-DiT ablation on Fashion-MNIST: 1000 steps x batch 64 per row, FID-1k", row_major=True,
+             summary_only=args.summary_only)
 
 
 if __name__ == "__main__":

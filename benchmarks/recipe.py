@@ -93,9 +93,9 @@ def main() -> None:
                     evals=[{}, {"steps": 3}])]
         args.rows = ""
     run_grid(rows, [int(s) for s in args.seeds.split(",")], config=config, out=Path(args.out), work=Path(args.work),
-             name="recipe", workers=args.workers, fid_samples=fid_samples, argv=sys.argv, baseline="const",
-             title="Default-run recipe: DiT on Fashion-MNIST, the default run's 1,800 steps per row, FID-1k with CFG 2",
-             row_major=True)
+             name="recipe", workers=args.workers, fid_samples=fid_samples, argv=sys.argv, baseline=args.baseline or "const",
+             title="Default-run recipe: DiT on Fashion-MNIST, rows at equal 1-thread training time, FID-1k",
+             row_major=True, summary_only=args.summary_only)
 
 
 if __name__ == "__main__":

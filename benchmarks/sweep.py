@@ -96,15 +96,18 @@ def _job_path(work: Path, row: str, seed: int) -> Path:
 
 def run_grid(rows: list[Row], seeds: list[int], *, config: str, out: Path, work: Path, name: str, workers: int,
              fid_samples: int, argv: list[str], baseline: str | None = None, title: str = "",
-             row_major: bool = False) -> dict:
+             row_major: bool = False, summary_only: bool = False) -> dict:
     """Run every missing (row, seed) with `workers` processes in parallel; summarise after each.
 
     Seed-major order (all rows of seed 0 first) gives a first look at every row soonest; row-major
-    order finishes whole rows first, so a sweep cut short leaves complete rows."""
+    order finishes whole rows first, so a sweep cut short leaves complete rows. `summary_only`
+    tabulates the finished runs and runs nothing (a grid whose rows ran different seed counts)."""
     from tqdm.auto import tqdm
 
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    if summary_only:
+        return summarize(rows, seeds, out, work, name, argv, baseline, title)
     _warm_reference_cache(config, rows, fid_samples)
     order = [(r, s) for r in rows for s in seeds] if row_major else [(r, s) for s in seeds for r in rows]
     jobs = [(r, s) for r, s in order if not _job_path(work, r.name, s).exists()]
@@ -270,6 +273,9 @@ def parse_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/results", help="folder for NAME.json / .md / .png")
     p.add_argument("--work", default=f"runs/sweeps/{name}", help="folder for per-run records, logs and run folders")
     p.add_argument("--smoke", action="store_true", help="tiny config, a few steps: checks the script runs")
+    p.add_argument("--baseline", default="", help="row the table's differences are taken against (default: the script's)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="write the table from the finished runs in --work; run nothing (missing seeds are left out)")
     return p
 
 

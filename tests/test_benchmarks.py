@@ -98,6 +98,14 @@ def test_recipe_sweep_smoke(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path),
                             "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and json.loads((tmp_path / "recipe.json").read_text())["table"] == result["table"]
+    # --summary-only runs nothing: seeds without runs are left out, the baseline can be chosen
+    only = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path / "s"),
+                           "--work", str(tmp_path / "work"), "--seeds", "0,1", "--summary-only", "--baseline", "b"],
+                          capture_output=True, text=True, timeout=600)
+    assert only.returncode == 0, only.stderr[-2000:]
+    summary = json.loads((tmp_path / "s" / "recipe.json").read_text())
+    assert summary["baseline"] == "b" and [len(t["fid"]) for t in summary["table"]] == [1, 1, 1]
+    assert not (tmp_path / "work" / "a-seed1.json").exists()
 
 
 def test_ablation_smoke(tmp_path):
