@@ -29,5 +29,7 @@ def run_child(cmd: list[str], what: str) -> dict:
 
 
 def write_result(path: str | Path, argv: list[str], **payload) -> None:
-    """A result JSON: the provenance record, then the payload."""
+    """A result JSON: the provenance record, then the payload. Its folder is created: a run of many
+    minutes must not end in a missing-directory error with its results unwritten."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({**provenance(argv), **payload}, indent=2))
