@@ -17,6 +17,13 @@ a lever. At ~2 epochs the model should be limited by its number of updates: batc
 and the narrower model at ~2x the steps should beat the preset by more than seed noise (~2 FID at
 this level); P_mean -0.8 should matter less; the 400 steps the default run's time still allows
 should gain a little.
+Reading (docs/results/recipe_p2.md): the update-count hypothesis held for width, less for batch.
+Width 128 at 2x the steps scored 41.8 +- 0.5 (2 seeds) against the width-192 preset's 51.9 (the
+default run's own figure; this round has no width-192 row), width 96 at 3x did not go further
+(42.7, 1 seed); batch 32 helped at width 192 (46.3, 1 seed) but added only 1.6 +- 0.85 at width 128
+(40.2 +- 1.1), within twice its standard error. The default took width 128 + batch 32 (the best
+mean, not worse than either). The 2,400-step row was dropped with the width-192 preset; P_mean did
+not run.
 
 Each row trains DiT on Fashion-MNIST from the `fmnist_dit` preset (width 192, depth 6, patch 4,
 exact GELU) with the preset's earlier recipe pinned (BASE: 1,800 steps of 64, constant lr 1e-3,
