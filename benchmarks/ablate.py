@@ -39,8 +39,8 @@ from sweep import Row, parse_args, run_grid, select
 
 # the study's FID: no guidance; its lr and backbone: the Fashion-MNIST preset's when the study ran
 # (constant 1e-3; width 192, 6 heads, batch 64)
-COMMON = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "train.max_steps=1000", "train.gradnorm_every=100", "eval.cfg_scale=1.0", "train.lr=1e-3",
-          "train.lr_schedule=constant"]
+COMMON = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "train.max_steps=1000",
+          "train.gradnorm_every=100", "eval.cfg_scale=1.0", "train.lr=1e-3", "train.lr_schedule=constant"]
 # SD-DiT rows start from the paper's mask ratio (the fmnist_sddit preset trains unmasked since this study)
 SD = [*COMMON, "sddit.mask_ratio=0.2"]
 ROWS = [
@@ -72,7 +72,8 @@ def main() -> None:
         tiny = ["train.max_steps=4", "train.batch_size=16", "train.gradnorm_every=2"]
         rows = [Row("dit", [*tiny, "objective=dit"], "smoke"), Row("sddit", [*tiny, "objective=sddit"], "smoke")]
     run_grid(rows, [int(s) for s in args.seeds.split(",")], config=config, out=Path(args.out), work=Path(args.work),
-             name="ablation", workers=args.workers, fid_samples=fid_samples, argv=sys.argv, baseline=args.baseline or "dit",
+             name="ablation", workers=args.workers, fid_samples=fid_samples, argv=sys.argv,
+             baseline=args.baseline or "dit",
              title="SD-DiT ablation on Fashion-MNIST: 1000 steps x batch 64 per row, FID-1k", row_major=True,
              summary_only=args.summary_only)
 

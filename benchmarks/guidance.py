@@ -2,8 +2,8 @@
 
 Guidance, the sampler's step count and the EMA are chosen after training, so they are scored on one
 checkpoint, not by retraining: every setting draws the same class-balanced seeds with the same
-sampler and Inception as the run's own FID (the checkpoint's `eval` config), and only `cfg_scale` /
-`cfg_interval` / the Heun step count / the weights (sampling EMA or raw trained weights) change. An interval `lo,hi`
+sampler and Inception as the run's own FID (the checkpoint's `eval` config), and only `cfg_scale`,
+`cfg_interval`, the Heun step count and the weights (sampling EMA or raw) change. An interval `lo,hi`
 guides at sigma in (lo, hi] and samples conditionally elsewhere (Kynkaanniemi et al. 2024), which
 also saves the unconditional half of the batch outside it; sample seconds are recorded per setting.
 
@@ -13,9 +13,9 @@ also saves the unconditional half of the batch outside it; sample seconds are re
     python benchmarks/guidance.py --smoke --json /tmp/g.json     # seconds-long check (used by the tests)
 
 Each --set is [raw:]SCALE[@LO,HI][/STEPS]: `raw:` scores the raw trained weights instead of the
-sampling EMA, /STEPS overrides the Heun step count (default: the checkpoint's eval.steps). With --workers 2 the settings are split over two 1-thread
-processes (on 2 cores that beats one 2-thread process). Writes docs/results/guidance.json (with
-provenance) unless --json says otherwise, and a .md table beside it.
+sampling EMA, /STEPS overrides the Heun step count (default: the checkpoint's eval.steps). With
+--workers 2 the settings are split over two 1-thread processes (on 2 cores that beats one 2-thread
+process). Writes docs/results/guidance.json (with provenance) unless --json says otherwise, and a .md table beside it.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def score(checkpoint: str, settings: list[str], num: int, threads: int) -> list[
         source = sources[s["weights"]]
         r = evaluate_generator(source.net, source.config, num_samples=num, cfg_scale=s["scale"],
                                cfg_interval=s["interval"], steps=s["steps"])
-        out.append({"setting": text, "weights": s["weights"], **{k: r[k] for k in ("fid", "cfg_scale", "cfg_interval", "steps", "sample_seconds",
-                                                           "fid_seconds", "num_samples")}})
+        kept = ("fid", "cfg_scale", "cfg_interval", "steps", "sample_seconds", "fid_seconds", "num_samples")
+        out.append({"setting": text, "weights": s["weights"], **{k: r[k] for k in kept}})
         print(f"{text}: FID {r['fid']:.2f} (sampling {r['sample_seconds']:.0f} s)", file=sys.stderr)
     return out
 
@@ -114,9 +114,10 @@ def main() -> None:
     write_result(args.json, sys.argv, checkpoint=str(checkpoint), results=results)
     prov = json.loads(Path(args.json).read_text())
     lines = [f"`{prov['command']}` at commit {prov['git_commit']}, {prov['machine']}, {prov['date']}; checkpoint "
-             f"{checkpoint}; FID-{num}.", "", "| setting | weights | cfg scale | interval (sigma) | Heun steps | FID | sampling s |",
+             f"{checkpoint}; FID-{num}.", "",
+             "| setting | weights | cfg scale | interval (sigma) | Heun steps | FID | sampling s |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['setting']} | {r.get('weights', 'ema')} | {r['cfg_scale']} | {tuple(r['cfg_interval'])} | "
+    lines += [f"| {r['setting']} | {r['weights']} | {r['cfg_scale']} | {tuple(r['cfg_interval'])} | "
               f"{r['steps']} | {r['fid']:.2f} | {r['sample_seconds']:.0f} |" for r in results]
     Path(args.json).with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -273,7 +273,7 @@ def parse_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/results", help="folder for NAME.json / .md / .png")
     p.add_argument("--work", default=f"runs/sweeps/{name}", help="folder for per-run records, logs and run folders")
     p.add_argument("--smoke", action="store_true", help="tiny config, a few steps: checks the script runs")
-    p.add_argument("--baseline", default="", help="row the table's differences are taken against (default: the script's)")
+    p.add_argument("--baseline", default="", help="row the differences are taken against (default: the script's)")
     p.add_argument("--summary-only", action="store_true",
                    help="write the table from the finished runs in --work; run nothing (missing seeds are left out)")
     return p
