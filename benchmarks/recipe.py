@@ -26,6 +26,18 @@ default run's own figure; this round has no width-192 row), width 96 at 3x did n
 mean, not worse than either). The 2,400-step row was dropped with the width-192 preset; P_mean did
 not run.
 
+Third round (the `p3-` rows, on today's preset pinned as PRESET3: width 128, batch 32, 8,160 steps,
+24 Heun steps; written before they ran): the axes the preset still takes on trust. Hypotheses:
+the model is still update-limited, so depth 4 at 1.41x the steps should be about even with depth 6
+and depth 8 at 0.76x the steps worse; patch 7 (16 tokens, 2.4x the steps) loses more detail than the
+extra updates buy, and patch 2 (196 tokens, 0.2x the steps) is far too slow for this budget; P_mean
+-0.8 (more weight on high noise) helps the global shapes that FID at this level rewards by a little,
+-1.6 hurts; lr 4e-3 is about even with 3e-3 at batch 32 and 2e-3 slightly worse; a longer warm-up
+(500 steps) and a shorter EMA (0.998) change less than the seed spread (~1.1). The `p3-preset` row
+also scores CFG 4.0 at 24 steps, the one guidance setting guidance_p2.json left untested. 1-thread
+eager ms/step at batch 32 (benchmarks/step_time.py --objectives dit, two runs in parallel, on this
+CPU): depth 6 125-130, depth 4 90, depth 8 168, patch 7 53, patch 2 633.
+
 Each row trains DiT on Fashion-MNIST from the `fmnist_dit` preset (depth 6, patch 4, exact GELU)
 with an earlier recipe pinned (BASE: width 192, 1,800 steps of 64, constant lr 1e-3, CFG 2.0 at
 every step; PRESET2 for the `p2-` rows) and the row's overrides on top; the `preset` row is the
@@ -59,6 +71,12 @@ BASE = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "tr
 PRESET2 = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "train.max_steps=2000",
            "train.lr=3e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8",
            "eval.cfg_scale=3.0", "eval.cfg_interval=0.3,5"]
+# Today's preset (width 128, batch 32, 8,160 steps, 24 Heun steps), pinned for the third round's rows.
+PRESET3 = ["model.hidden_size=128", "model.num_heads=4", "model.depth=6", "model.patch_size=4",
+           "train.batch_size=32", "train.max_steps=8160", "train.lr=3e-3", "train.lr_schedule=linear",
+           "train.lr_decay_start=0.8", "train.warmup_steps=100", "train.ema_decay=0.999",
+           "diffusion.P_mean=-1.2", "diffusion.P_std=1.2", "eval.steps=24", "eval.cfg_scale=3.0",
+           "eval.cfg_interval=0.3,5"]
 ROWS = [
     Row("const", BASE, "the previous preset: constant lr 1e-3"),
     Row("lr2e-3", [*BASE, "train.lr=2e-3"], "higher constant lr"),
@@ -90,6 +108,18 @@ ROWS = [
     Row("p2-w96-b32", [*PRESET2, "train.max_steps=12060", "model.hidden_size=96", "model.num_heads=4",
                        "train.batch_size=32"], "width 96 and batch 32, ~6x the steps"),
     Row("p2-pmean-0.8", [*PRESET2, "diffusion.P_mean=-0.8"], "noise levels shifted up"),
+    # Third round, on today's preset (PRESET3); ordered by how much each could move the preset
+    Row("p3-preset", PRESET3, "today's preset (reference); also CFG 4.0", evals=[{}, {"cfg_scale": 4.0}]),
+    Row("p3-pmean-0.8", [*PRESET3, "diffusion.P_mean=-0.8"], "EDM's noise levels shifted up"),
+    Row("p3-d4", [*PRESET3, "model.depth=4", "train.max_steps=11490"], "depth 4, 1.41x the steps"),
+    Row("p3-p7", [*PRESET3, "model.patch_size=7", "train.max_steps=19430"], "patch 7 (16 tokens), 2.4x the steps"),
+    Row("p3-lr4e-3", [*PRESET3, "train.lr=4e-3"], "peak lr 4e-3 at batch 32"),
+    Row("p3-lr2e-3", [*PRESET3, "train.lr=2e-3"], "peak lr 2e-3 at batch 32"),
+    Row("p3-d8", [*PRESET3, "model.depth=8", "train.max_steps=6180"], "depth 8, 0.76x the steps"),
+    Row("p3-p2", [*PRESET3, "model.patch_size=2", "train.max_steps=1640"], "patch 2 (196 tokens), 0.2x the steps"),
+    Row("p3-pmean-1.6", [*PRESET3, "diffusion.P_mean=-1.6"], "EDM's noise levels shifted down"),
+    Row("p3-ema0.998", [*PRESET3, "train.ema_decay=0.998"], "shorter sampling EMA (0.998 from step 1,790)"),
+    Row("p3-warmup500", [*PRESET3, "train.warmup_steps=500"], "5x the lr warm-up"),
 ]
 
 
