@@ -36,7 +36,13 @@ extra updates buy, and patch 2 (196 tokens, 0.2x the steps) is far too slow for 
 (500 steps) and a shorter EMA (0.998) change less than the seed spread (~1.1). The `p3-preset` row
 also scores CFG 4.0 at 24 steps, the one guidance setting guidance_p2.json left untested. 1-thread
 eager ms/step at batch 32 (benchmarks/step_time.py --objectives dit, two runs in parallel, on this
-CPU): depth 6 125-130, depth 4 90, depth 8 168, patch 7 53, patch 2 633.
+CPU): depth 6 125-130, depth 4 90, depth 8 168, patch 7 53, patch 2 633. And issue 11's third
+question, whether the default run should train SD-DiT: `p3-sddit` trains the `fmnist_sddit` preset
+(unmasked; encoder 4 + decoder 2 blocks) for the same time (1.69x DiT's ms/step, 1.60-1.77 over 3
+interleaved rounds of step_time.py --objectives dit,sddit at 1 thread), `p3-sddit-steps` for the
+same 8,160 steps. Hypothesis: at equal time SD-DiT trails DiT by more than the seed spread (it has
+0.59x the updates), at equal steps it is about even (the earlier ablation, at 64k images: 109.2 vs
+112.3, within the spread).
 
 Each row trains DiT on Fashion-MNIST from the `fmnist_dit` preset (depth 6, patch 4, exact GELU)
 with an earlier recipe pinned (BASE: width 192, 1,800 steps of 64, constant lr 1e-3, CFG 2.0 at
@@ -120,6 +126,9 @@ ROWS = [
     Row("p3-pmean-1.6", [*PRESET3, "diffusion.P_mean=-1.6"], "EDM's noise levels shifted down"),
     Row("p3-ema0.998", [*PRESET3, "train.ema_decay=0.998"], "shorter sampling EMA (0.998 from step 1,790)"),
     Row("p3-warmup500", [*PRESET3, "train.warmup_steps=500"], "5x the lr warm-up"),
+    Row("p3-sddit", [*PRESET3, "train.max_steps=4830"], "SD-DiT (unmasked) at the same time: 0.59x the steps",
+        config="fmnist_sddit"),
+    Row("p3-sddit-steps", PRESET3, "SD-DiT (unmasked) at the same 8,160 steps (1.69x the time)", config="fmnist_sddit"),
 ]
 
 
