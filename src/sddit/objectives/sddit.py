@@ -161,7 +161,9 @@ class SDDiTObjective(Objective):
     def _batch_centers(self, t_logits: Tensor, n_cls: int) -> tuple[Tensor | None, Tensor]:
         """All-reduced batch means of the raw teacher logits: ([CLS] (1, K) or None, patches (1, 1, K))."""
         batch_cls = all_reduce_mean(t_logits[:, 0].mean(0, keepdim=True)) if n_cls else None  # (1, K)
-        batch_patch = all_reduce_mean(t_logits[:, n_cls:].mean((0, 1)).view(1, 1, -1))  # (1, 1, K)
+        # mean(0).mean(0), not mean((0, 1)): equal counts make them the same mean, and on the CPU
+        # torch's two-dim reduction of this strided view took 7.4 ms per call, against 0.3 (1 thread)
+        batch_patch = all_reduce_mean(t_logits[:, n_cls:].mean(0).mean(0).view(1, 1, -1))  # (1, 1, K)
         return batch_cls, batch_patch
 
     @torch.no_grad()
