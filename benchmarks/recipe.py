@@ -43,6 +43,16 @@ interleaved rounds of step_time.py --objectives dit,sddit at 1 thread), `p3-sddi
 same 8,160 steps. Hypothesis: at equal time SD-DiT trails DiT by more than the seed spread (it has
 0.59x the updates), at equal steps it is about even (the earlier ablation, at 64k images: 109.2 vs
 112.3, within the spread).
+Reading (docs/results/recipe_p3.md; one seed per row, so only differences beyond ~3, about twice
+the spread of a single-seed difference, count): no row beat the preset (39.4) by more than that,
+so the preset stands. Flat at this budget: depth (4: 38.4, 8: 39.8), peak lr (2e-3: 40.7, 4e-3:
+39.0), P_mean (-0.8: 40.1, the hoped-for gain did not show; -1.6: 41.1), warm-up (500: 40.0),
+EMA (0.998: 39.0) and CFG 4.0 (39.5 on the preset's own checkpoint). Patch size is not flat, as
+expected: patch 7 scored 46.8 (2.4x the updates do not buy back the detail of 49 tokens) and patch
+2 50.7 (1,640 steps of 196 tokens). SD-DiT at DiT's training time scored 54.0, 14.6 behind: that
+hypothesis held. p3-sddit-steps and the warm-up row's first attempt were stopped (time; the
+warm-up row ran in a separate invocation). Depth 4 and lr 4e-3 are the rows to re-run with more
+seeds before any change.
 
 Each row trains DiT on Fashion-MNIST from the `fmnist_dit` preset (depth 6, patch 4, exact GELU)
 with an earlier recipe pinned (BASE: width 192, 1,800 steps of 64, constant lr 1e-3, CFG 2.0 at
