@@ -23,7 +23,22 @@ FID-1k: 1,000 class-balanced samples (seeds 0..999), EDM Heun 18 steps, no guida
 1,000 test images, bf16 Inception. ms/step is measured inside those runs (1 thread, 2 processes
 sharing the 2 cores): compare it between rows, not with 2-thread figures.
 
-    python benchmarks/ablate.py --seeds 0,1,2             # all rows (~5 h on 2 cores)
+Second round (the `r2-` rows, 2026-11-29), at the recipe the default run now trains with (recipe.py's
+PRESET3: width 128, 4 heads, batch 32, lr 3e-3 with a linear decay over the last 20%, 24 Heun steps,
+CFG 3 in sigma (0.3, 5]); 2,400 steps (76.8k images) per row, 3 seeds, SD-DiT unmasked as the
+fmnist_sddit preset now trains; gradient norms every 400 steps. The first round's FIDs (~110) sat far
+from where the recipe now ends (~39), so its answers may not hold there. Hypotheses, before the runs:
+- R1 per update, SD-DiT is no better than DiT (first round: mask0 -3.1 +- 3.8 vs dit, within spread):
+  r2-sddit ~ r2-dit. If SD-DiT is not ahead per update, no step-cost saving can make it win per
+  second, and the study's answer is "the discriminative loss does not speed up learning at this scale".
+- R2 the split backbone with [CLS] costs nothing: r2-lambda0 ~ r2-dit.
+- R3 (H1 again) a lighter discriminative weight is better: r2-lambda0.1 <= r2-sddit.
+- R4 (H5 again) the head on block 2 of 4 frees the last encoder blocks for denoising and halves the
+  teacher's forward: r2-block2 <= r2-sddit, at a lower ms/step.
+- R5 (H4 again) the teacher's conditioning inside the trained range helps: r2-cond <= r2-sddit.
+
+    python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
+    python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
     python benchmarks/ablate.py --rows dit,sddit --seeds 0
     python benchmarks/ablate.py --smoke                    # seconds-long check (used by the tests)
 
@@ -35,6 +50,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from recipe import PRESET3
 from sweep import Row, parse_args, run_grid, select
 
 # the study's FID: no guidance; its lr and backbone: the Fashion-MNIST preset's when the study ran
@@ -43,6 +59,8 @@ COMMON = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "
           "train.gradnorm_every=100", "eval.cfg_scale=1.0", "train.lr=1e-3", "train.lr_schedule=constant"]
 # SD-DiT rows start from the paper's mask ratio (the fmnist_sddit preset trains unmasked since this study)
 SD = [*COMMON, "sddit.mask_ratio=0.2"]
+# the second round: the default run's recipe, pinned (recipe.py), a third of its steps; unmasked
+R2 = [*PRESET3, "train.max_steps=2400", "train.gradnorm_every=400", "sddit.mask_ratio=0"]
 ROWS = [
     Row("dit", [*COMMON, "objective=dit"], "DiT, the baseline (same depth and width, no split)", config="fmnist_dit"),
     Row("sddit", SD, "SD-DiT as specified: lambda_d 1, mask 0.2, teacher at sigma_min"),
@@ -60,6 +78,13 @@ ROWS = [
     Row("cls-temp", [*SD, "sddit.teacher_temp_cls=0.04"], "[CLS] teacher temperature fixed at 0.04 (iBOT)"),
     Row("cosine", [*SD, "train.lr_schedule=cosine"], "lr decays on a cosine, as DINO pairs with its momentum"),
     Row("zeros", [*SD, "model.mask_token=zeros"], "masked decoder positions filled with zeros"),
+    # Second round, at the default run's recipe (PRESET3), 2,400 steps of batch 32, SD-DiT unmasked
+    Row("r2-dit", [*R2, "objective=dit"], "DiT, the baseline", config="fmnist_dit"),
+    Row("r2-sddit", R2, "SD-DiT as the fmnist_sddit preset trains it: lambda_d 1, no mask, head on block 4 of 4"),
+    Row("r2-lambda0", [*R2, "sddit.lambda_d=0"], "null: the split backbone with [CLS], no discriminative loss"),
+    Row("r2-lambda0.1", [*R2, "sddit.lambda_d=0.1"], "lambda_d 0.1"),
+    Row("r2-block2", [*R2, "model.head_block=2"], "head reads encoder block 2 of 4; teacher runs 2 blocks"),
+    Row("r2-cond", [*R2, "sddit.teacher_cond_sigma_min=0.027"], "teacher c_noise floored at exp(P_mean - 2 P_std)"),
 ]
 
 
@@ -74,7 +99,7 @@ def main() -> None:
     run_grid(rows, [int(s) for s in args.seeds.split(",")], config=config, out=Path(args.out), work=Path(args.work),
              name="ablation", workers=args.workers, fid_samples=fid_samples, argv=sys.argv,
              baseline=args.baseline or "dit",
-             title="SD-DiT ablation on Fashion-MNIST: 1000 steps x batch 64 per row, FID-1k", row_major=True,
+             title="SD-DiT ablation on Fashion-MNIST, FID-1k (each row's steps and batch in the table)", row_major=True,
              summary_only=args.summary_only)
 
 
