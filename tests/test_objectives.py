@@ -114,6 +114,30 @@ def test_discriminative_loss_equals_direct_cross_entropy():
         assert kl[i].item() == pytest.approx(expected - entropy[i].item(), rel=1e-5, abs=1e-6)
 
 
+def test_sddit_compiled_cross_entropy_matches_eager():
+    """train.compile compiles the cross-entropies too: same loss and gradients, and a warming-up
+    teacher temperature must not recompile them every step."""
+    from torch._dynamo.utils import counters
+
+    x0, y = digits_batch(8)
+    results = []
+    for compile_ in (False, True):
+        cfg, net, obj = make("sddit", f"train.compile={str(compile_).lower()}", "sddit.mask_ratio=0.25")
+        randomize_(net)
+        assert (obj._compiled_ce is not None) == compile_
+        for step in (0, 1, 2):  # tau_T differs at each step (warm-up)
+            if step == 1:
+                frames = counters["frames"]["total"]  # the patch and [CLS] graphs are built at step 0
+            loss, terms = obj(net, x0, y, step=step)
+        assert counters["frames"]["total"] == frames  # no recompilation for the new temperatures
+        loss.backward()
+        results.append((loss.detach(), terms["teacher_entropy"], net.model.head.mlp[0].weight.grad.clone()))
+    (l0, e0, g0), (l1, e1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(e1, e0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g1, g0, rtol=1e-3, atol=1e-6)
+
+
 def test_sddit_loss_terms_and_teacher_positions():
     cfg, net, obj = make("sddit")
     randomize_(net)
