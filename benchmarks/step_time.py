@@ -10,6 +10,9 @@ AdamW, the teacher EMA). Prints a table with ratios to dit.
     python benchmarks/step_time.py --repeats 5 --steps 30 --warmup 8   # ratio with its spread over 5 rounds
     python benchmarks/step_time.py --smoke               # seconds-long check (used by the tests)
 
+For sddit it also times the teacher's forward alone (to the block its head reads, then the head):
+with nothing masked an SD-DiT step cannot cost less than a DiT step plus that, the floor column.
+
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the process's peak RSS (ru_maxrss), which
 includes the Python/torch baseline (printed separately) and the model.
 
@@ -48,12 +51,43 @@ def measure(args: argparse.Namespace) -> dict:
     train_net = torch.compile(net) if cfg.train.compile else net
     r = time_training(net, train_net, objective, opt, cfg, device, args.batch or cfg.train.batch_size,
                       args.steps, args.warmup)
+    teacher_ms = time_teacher(objective, cfg, device, r["batch"], args.steps, args.warmup)
     return {
+        "teacher_ms": teacher_ms,
         "objective": args.objective, "ms_per_step": r["ms_per_step"], "batch": r["batch"], "peak_mb": r["peak_mb"],
         "baseline_rss_mb": baseline_rss if device.type == "cpu" else 0.0,
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "precision": cfg.train.precision,
         "compile": cfg.train.compile, "device": str(device),
     }
+
+
+def time_teacher(objective, cfg, device, batch: int, steps: int, warmup: int) -> float:
+    """Median ms of SD-DiT's teacher forward alone (encoder to the head's block, then the head), as
+    the step runs it; 0 for objectives without a teacher. An SD-DiT step cannot cost less than a
+    DiT step plus this, whatever else is saved (with nothing masked)."""
+    import time
+
+    import torch
+
+    from throughput import random_batch
+
+    if not hasattr(objective, "teacher"):
+        return 0.0
+    x0, y = random_batch(cfg, batch, device)
+    sigma = torch.full((batch,), cfg.diffusion.sigma_min, device=device)
+    x_t, drop = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0), torch.zeros_like(y)
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+            objective.teacher_logits(x_t, sigma, y, drop)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -95,17 +129,21 @@ def main() -> None:
         ms = [x["ms_per_step"] for x in runs[objective]]
         ratios = [a["ms_per_step"] / b["ms_per_step"] for a, b in zip(runs[objective], runs[base_name])]
         rows.append({**runs[objective][0], "ms_per_step": statistics.median(ms), "ms_per_step_runs": ms,
+                     "teacher_ms": statistics.median(x["teacher_ms"] for x in runs[objective]),
                      "peak_mb": max(x["peak_mb"] for x in runs[objective]),
                      "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)})
     base = rows[0]
     print(f"config {args.config} {' '.join(args.set)} | batch {base['batch']} | {base['precision']} | "
           f"compile {base['compile']} | {base['device']} | {platform.processor() or platform.machine()} | "
           f"{args.repeats} interleaved round(s) of {args.steps} steps")
-    print(f"| objective | params | ms/step (median) | x {base_name} (median) | x {base_name} (min-max) | peak MB | x {base_name} |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| objective | params | ms/step (median) | x {base_name} (median) | x {base_name} (min-max) | peak MB | x {base_name} "
+          f"| teacher fwd ms | floor: 1 + teacher / {base_name} step |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        floor = f"{1 + r['teacher_ms'] / base['ms_per_step']:.2f}" if r["teacher_ms"] else ""
         print(f"| {r['objective']} | {r['params_m']:.2f}M | {r['ms_per_step']:.0f} | {r['ratio_median']:.2f} "
-              f"| {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
+              f"| {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} "
+              f"| {r['teacher_ms']:.1f} | {floor} |")
     if base["device"] == "cpu":
         print(f"(CPU peak = process peak RSS; the Python+torch baseline before the model is ~{base['baseline_rss_mb']:.0f} MB)")
     if args.json:
