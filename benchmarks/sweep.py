@@ -172,6 +172,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
+def _paired(t: dict, base: dict) -> dict:
+    """The difference seed by seed, on the seeds both rows ran: a seed fixes the data order and the
+    noise of every step for all rows, so much of the seed-to-seed spread cancels in it."""
+    base_by_seed = dict(zip(base["seeds"], base["fid"]))
+    d = [f - base_by_seed[s] for s, f in zip(t["seeds"], t["fid"]) if s in base_by_seed]
+    if len(d) < 2:
+        return {}
+    mean, std = _mean_std(d)
+    se = std / math.sqrt(len(d))
+    return {"paired_diffs": d, "paired_diff": mean, "paired_se": se, "paired_beyond": bool(abs(mean) > 2 * se)}
+
+
 def summarize(rows: list[Row], seeds: list[int], out: Path, work: Path, name: str, argv: list[str],
               baseline: str | None, title: str) -> dict:
     """Mean and spread over seeds per (row, eval); each row's difference to the baseline row, flagged when it
@@ -202,7 +214,7 @@ def summarize(rows: list[Row], seeds: list[int], out: Path, work: Path, name: st
         n1, n2 = len(t["fid"]), len(base["fid"])
         se = math.sqrt(t["fid_std"] ** 2 / n1 + base["fid_std"] ** 2 / n2) if min(n1, n2) > 1 else float("nan")
         t["vs_baseline"] = {"baseline": base["row"], "diff": diff, "se": se,
-                            "beyond_spread": bool(se == se and abs(diff) > 2 * se)}
+                            "beyond_spread": bool(se == se and abs(diff) > 2 * se), **_paired(t, base)}
     summary = {**provenance(argv), "name": name, "title": title, "seeds": seeds, "baseline": base["row"] if base else None,
                "protocol": "each (row, seed) trains in its own 1-thread process, 2 at a time; FID of the sampling "
                            "EMA vs the fixed reference images; ms/step measured under that load",
@@ -217,17 +229,22 @@ def summarize(rows: list[Row], seeds: list[int], out: Path, work: Path, name: st
 def markdown(summary: dict) -> str:
     lines = [f"# {summary['title'] or summary['name']}", "",
              f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.", "",
-             f"Baseline row: `{summary['baseline']}`. *beyond spread*: |diff| > 2 x its standard error over seeds.", "",
+             f"Baseline row: `{summary['baseline']}`. *beyond spread*: |diff| > 2 x its standard error over seeds. "
+             "*paired*: the mean of the per-seed differences on the seeds both rows ran, ± its standard error "
+             "(a seed fixes the data order and each step's noise for every row); *yes* when beyond 2 s.e.", "",
              *_commit_lines(summary),
-             "| row | eval | seeds | FID mean | std | diff vs baseline | beyond spread | ms/step | steps | images | what it tests |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | eval | seeds | FID mean | std | diff vs baseline | beyond spread | paired diff | ms/step | steps | images "
+             "| what it tests |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in summary["table"]:
         v = t.get("vs_baseline")
         diff = f"{v['diff']:+.2f} ± {v['se']:.2f}" if v else ""
         beyond = ("yes" if v["beyond_spread"] else "no") if v and v["se"] == v["se"] else ""
+        paired = (f"{v['paired_diff']:+.2f} ± {v['paired_se']:.2f}{' yes' if v['paired_beyond'] else ''}"
+                  if v and "paired_diff" in v else "")
         std = f"{t['fid_std']:.2f}" if t["fid_std"] == t["fid_std"] else "-"
         lines.append(f"| {t['row']} | {t['eval']} | {len(t['seeds'])} | {t['fid_mean']:.2f} | {std} | {diff} | {beyond} "
-                     f"| {t['ms_per_step']:.0f} | {t['steps']} | {t['images']} | {t['note']} |")
+                     f"| {paired} | {t['ms_per_step']:.0f} | {t['steps']} | {t['images']} | {t['note']} |")
     return "\n".join(lines) + "\n"
 
 

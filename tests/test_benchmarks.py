@@ -1,6 +1,7 @@
 """Benchmark scripts run in a seconds-long smoke mode (figures are not asserted: they are not tests)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -200,3 +201,16 @@ def test_convergence_refit_lands_on_the_budget():
     history = [(0, 0.0), (10, 5.0), (20, 10.0), (30, 20.0)]
     assert recent_pace(history, 0, 15) == 1.0 and recent_pace(history, 0, 100) == 20.0 / 30
     assert recent_pace(history, 30, 100) is None
+
+
+def test_sweep_paired_difference_uses_shared_seeds_only():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sweep import _paired
+
+    base = {"seeds": [0, 1, 2], "fid": [9.0, 10.0, 11.0]}
+    p = _paired({"seeds": [0, 1, 2, 3], "fid": [10.0, 12.0, 14.0, 99.0]}, base)  # seed 3: no partner
+    assert p["paired_diffs"] == [1.0, 2.0, 3.0] and p["paired_diff"] == 2.0
+    assert math.isclose(p["paired_se"], 1 / math.sqrt(3)) and p["paired_beyond"]
+    # per-seed differences of both signs (+1, -2, +4): within the spread
+    assert not _paired({"seeds": [0, 1, 2], "fid": [10.0, 8.0, 15.0]}, base)["paired_beyond"]
+    assert _paired({"seeds": [2, 5], "fid": [1.0, 2.0]}, base) == {}  # one shared seed: no spread
