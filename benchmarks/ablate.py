@@ -37,6 +37,13 @@ from where the recipe now ends (~39), so its answers may not hold there. Hypothe
   teacher's forward: r2-block2 <= r2-sddit, at a lower ms/step.
 - R5 (H4 again) the teacher's conditioning inside the trained range helps: r2-cond <= r2-sddit.
 
+Reading after the runs (docs/results/ablation_r2.md; seed 3 of r2-dit and r2-block2 added after the
+first three to check the one consistent difference): R1 held: SD-DiT 67.4 +- 0.9 against DiT
+67.2 +- 5.5 (paired over 3 seeds -1.2 +- 3.4). R2 held (lambda0 65.9). R3, R5: lambda_d 0.1 (66.8)
+and the conditioning floor (67.4) equal SD-DiT. R4: block2 65.1 is ahead of DiT on 3 seeds of 4
+(paired -2.0 +- 0.7) but not of SD-DiT (-1.5 +- 3.4 over 3 seeds): the lead to repeat, not a
+default. Per update, nothing here separates SD-DiT from DiT at 76.8k images.
+
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
     python benchmarks/ablate.py --rows dit,sddit --seeds 0
