@@ -65,29 +65,21 @@ def time_teacher(objective, cfg, device, batch: int, steps: int, warmup: int) ->
     """Median ms of SD-DiT's teacher forward alone (encoder to the head's block, then the head), as
     the step runs it; 0 for objectives without a teacher. An SD-DiT step cannot cost less than a
     DiT step plus this, whatever else is saved (with nothing masked)."""
-    import time
-
     import torch
 
-    from throughput import random_batch
+    from throughput import median_ms, random_batch
 
     if not hasattr(objective, "teacher"):
         return 0.0
     x0, y = random_batch(cfg, batch, device)
     sigma = torch.full((batch,), cfg.diffusion.sigma_min, device=device)
     x_t, drop = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0), torch.zeros_like(y)
-    times = []
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+
+    def teacher_forward(_: int) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
             objective.teacher_logits(x_t, sigma, y, drop)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+
+    return median_ms(teacher_forward, device, steps, warmup)
 
 
 def main() -> None:

@@ -112,23 +112,34 @@ def time_training(net, train_net, objective, opt, cfg, device, batch: int, steps
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+
+    def train_step(step: int) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
             loss, _ = objective(train_net, x0, y, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         objective.after_step(net, step)
+
+    ms = median_ms(train_step, device, steps, warmup)
+    return {"batch": batch, "ms_per_step": ms, "img_per_s": batch / ms * 1000, "peak_mb": peak_mb(device)}
+
+
+def median_ms(fn, device, steps: int, warmup: int) -> float:
+    """Median wall-clock ms of fn(i) over `steps` calls after `warmup` untimed ones (CUDA synchronised)."""
+    import torch
+
+    times = []
+    for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if step >= warmup:
+        t = time.perf_counter()
+        fn(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
             times.append(time.perf_counter() - t)
-    ms = 1000 * statistics.median(times)
-    return {"batch": batch, "ms_per_step": ms, "img_per_s": batch / ms * 1000, "peak_mb": peak_mb(device)}
+    return 1000 * statistics.median(times)
 
 
 def time_sampling(net, cfg, device, batch: int, heun_steps: int) -> float:
