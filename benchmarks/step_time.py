@@ -53,8 +53,8 @@ def measure(args: argparse.Namespace) -> dict:
                       args.steps, args.warmup)
     teacher_ms = time_teacher(objective, cfg, device, r["batch"], args.steps, args.warmup)
     return {
-        "teacher_ms": teacher_ms,
         "objective": args.objective, "ms_per_step": r["ms_per_step"], "batch": r["batch"], "peak_mb": r["peak_mb"],
+        "teacher_ms": teacher_ms,
         "baseline_rss_mb": baseline_rss if device.type == "cpu" else 0.0,
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "precision": cfg.train.precision,
         "compile": cfg.train.compile, "device": str(device),

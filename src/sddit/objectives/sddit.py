@@ -41,8 +41,8 @@ def self_distillation_ce(student_logits: Tensor, teacher_logits: Tensor, center:
     DINO-style losses drift: SPEC section 6).
     """
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        # log p_T first and p_T = exp(log p_T): the entropy needs no log of p_T (a clamp and a log
-        # over B x T x K, ~3% of an SD-DiT step on the CPU at the Fashion-MNIST preset)
+        # log p_T first and p_T = exp(log p_T): the entropy then needs no clamp and log of p_T
+        # (two more passes over B x T x K)
         log_p_t = F.log_softmax((teacher_logits.float() - center) / tau_t, dim=-1).detach()  # (..., K)
         p_t = log_p_t.exp()  # (..., K)
         log_p_s = F.log_softmax(student_logits.float() / tau_s, dim=-1)  # (..., K)
@@ -75,8 +75,8 @@ class SDDiTObjective(Objective):
         self.register_buffer("center_patch", torch.zeros(1, 1, K, device=device))  # patch logits' center
         self._pending_centers: tuple[Tensor | None, Tensor] | None = None
         self.temp_warmup_steps = self.scfg.teacher_temp_warmup_steps or int(0.3 * cfg.train.max_steps)
-        # With train.compile the cross-entropies are compiled too: eager, their ~12 passes over B x T x K
-        # floats cost ~3.5x the fused kernels (fwd + bwd at the Fashion-MNIST preset, 1 CPU thread)
+        # With train.compile the cross-entropies are compiled too: eager, each of their ~12 element-wise
+        # passes over B x T x K floats is a kernel of its own
         self._compiled_ce = torch.compile(self_distillation_ce, dynamic=False) if cfg.train.compile else None
 
     def ce(self, student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float,
@@ -199,5 +199,6 @@ class SDDiTObjective(Objective):
             self._pending_centers = None
         m = self.momentum(step)
         student = dict(unwrap(unwrap(net).model).named_parameters())
-        pairs = [(p_t, student[name].detach().to(p_t.dtype)) for name, p_t in self.teacher.named_parameters()]
-        torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - m)  # one call, not one per tensor
+        teacher = list(self.teacher.named_parameters())
+        torch._foreach_lerp_([p for _, p in teacher], [student[n].detach().to(p.dtype) for n, p in teacher],
+                             1.0 - m)  # one call, not one per tensor
