@@ -22,9 +22,9 @@ count, sampler, Heun steps, CFG scale, seeds and reference images for all), off 
         --points 2 --seeds 0,1 --set train.compile=true --set sddit.mask_ratio=0 --set model.head_block=2
     python benchmarks/convergence.py --smoke --out /tmp/c           # seconds-long check (used by the tests)
 
-The 256-token run (the second command; ~95 min on 2 cores) tests the paper's token count on the CPU,
-compiled (at 256 tokens torch.compile cuts the SD-DiT step from 1.81x DiT's to 1.40x; DiT's barely
-moves), SD-DiT in the best configuration of the 49-token rounds (unmasked, head on encoder block 2,
+The 256-token run (the second command; ~46 min per pair of runs on 2 cores, FID ~14 min a point) tests the paper's token count on the CPU,
+compiled (at 256 tokens torch.compile cuts the SD-DiT step from 1.91x DiT's to 1.50x:
+docs/results/step_time_fmnist32_1t*.json), SD-DiT in the best configuration of the 49-token rounds (unmasked, head on encoder block 2,
 the cheapest). Hypotheses, written before it ran: (a) MaskDiT, at ~0.6x DiT's step cost here (0.74x
 at 49 tokens), sees ~1.7x DiT's images and ends ahead of DiT, the setting its paper reports; (b)
 SD-DiT, level with DiT per update at 49 tokens and at ~0.7x DiT's updates here, ends behind DiT at
