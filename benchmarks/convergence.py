@@ -22,15 +22,22 @@ count, sampler, Heun steps, CFG scale, seeds and reference images for all), off 
         --points 2 --seeds 0,1 --set train.compile=true --set sddit.mask_ratio=0 --set model.head_block=2
     python benchmarks/convergence.py --smoke --out /tmp/c           # seconds-long check (used by the tests)
 
-The 256-token run (the second command; ~46 min per pair of runs on 2 cores, FID ~14 min a point) tests the paper's token count on the CPU,
-compiled (at 256 tokens torch.compile cuts the SD-DiT step from 1.91x DiT's to 1.50x:
-docs/results/step_time_fmnist32_1t*.json), SD-DiT in the best configuration of the 49-token rounds (unmasked, head on encoder block 2,
+The 256-token run (the second command; ~95 min on 2 cores) tests the paper's token count on the CPU,
+compiled (at 256 tokens torch.compile cuts the SD-DiT step from 1.81x DiT's to 1.40x; DiT's barely
+moves), SD-DiT in the best configuration of the 49-token rounds (unmasked, head on encoder block 2,
 the cheapest). Hypotheses, written before it ran: (a) MaskDiT, at ~0.6x DiT's step cost here (0.74x
 at 49 tokens), sees ~1.7x DiT's images and ends ahead of DiT, the setting its paper reports; (b)
 SD-DiT, level with DiT per update at 49 tokens and at ~0.7x DiT's updates here, ends behind DiT at
 equal time and does not reach DiT's final FID in half DiT's time; (c) per training image (its final
 FID against DiT's curve at the same images) SD-DiT is level with DiT, unless the 5x more patch
 tokens per image give the discriminative loss a signal it lacked at 49 tokens.
+After the run (docs/results/convergence32.md): (a) not supported (MaskDiT 92.5 vs DiT 81.4), (b)
+supported (SD-DiT 113.6), (c) level (113.6 at 26k images, DiT's curve ~111 there); MaskDiT and
+SD-DiT ran seed 0 only. Corrections to the paragraph above: a pair of runs took ~46 min (FID ~14 min
+a point), so all three pairs ~140 min; the 1.81x/1.40x came from one unrecorded round each, alone on
+the machine; the recorded step times (docs/results/step_time_fmnist32_1t*.json, two commands at once)
+are 1.91x eager and 1.50x compiled, DiT 971 -> 862 ms; "best" means the cheapest of the
+configurations that scored within the seed spread of each other.
 
 Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
 against training images and against training minutes) and OUT/NAME.md (the table), rewritten after
