@@ -45,7 +45,8 @@ and the conditioning floor (67.4) equal SD-DiT. R4: block2 65.1 is ahead of DiT 
 default. Per update, nothing here separates SD-DiT from DiT at 76.8k images.
 The repeat (seeds 4 and 5 of r2-dit and r2-block2, written before they ran): if block2's lead is
 real, it is ahead of DiT by ~2 on both new seeds and the paired mean over 6 seeds stays beyond 2
-s.e.; if it was a chance of 4 seeds, the mean moves toward 0 and its s.e. grows.
+s.e.; if it was a chance of 4 seeds, the mean moves toward 0 and its s.e. grows. It held: ahead by
+3.7 and 0.5 on seeds 4 and 5, paired -2.05 +- 0.62 over 6 seeds (docs/results/ablation_r2.md).
 
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
