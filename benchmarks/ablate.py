@@ -49,6 +49,7 @@ s.e.; if it was a chance of 4 seeds, the mean moves toward 0 and its s.e. grows.
 3.7 and 0.5 on seeds 4 and 5, paired -2.05 +- 0.62 over 6 seeds (docs/results/ablation_r2.md).
 Next, seeds 3 and 4 of r2-sddit (written before they ran): if the head on block 2 beats the head on
 block 4, r2-block2 is ahead of r2-sddit on both and their paired difference over 5 seeds passes 2 s.e.
+Ahead on both (3.4, 9.6), but -3.5 +- 2.4 over 5 seeds (seed 2: +5.2): not separated.
 
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
