@@ -166,7 +166,7 @@ def randomized_tiny(seed=0, **over):
     cfg = {**TINY, **over}
     model = DiT(**cfg).eval()
     with torch.no_grad():
-        for name, prm in model.named_parameters():
+        for _name, prm in model.named_parameters():
             if prm.requires_grad:  # everything but pos_embed, incl. zero-initialised adaLN / final
                 prm.normal_(0.0, 0.3 if prm.dim() > 1 else 0.1)
                 if prm.dim() > 1:

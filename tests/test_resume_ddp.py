@@ -151,8 +151,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
            *train_cmd(tmp_path / "two", *steps)[3:]]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    two = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in two] == [4, 8, 12]  # rank 0 alone writes
     for a, b in zip(one, two):
         for k in ("loss", "loss_gen", "loss_disc"):
