@@ -51,6 +51,30 @@ Next, seeds 3 and 4 of r2-sddit (written before they ran): if the head on block 
 block 4, r2-block2 is ahead of r2-sddit on both and their paired difference over 5 seeds passes 2 s.e.
 Ahead on both (3.4, 9.6), but -3.5 +- 2.4 over 5 seeds (seed 2: +5.2): not separated.
 
+Third round (the `r3-` rows, 2026-12-04), after a review found the discriminative loss nearly dead
+(SPEC section 10): the [CLS] teacher is one vector for every image at step 0 (adaLN-Zero), centering
+makes it uniform, and its term stays at ln K; the patch task is easy (no mask, teacher at sigma_min).
+Same recipe as the second round (R2: 2,400 steps of batch 32, unmasked), 4 seeds, and every run keeps
+its final weights for the linear probe (benchmarks/probe.py). Hypotheses, before the runs:
+- L1 (liveness, read from each run's monitors, not FID) r3-sddit's teacher_entropy_image ends within
+  1% of ln K = 6.93; r3-mean's (the image-level token = the mean of the patch tokens) ends well below
+  (< 0.9 ln K) with more than one prototype in use: the image-level term exists only in r3-mean.
+- T1 a live image-level term is what the paper's "inter-image alignment" needs: if it speeds up
+  learning here, r3-mean beats r3-sddit and r3-dit by more than 2 s.e. paired, and its encoder beats
+  DiT's in the probe. If it only regularises the encoder towards class structure without helping the
+  denoiser at 76.8k images, the probe separates it and FID does not.
+- T2 a harder patch task (r3-shift: the teacher at SRA's t_S - U(0, 0.2) on the linear path instead
+  of sigma_min) raises the patch loss and, if the easy task was the problem, lowers FID vs r3-sddit.
+- T3 the alignment itself (r3-align, SRA's loss: student block 2 through an MLP projector, teacher's
+  raw block-4 tokens at the shifted noise, smooth-L1 beta 0.05, weight 0.2) vs DINO's prototypes:
+  SRA reports its gains at XL scale over hundreds of epochs; here we expect at most a small lead over
+  DiT, and a probe at least DiT's.
+- T4 all fixes together (r3-live: mean image token, shifted teacher, head on block 2, the second
+  round's one lead) is the best SD-DiT row; the goal's first milestone is it ahead of r3-dit beyond
+  2 s.e. paired over 4 seeds.
+    python benchmarks/ablate.py --rows r3-dit,r3-sddit,r3-mean,r3-shift,r3-align,r3-live --seeds 0,1,2,3 \
+        --keep-weights --baseline r3-dit
+
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
     python benchmarks/ablate.py --rows dit,sddit --seeds 0
@@ -99,6 +123,17 @@ ROWS = [
     Row("r2-lambda0.1", [*R2, "sddit.lambda_d=0.1"], "lambda_d 0.1"),
     Row("r2-block2", [*R2, "model.head_block=2"], "head reads encoder block 2 of 4; teacher runs 2 blocks"),
     Row("r2-cond", [*R2, "sddit.teacher_cond_sigma_min=0.027"], "teacher c_noise floored at exp(P_mean - 2 P_std)"),
+    # Third round: the same recipe, the fixes that make the discriminative loss carry signal
+    Row("r3-dit", [*R2, "objective=dit"], "DiT, the baseline", config="fmnist_dit"),
+    Row("r3-sddit", [*R2, "sddit.image_token=cls"], "SD-DiT as the second round: [CLS] image term (dead), teacher at sigma_min"),
+    Row("r3-mean", [*R2, "sddit.image_token=mean"], "image-level token = mean of the patch tokens (alive from step 0)"),
+    Row("r3-shift", [*R2, "sddit.image_token=cls", "sddit.teacher_sigma=shift"],
+        "teacher at SRA's t_S - U(0, 0.2) on the linear path, not sigma_min"),
+    Row("r3-align", [*R2, "sddit.disc_loss=align", "model.head_block=2", "sddit.teacher_head_block=4",
+                     "sddit.teacher_sigma=shift", "sddit.lambda_d=0.2"],
+        "SRA's alignment: block-2 projector -> teacher's raw block-4 tokens, smooth-L1, weight 0.2"),
+    Row("r3-live", [*R2, "sddit.image_token=mean", "sddit.teacher_sigma=shift", "model.head_block=2"],
+        "all fixes: mean image token, shifted teacher, head on block 2"),
 ]
 
 
@@ -114,7 +149,7 @@ def main() -> None:
              name="ablation", workers=args.workers, fid_samples=fid_samples, argv=sys.argv,
              baseline=args.baseline or "dit",
              title="SD-DiT ablation on Fashion-MNIST, FID-1k (each row's steps and batch in the table)", row_major=True,
-             summary_only=args.summary_only)
+             summary_only=args.summary_only, keep_weights=args.keep_weights)
 
 
 if __name__ == "__main__":

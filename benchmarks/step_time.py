@@ -77,7 +77,7 @@ def time_teacher(objective, cfg, device, batch: int, steps: int, warmup: int) ->
 
     def teacher_forward(_: int) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-            objective.teacher_logits(x_t, sigma, y, drop)
+            objective.teacher_tokens(x_t, sigma, y, drop)
 
     return median_ms(teacher_forward, device, steps, warmup)
 

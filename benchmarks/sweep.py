@@ -74,8 +74,9 @@ def run_child(spec: dict) -> dict:
                                steps=e.get("steps"), cfg_scale=e.get("cfg_scale"))
         fids.append({"eval": eval_label(e), "fid": r["fid"], "steps": r["steps"], "cfg_scale": r["cfg_scale"],
                      "sample_seconds": r["sample_seconds"], "fid_seconds": r["fid_seconds"]})
-    for ckpt in (run_dir / "checkpoints").glob("*.pt"):  # the run's record is the JSON; weights are not kept
-        ckpt.unlink()
+    if not spec.get("keep_weights"):  # the run's record is the JSON; weights are kept only when asked (probe.py)
+        for ckpt in (run_dir / "checkpoints").glob("*.pt"):
+            ckpt.unlink()
     return {
         "row": spec["row"], "seed": spec["seed"], "overrides": spec["overrides"], "config": spec["config"],
         "git_commit": provenance(["sweep.py"])["git_commit"],  # the code this run trained with (a sweep may span commits)
@@ -96,7 +97,7 @@ def _job_path(work: Path, row: str, seed: int) -> Path:
 
 def run_grid(rows: list[Row], seeds: list[int], *, config: str, out: Path, work: Path, name: str, workers: int,
              fid_samples: int, argv: list[str], baseline: str | None = None, title: str = "",
-             row_major: bool = False, summary_only: bool = False) -> dict:
+             row_major: bool = False, summary_only: bool = False, keep_weights: bool = False) -> dict:
     """Run every missing (row, seed) with `workers` processes in parallel; summarise after each.
 
     Seed-major order (all rows of seed 0 first) gives a first look at every row soonest; row-major
@@ -118,7 +119,7 @@ def run_grid(rows: list[Row], seeds: list[int], *, config: str, out: Path, work:
         while jobs and len(running) < workers:
             row, seed = jobs.pop(0)
             spec = {"row": row.name, "seed": seed, "config": row.config or config, "overrides": row.overrides,
-                    "evals": row.evals, "fid_samples": fid_samples,
+                    "evals": row.evals, "fid_samples": fid_samples, "keep_weights": keep_weights,
                     "run_dir": str(work / f"{row.name}-seed{seed}")}
             log = (work / f"{row.name}-seed{seed}.log").open("w")
             proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
@@ -291,6 +292,8 @@ def parse_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--work", default=f"runs/sweeps/{name}", help="folder for per-run records, logs and run folders")
     p.add_argument("--smoke", action="store_true", help="tiny config, a few steps: checks the script runs")
     p.add_argument("--baseline", default="", help="row the differences are taken against (default: the script's)")
+    p.add_argument("--keep-weights", action="store_true",
+                   help="keep each run's final checkpoint in WORK/<row>-seed<k>/checkpoints (for benchmarks/probe.py)")
     p.add_argument("--summary-only", action="store_true",
                    help="write the table from the finished runs in --work; run nothing (missing seeds are left out)")
     return p

@@ -117,7 +117,7 @@ def test_two_processes_with_accumulation_match_one_plain_process(tmp_path):
     two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in two] == [4, 8]
     for a, b in zip(one, two):
-        for key in ("loss", "loss_gen", "loss_disc", "teacher_entropy"):
+        for key in ("loss", "loss_gen", "loss_disc", "teacher_entropy_patch", "teacher_entropy_image"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
     a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
     assert_states_equal(a, b, exact=False, atol=2e-5)

@@ -26,7 +26,8 @@ def test_train_sample_eval(tmp_path, objective, capsys):
     assert [r["step"] for r in records] == [5, 10, 15, 20]
     expected = {"step", "loss", "lr", "img_per_s", "loss_gen"}
     expected |= {"dit": set(), "maskdit": {"loss_mae"},
-                 "sddit": {"loss_disc", "loss_cls", "loss_patch", "teacher_entropy", "kl_teacher_student"}}[objective]
+                 "sddit": {"loss_disc", "loss_image", "loss_patch", "teacher_entropy_image", "teacher_entropy_patch",
+                           "prototypes_used_image", "teacher_logit_std_patch", "kl_teacher_student_patch"}}[objective]
     assert expected <= set(records[-1]), set(records[-1])
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     grid = Image.open(run / "samples.png")

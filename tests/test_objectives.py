@@ -83,7 +83,7 @@ def test_centers_follow_their_ema_and_are_used_before_the_update():
     old_cls, old_patch = obj.center_cls.clone() + 0.3, obj.center_patch.clone() - 0.2
     obj.center_cls.copy_(old_cls)
     obj.center_patch.copy_(old_patch)
-    obj._update_centers(*obj._batch_centers(logits, n_cls=1))
+    obj._update_centers(*obj._batch_centers(logits, n_img=1))
     torch.testing.assert_close(obj.center_cls, 0.9 * old_cls + 0.1 * logits[:, 0].mean(0, keepdim=True))
     torch.testing.assert_close(obj.center_patch, 0.9 * old_patch + 0.1 * logits[:, 1:].mean((0, 1)).view(1, 1, K))
 
@@ -102,7 +102,8 @@ def test_discriminative_loss_equals_direct_cross_entropy():
     t = torch.tensor([[0.3, 0.1, 0.0], [2.0, -1.0, 0.5]])
     c = torch.tensor([[0.1, -0.1, 0.0]])
     tau_s, tau_t = 0.1, 0.04
-    ce, entropy, kl = self_distillation_ce(s, t, c, tau_s, tau_t)
+    ce, entropy, kl, p_mean = self_distillation_ce(s, t, c, tau_s, tau_t)
+    p_sum = [0.0, 0.0, 0.0]
     for i in range(2):
         pt = [math.exp((t[i, k] - c[0, k]) / tau_t) for k in range(3)]
         pt = [v / sum(pt) for v in pt]
@@ -112,6 +113,8 @@ def test_discriminative_loss_equals_direct_cross_entropy():
         assert ce[i].item() == pytest.approx(expected, rel=1e-5)
         assert entropy[i].item() == pytest.approx(-sum(p * math.log(p) for p in pt if p > 0), rel=1e-5, abs=1e-6)
         assert kl[i].item() == pytest.approx(expected - entropy[i].item(), rel=1e-5, abs=1e-6)
+        p_sum = [a + b / 2 for a, b in zip(p_sum, pt)]
+    assert p_mean.tolist() == pytest.approx(p_sum, rel=1e-5)  # the batch-mean teacher distribution
 
 
 def test_sddit_compiled_cross_entropy_matches_eager():
@@ -131,7 +134,7 @@ def test_sddit_compiled_cross_entropy_matches_eager():
             loss, terms = obj(net, x0, y, step=step)
         assert counters["frames"]["total"] == frames  # no recompilation for the new temperatures
         loss.backward()
-        results.append((loss.detach(), terms["teacher_entropy"], net.model.head.mlp[0].weight.grad.clone()))
+        results.append((loss.detach(), terms["teacher_entropy_patch"], net.model.head.mlp[0].weight.grad.clone()))
     (l0, e0, g0), (l1, e1, g1) = results
     torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(e1, e0, rtol=1e-4, atol=1e-5)
@@ -147,10 +150,12 @@ def test_sddit_loss_terms_and_teacher_positions():
     loss, terms = obj(net, x0, y, step=0)
     assert torch.isfinite(loss)
     lam = cfg.sddit.lambda_d
-    torch.testing.assert_close(loss.detach(), terms["loss_gen"] + lam * (terms["loss_cls"] + terms["loss_patch"]))
+    torch.testing.assert_close(loss.detach(), terms["loss_gen"] + lam * (terms["loss_image"] + terms["loss_patch"]))
     K = cfg.model.head_dim
-    assert 0 < terms["teacher_entropy"] < math.log(K) + 1e-4
-    assert terms["kl_teacher_student"] >= -1e-5
+    for term in ("image", "patch"):
+        assert 0 < terms[f"teacher_entropy_{term}"] < math.log(K) + 1e-4
+        assert terms[f"kl_teacher_student_{term}"] >= -1e-5
+        assert 1 <= terms[f"prototypes_used_{term}"] <= K + 1e-3
 
 
 @pytest.mark.parametrize("objective", ["dit", "maskdit", "sddit"])
@@ -225,13 +230,29 @@ def test_head_logits_stay_fp32_under_bf16_autocast():
 
 
 def test_teacher_sigma_options():
+    from sddit.objectives.base import StepNoise
+
     s = torch.tensor([0.5, 2.0])
+
+    def noise(sigma, seed=0):
+        return StepNoise(sigma, torch.zeros(len(sigma), 1, 2, 2), torch.zeros(len(sigma)),
+                         torch.Generator().manual_seed(seed), slice(0, len(sigma)))
+
     _, _, obj = make("sddit")
-    assert torch.allclose(obj.teacher_sigma(s), torch.full_like(s, 0.002))
+    assert torch.allclose(obj.teacher_sigma(noise(s)), torch.full_like(s, 0.002))
     _, _, obj = make("sddit", "sddit.teacher_sigma=fixed", "sddit.teacher_sigma_value=0.05")
-    assert torch.allclose(obj.teacher_sigma(s), torch.full_like(s, 0.05))
+    assert torch.allclose(obj.teacher_sigma(noise(s)), torch.full_like(s, 0.05))
     _, _, obj = make("sddit", "sddit.teacher_sigma=fraction", "sddit.teacher_sigma_fraction=0.25")
-    assert torch.allclose(obj.teacher_sigma(s), s * 0.25)
+    assert torch.allclose(obj.teacher_sigma(noise(s)), s * 0.25)
+    # SRA's shift: on the linear path t = sigma / (1 + sigma), t_T = t_S - U(0, 0.2), per sample
+    _, _, obj = make("sddit", "sddit.teacher_sigma=shift", "sddit.teacher_time_shift=0.2")
+    many = torch.logspace(-2, 1.5, 400)
+    t_s, t_t = many / (1 + many), (lambda v: v / (1 + v))(obj.teacher_sigma(noise(many)))
+    assert (t_t <= t_s + 1e-6).all() and (t_s - t_t <= 0.2 + 1e-6).all()
+    gap = (t_s - t_t)[t_s > 0.25]  # away from the floor at sigma_min the gap is the uniform draw itself
+    assert gap.min() < 0.02 and gap.max() > 0.18 and abs(gap.mean() - 0.1) < 0.02
+    assert torch.equal(obj.teacher_sigma(noise(many)), obj.teacher_sigma(noise(many)))  # from the step's generator
+    assert (obj.teacher_sigma(noise(torch.tensor([0.01]))) == 0.002).all()  # floored at sigma_min
 
 
 @pytest.mark.parametrize("objective,preset", [("maskdit", "MaskDiT-S/2"), ("sddit", "SD-DiT-S/2")])

@@ -129,7 +129,7 @@ def test_cls_teacher_temperature():
     _, base, _ = loss_terms()
     _, fixed, obj = loss_terms("sddit.teacher_temp_cls=0.02")
     assert obj.tau_t_cls(0) == 0.02 and obj.tau_t_cls(10**6) == 0.02
-    assert torch.equal(base["loss_patch"], fixed["loss_patch"]) and not torch.equal(base["loss_cls"], fixed["loss_cls"])
+    assert torch.equal(base["loss_patch"], fixed["loss_patch"]) and not torch.equal(base["loss_image"], fixed["loss_image"])
 
 
 def test_grad_clip_limits_the_update(tmp_path):

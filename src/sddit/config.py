@@ -88,9 +88,21 @@ class MaskDiTConfig:
 class SDDiTConfig:
     mask_ratio: float = 0.2  # [choice] ~20% reported best; uniform random per sample
     lambda_d: float = 1.0  # [choice] weight of the discriminative loss
-    teacher_sigma: str = "min"  # [choice] min (= sigma_min) | fixed | fraction
+    teacher_sigma: str = "min"  # [choice] min (= sigma_min) | fixed | fraction | shift (SRA: a lower noise level per sample)
     teacher_sigma_value: float = 0.002  # the teacher's sigma when teacher_sigma=fixed
     teacher_sigma_fraction: float = 0.1  # sigma_T = fraction x sigma_S when teacher_sigma=fraction
+    # teacher_sigma=shift: on the linear path t = sigma / (1 + sigma), the teacher sits at t_S - U(0, shift) per
+    # sample (SRA, arXiv 2505.02831: 0.2), floored at sigma_min; same x0 and eps
+    teacher_time_shift: float = 0.2
+    # [choice] the image-level term: cls (a learned [CLS] token, as the paper; it starts as one vector for all
+    # images, see SPEC section 10) | mean (the head reads the mean of the patch tokens: image-dependent from
+    # step 0) | none (patch term only)
+    image_token: str = "cls"
+    # [choice] the discriminative loss: dino (prototypes, centering, sharpening; SPEC section 3) | align (SRA:
+    # an MLP projector of the student's tokens regresses the teacher's raw tokens by smooth-L1, beta 0.05)
+    disc_loss: str = "dino"
+    teacher_head_block: int = 0  # [choice] encoder block the teacher's tokens come from (1-based); 0 = model.head_block
+    disc_sigma_max: float = 0.0  # [choice] discriminative loss only on samples with sigma_S <= this; 0 = all
     teacher_momentum: float = 0.996  # start of the cosine schedule [dino]
     teacher_momentum_final: float = 1.0
     teacher_momentum_schedule: str = "cosine"  # cosine | fixed
@@ -178,7 +190,9 @@ class Config:
             "model.mask_token": (self.model.mask_token, ("learned", "zeros")),
             "model.head_last_init": (self.model.head_last_init, ("trunc_normal", "pytorch")),
             "model.gelu": (self.model.gelu, ("tanh", "exact")),
-            "sddit.teacher_sigma": (self.sddit.teacher_sigma, ("min", "fixed", "fraction")),
+            "sddit.teacher_sigma": (self.sddit.teacher_sigma, ("min", "fixed", "fraction", "shift")),
+            "sddit.image_token": (self.sddit.image_token, ("cls", "mean", "none")),
+            "sddit.disc_loss": (self.sddit.disc_loss, ("dino", "align")),
             "sddit.teacher_momentum_schedule": (self.sddit.teacher_momentum_schedule, ("cosine", "fixed")),
             "data.dataset": (self.data.dataset, ("fashion_mnist", "digits", "latents")),
         }
@@ -258,7 +272,8 @@ _RANGES = {
     **{f"sddit.{k}": _POS for k in ("teacher_sigma_value", "teacher_sigma_fraction", "student_temp", "teacher_temp",
                                      "teacher_temp_warmup")},
     **{f"sddit.{k}": _UNIT for k in ("teacher_momentum", "teacher_momentum_final", "center_momentum")},
-    "sddit.lambda_d": _NONNEG, "sddit.teacher_temp_warmup_steps": _NONNEG_INT,
+    "sddit.lambda_d": _NONNEG, "sddit.teacher_temp_warmup_steps": _NONNEG_INT, "sddit.teacher_head_block": _NONNEG_INT,
+    "sddit.teacher_time_shift": _UNIT, "sddit.disc_sigma_max": _NONNEG,
     **{f"train.{k}": _POS_INT for k in ("batch_size", "log_every", "max_bad_steps", "fid_samples")},
     **{f"train.{k}": _NONNEG_INT for k in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "fid_every",
                                            "num_threads")},

@@ -24,10 +24,14 @@ def build_model(cfg: Config) -> nn.Module:
             model = DiT(patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
                         mlp_ratio=m.mlp_ratio, **common)
     else:
+        sd, is_sddit = cfg.sddit, cfg.objective == "sddit"
+        image_level = is_sddit and sd.disc_loss == "dino"  # the alignment loss (SRA) reads patch tokens only
         split = dict(
             mask_token=m.mask_token,
-            use_cls_token=m.use_cls_token and cfg.objective == "sddit",
-            head_dim=m.head_dim if cfg.objective == "sddit" else 0,
+            use_cls_token=m.use_cls_token and image_level and sd.image_token == "cls",
+            head_pool=image_level and sd.image_token == "mean",
+            head_type="mlp" if sd.disc_loss == "align" else "dino",
+            head_dim=m.head_dim if is_sddit else 0,
             head_hidden_dim=m.head_hidden_dim, head_bottleneck_dim=m.head_bottleneck_dim,
             head_block=m.head_block, head_last_init=m.head_last_init,
         )

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["DINOHead"]
+__all__ = ["DINOHead", "ProjectorMLP"]
 
 
 class DINOHead(nn.Module):
@@ -126,3 +126,26 @@ class DINOHead(nn.Module):
         z = self.embed(x)  # (..., bottleneck)
         with torch.autocast(z.device.type, enabled=False):  # autocast would recast this Linear to bf16
             return self.last_layer(z)  # (..., K), fp32
+
+
+class ProjectorMLP(nn.Module):
+    """The alignment projector of REPA and SRA: ``in_dim -> hidden -> hidden -> out_dim`` with SiLU.
+
+    It maps the student's tokens at an early block onto the teacher's raw tokens at a deeper one
+    (SRA's ``ap_head``), so the backbone need not equal the teacher's features, only predict them.
+    Default PyTorch Linear init: nothing here is zero-initialised, so the loss has a gradient at step 0.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim), nn.SiLU(),
+                                 nn.Linear(hidden_dim, out_dim))
+
+    def reset_parameters(self) -> None:
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> (..., out_dim), fp32 (the loss compares it with the teacher's tokens in fp32)."""
+        return self.mlp(x).float()

@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .dit import DIT_SIZES
-from .heads import DINOHead
+from .heads import DINOHead, ProjectorMLP
 from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, dit_init_, get_2d_sincos_pos_embed
 from .tokens import gather_tokens, masking_from_ids_keep, random_masking, unpatchify, unshuffle
 
@@ -93,6 +93,10 @@ class SplitDiT(nn.Module):
             An earlier block aligns intermediate features (REPA aligns about a third of the way
             in) and leaves the last encoder blocks to the generative loss alone.
         head_last_init: the head's prototype-layer init (``DINOHead``'s ``last_init``).
+        head_pool: put the mean of the patch tokens in front of what the head reads, as an
+            image-level token (in place of a [CLS] token, which starts as one vector for all images).
+        head_type: ``"dino"`` (a DINO head with ``head_dim`` prototypes) or ``"mlp"`` (SRA's
+            projector onto the encoder width, ``head_hidden_dim`` wide).
         gelu: the blocks' GELU, ``"tanh"`` (DiT's) or ``"exact"`` (faster on CPUs; see ``layers.Mlp``).
     """
 
@@ -122,10 +126,16 @@ class SplitDiT(nn.Module):
         head_norm_input: bool = True,
         head_block: int = 0,
         head_last_init: str = "trunc_normal",
+        head_pool: bool = False,
+        head_type: str = "dino",
     ) -> None:
         super().__init__()
         if mask_token not in ("learned", "zeros"):
             raise ValueError(f"mask_token must be 'learned' or 'zeros', got {mask_token!r}")
+        if head_type not in ("dino", "mlp"):
+            raise ValueError(f"head_type must be 'dino' or 'mlp', got {head_type!r}")
+        if head_pool and use_cls_token:
+            raise ValueError("head_pool and use_cls_token both make an image-level token; choose one")
         if not 0 <= head_block <= encoder_depth:
             raise ValueError(f"head_block {head_block} must be in 1..{encoder_depth} (or 0 = the last encoder block)")
         if input_size % patch_size:
@@ -144,6 +154,7 @@ class SplitDiT(nn.Module):
         self.mask_token_mode = mask_token
         self.head_dim = head_dim
         self.head_block = head_block or encoder_depth  # 1-based: the head reads the output of this block
+        self.head_pool = head_pool
         self.grid_size = input_size // patch_size
         self.num_patches = self.grid_size**2
         self.is_teacher = False
@@ -183,7 +194,9 @@ class SplitDiT(nn.Module):
         self.final_layer = FinalLayer(dec_width, patch_size, self.out_channels)
 
         # ---- discriminative head (SD-DiT) on encoder tokens ----
-        if head_dim > 0:
+        if head_dim > 0 and head_type == "mlp":
+            self.head = ProjectorMLP(hidden_size, head_hidden_dim, hidden_size)
+        elif head_dim > 0:
             self.head = DINOHead(
                 hidden_size,
                 out_dim=head_dim,
@@ -280,6 +293,8 @@ class SplitDiT(nn.Module):
                 head_tokens = tokens
                 if stop_after_head_block:
                     break
+        if self.head_pool:  # the mean of the (visible) patch tokens as the image-level token, in front
+            head_tokens = torch.cat([head_tokens.mean(1, keepdim=True), head_tokens], dim=1)  # (B, 1 + T_keep, D)
         return EncoderOutput(tokens, c, head_tokens, ids_keep, ids_restore, mask)
 
     def decode(self, tokens: torch.Tensor, c: torch.Tensor, ids_restore: torch.Tensor | None) -> torch.Tensor:

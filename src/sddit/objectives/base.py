@@ -118,3 +118,8 @@ class Objective(nn.Module):
 
     def after_step(self, net: nn.Module, step: int) -> None:
         """Called after each optimiser step that was taken (not after skipped non-finite steps)."""
+
+    def warnings(self, step: int, record: dict) -> list[str]:
+        """One-line warnings about the run's health from each logged window's `record` (e.g. SD-DiT's
+        terms that stay uniform); the trainer prints them."""
+        return []

@@ -15,7 +15,7 @@ from ..diffusion import EDMPrecond, edm_loss, precond_coeffs
 from ..distributed import all_reduce_mean
 from ..models.tokens import gather_tokens, per_patch_mean
 from ..runtime import unwrap
-from .base import Objective, Terms, masked_mean
+from .base import Objective, StepNoise, Terms, masked_mean
 
 
 def cosine_schedule(step: int, total: int, start: float, end: float) -> float:
@@ -34,11 +34,11 @@ def teacher_temperature(step: int, warmup_steps: int, start: float, end: float) 
 
 
 def self_distillation_ce(student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float | Tensor,
-                         tau_t: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                         tau_t: float | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Cross-entropy H(p_T, p_S) per token, with p_T = softmax((t - C)/tau_T), p_S = softmax(s/tau_S).
 
-    Returns (ce, teacher_entropy, kl) per token, all in float32 (softmax in bf16 is what makes
-    DINO-style losses drift: SPEC section 6).
+    Returns (ce, teacher_entropy, kl) per token and the mean teacher distribution over all tokens
+    (K,), all in float32 (softmax in bf16 is what makes DINO-style losses drift: SPEC section 6).
     """
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         # log p_T first and p_T = exp(log p_T): the entropy then needs no clamp and log of p_T
@@ -48,15 +48,36 @@ def self_distillation_ce(student_logits: Tensor, teacher_logits: Tensor, center:
         log_p_s = F.log_softmax(student_logits.float() / tau_s, dim=-1)  # (..., K)
         ce = -(p_t * log_p_s).sum(-1)  # (...)
         entropy = -(p_t * log_p_t).sum(-1)  # (...)
-        return ce, entropy, ce.detach() - entropy
+        return ce, entropy, ce.detach() - entropy, p_t.flatten(0, -2).mean(0)
+
+
+def alignment_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """SRA's self-alignment per token: smooth-L1 (beta 0.05) of the projected student tokens against
+    the teacher's raw tokens, mean over channels. (..., D), (..., D) -> (...)."""
+    return F.smooth_l1_loss(student.float(), teacher.float().detach(), beta=0.05, reduction="none").mean(-1)
+
+
+def prototypes_used(p_mean: Tensor) -> Tensor:
+    """exp(entropy of the batch-mean teacher distribution): how many prototypes the batch uses (1..K)."""
+    return torch.exp(-(p_mean * p_mean.clamp_min(1e-30).log()).sum())
+
+
+def batch_mean(values: Tensor, weight: Tensor | None) -> Tensor:
+    """Mean over tokens, then over the samples with weight 1 (all when `weight` is None). (B, ...) -> ()."""
+    per_sample = values.flatten(1).mean(1)  # (B,)
+    if weight is None:
+        return per_sample.mean()
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1)
 
 
 class SDDiTObjective(Objective):
-    """L = L_gen(visible patches) + lambda_D * (CE_cls + mean_i CE_patch_i).
+    """L = L_gen(visible patches) + lambda_D * (CE_image + mean_i CE_patch_i).
 
-    Holds the teacher (EMA of the student's embedders, [CLS], encoder blocks and head) as a
-    submodule and the two centers as buffers, so `state_dict()` saves them; the teacher is never
-    inside DDP and never in the optimiser.
+    The image-level term reads a [CLS] token or the mean of the patch tokens (sddit.image_token);
+    with sddit.disc_loss=align, L_D is SRA's alignment of the patch tokens instead. Holds the teacher
+    (EMA of the student's embedders, [CLS], encoder blocks and head) as a submodule and the two
+    centers as buffers, so `state_dict()` saves them; the teacher is never inside DDP and never in
+    the optimiser.
     """
 
     name = "sddit"
@@ -67,11 +88,20 @@ class SDDiTObjective(Objective):
         student = unwrap(unwrap(net).model)
         if getattr(student, "head", None) is None:
             raise ValueError("objective=sddit needs a model with a projection head (model.head_dim > 0)")
-        self.use_cls = bool(getattr(student, "use_cls_token", False))
+        # 1 when the head's tokens start with an image-level token ([CLS] or the pooled patches)
+        self.n_img = int(bool(student.use_cls_token or student.head_pool))
+        self.align = self.scfg.disc_loss == "align"
         self.teacher = student.make_teacher()
+        if self.scfg.teacher_head_block:  # the teacher's tokens from another (e.g. deeper) block than the student's
+            if self.scfg.teacher_head_block > student.encoder_depth:
+                raise ValueError(f"sddit.teacher_head_block={self.scfg.teacher_head_block} is past the encoder's "
+                                 f"{student.encoder_depth} blocks")
+            self.teacher.head_block = self.scfg.teacher_head_block
+        self.log_k = math.log(cfg.model.head_dim)
+        self._uniform_since: dict[str, int | None] = {"image": None, "patch": None}  # see warnings()
         K = cfg.model.head_dim
         device = next(student.parameters()).device
-        self.register_buffer("center_cls", torch.zeros(1, K, device=device))  # [CLS] logits' center
+        self.register_buffer("center_cls", torch.zeros(1, K, device=device))  # the image token's center (named for [CLS])
         self.register_buffer("center_patch", torch.zeros(1, 1, K, device=device))  # patch logits' center
         self._pending_centers: tuple[Tensor | None, Tensor] | None = None
         self.temp_warmup_steps = self.scfg.teacher_temp_warmup_steps or int(0.3 * cfg.train.max_steps)
@@ -80,7 +110,7 @@ class SDDiTObjective(Objective):
         self._compiled_ce = torch.compile(self_distillation_ce, dynamic=False) if cfg.train.compile else None
 
     def ce(self, student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float,
-           tau_t: float) -> tuple[Tensor, Tensor, Tensor]:
+           tau_t: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`self_distillation_ce`, compiled when train.compile is on."""
         if self._compiled_ce is None:
             return self_distillation_ce(student_logits, teacher_logits, center, tau_s, tau_t)
@@ -91,12 +121,17 @@ class SDDiTObjective(Objective):
                                  torch.tensor(tau_t, device=dev))
 
     # -- schedules
-    def teacher_sigma(self, sigma_s: Tensor) -> Tensor:
-        s = self.scfg
+    def teacher_sigma(self, n: StepNoise) -> Tensor:
+        s, sigma_s = self.scfg, n.sigma
         if s.teacher_sigma == "min":
             return torch.full_like(sigma_s, self.dcfg.sigma_min)
         if s.teacher_sigma == "fixed":
             return torch.full_like(sigma_s, s.teacher_sigma_value)
+        if s.teacher_sigma == "shift":  # SRA: t_T = t_S - U(0, shift) on the linear path x = (1-t) x0 + t eps
+            total, _ = self.global_rows(sigma_s.shape[0])
+            u = torch.rand(total, device=sigma_s.device, generator=n.generator)[n.rows]  # (B,)
+            t = (sigma_s / (1 + sigma_s) - s.teacher_time_shift * u).clamp_min(0)  # (B,)
+            return (t / (1 - t)).clamp_min(self.dcfg.sigma_min)  # the same scaled point of the VE path
         return sigma_s * s.teacher_sigma_fraction  # a fraction of the student's sigma
 
     def momentum(self, step: int) -> float:
@@ -114,8 +149,9 @@ class SDDiTObjective(Objective):
 
     # -- the step
     @torch.no_grad()
-    def teacher_logits(self, x_t: Tensor, sigma_t: Tensor, y: Tensor, drop: Tensor) -> Tensor:
-        """Teacher head logits on [CLS] + all tokens of x_T = x0 + sigma_T eps, with EDM's input scaling.
+    def teacher_tokens(self, x_t: Tensor, sigma_t: Tensor, y: Tensor, drop: Tensor) -> Tensor:
+        """Teacher head logits (dino) or raw tokens (align) on [image token +] all tokens of
+        x_T = x0 + sigma_T eps, with EDM's input scaling.
 
         The teacher encoder stops at the block its head reads. Its conditioning c_noise comes from
         max(sigma_T, teacher_cond_sigma_min): sigma_min itself lies ~4 sd below the student's
@@ -125,49 +161,87 @@ class SDDiTObjective(Objective):
         sigma_cond = sigma_t.clamp_min(self.scfg.teacher_cond_sigma_min) if self.scfg.teacher_cond_sigma_min > 0 else sigma_t
         _, _, _, c_noise = precond_coeffs(sigma_cond.view(-1, 1, 1, 1), self.dcfg.sigma_data)
         enc = self.teacher.encode(c_in * x_t, c_noise.flatten(), y, force_drop_ids=drop, stop_after_head_block=True)
+        if self.align:
+            return enc.head_tokens.float()  # (B, T, D): SRA's target is the teacher's block output itself
         return self.teacher.head(enc.head_tokens).float()  # (B, [1+]T, K)
 
     def forward(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
         n = self.draw(x0, step)  # the same eps for student and teacher: one PF-ODE trajectory
         sigma_s, eps, drop = n.sigma, n.eps, n.drop  # drop: the teacher sees the same (maybe null) label
-        sigma_t = self.teacher_sigma(sigma_s)
+        ids_keep = self.draw_mask(n, self.num_tokens(x0), self.scfg.mask_ratio)  # (B, T_keep) or None
+        sigma_t = self.teacher_sigma(n)  # (B,)
         x_s = x0 + sigma_s.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
         x_t = x0 + sigma_t.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
 
-        ids_keep = self.draw_mask(n, self.num_tokens(x0), self.scfg.mask_ratio)  # (B, T_keep) or None
         out = net(x_s, sigma_s, y, return_tokens=True, ids_keep=ids_keep, force_drop_ids=drop)
         visible = 1.0 - out.mask.float()  # (B, T)
         per_patch = per_patch_mean(edm_loss(out.denoised.float(), x0, sigma_s.view(-1, 1, 1, 1), self.dcfg.sigma_data),
                                    self.patch)
         loss_gen = masked_mean(per_patch, visible)
 
-        t_logits = self.teacher_logits(x_t, sigma_t, y, drop)  # (B, [1+]T, K)
-        s_logits = out.head  # (B, [1+]T_keep, K)
-        n_cls = 1 if self.use_cls else 0
-        t_patch = t_logits[:, n_cls:]  # (B, T, K)
+        t_out = self.teacher_tokens(x_t, sigma_t, y, drop)  # (B, [1+]T, K or D)
+        s_out = out.head  # (B, [1+]T_keep, K or D)
+        k = self.n_img
+        t_patch = t_out[:, k:]  # (B, T, K or D)
         if ids_keep is not None:  # unmasked, the student's positions are all of them, in order
-            t_patch = gather_tokens(t_patch, out.ids_keep)  # (B, T_keep, K): teacher at the student's positions
-        tau_t = self.tau_t(step)
-        ce_p, ent_p, kl_p = self.ce(s_logits[:, n_cls:], t_patch, self.center_patch, self.scfg.student_temp, tau_t)
-        loss_patch = ce_p.mean()
-        terms: Terms = {"loss_gen": loss_gen.detach(), "loss_patch": loss_patch.detach()}
-        entropy, kl = ent_p.mean(), kl_p.mean()
-        loss_d = loss_patch
-        if self.use_cls:
-            ce_c, ent_c, kl_c = self.ce(s_logits[:, 0], t_logits[:, 0], self.center_cls, self.scfg.student_temp,
-                                        self.tau_t_cls(step))
-            loss_cls = ce_c.mean()
-            loss_d = loss_d + loss_cls
-            terms["loss_cls"] = loss_cls.detach()
-            entropy, kl = (entropy + ent_c.mean()) / 2, (kl + kl_c.mean()) / 2
-        terms.update(loss_disc=loss_d.detach(), teacher_entropy=entropy.detach(), kl_teacher_student=kl.detach(),
-                     tau_t=torch.tensor(tau_t))
-        # The centers move after the loss used the old ones [ibot], and only once the step is taken
-        # (after_step), so a skipped non-finite step cannot poison them; with train.grad_accum, from
-        # the mean over the step's micro-batches.
-        self._pending_centers = self.micro_mean(self._pending_centers, self._batch_centers(t_logits, n_cls))
+            t_patch = gather_tokens(t_patch, out.ids_keep)  # (B, T_keep, .): teacher at the student's positions
+        band = (sigma_s <= self.scfg.disc_sigma_max).float() if self.scfg.disc_sigma_max > 0 else None  # (B,)
+        terms: Terms = {"loss_gen": loss_gen.detach()}
+        if self.align:
+            loss_d = batch_mean(alignment_loss(s_out[:, k:], t_patch), band)
+            terms.update(loss_align=loss_d.detach(), teacher_token_std=t_patch.std(0).mean())
+        else:
+            loss_d = self.dino_terms(s_out, t_out, t_patch, band, step, terms)
+            # The centers move after the loss used the old ones [ibot], and only once the step is taken
+            # (after_step), so a skipped non-finite step cannot poison them; with train.grad_accum, from
+            # the mean over the step's micro-batches.
+            self._pending_centers = self.micro_mean(self._pending_centers, self._batch_centers(t_out, k))
+        terms["loss_disc"] = loss_d.detach()
         self.parts = {"gen": loss_gen, "disc": self.scfg.lambda_d * loss_d}
         return loss_gen + self.scfg.lambda_d * loss_d, terms
+
+    def dino_terms(self, s_out: Tensor, t_out: Tensor, t_patch: Tensor, band: Tensor | None, step: int,
+                   terms: Terms) -> Tensor:
+        """CE_image + mean_i CE_patch_i, and each term's liveness monitors into `terms`: the teacher's
+        entropy (ln K = uniform: no signal), the prototypes the batch uses, and the batch std of its
+        logits (0 = the same target for every image)."""
+        k, tau_t = self.n_img, self.tau_t(step)
+        pairs = [("patch", s_out[:, k:], t_patch, tau_t)]
+        if k:
+            pairs.append(("image", s_out[:, 0], t_out[:, 0], self.tau_t_cls(step)))
+        loss_d = s_out.new_zeros(())
+        for term, student, teacher, tau in pairs:
+            center = self.center_patch if term == "patch" else self.center_cls
+            ce, entropy, kl, p_mean = self.ce(student, teacher, center, self.scfg.student_temp, tau)
+            loss = batch_mean(ce if ce.dim() > 1 else ce[:, None], band)
+            loss_d = loss_d + loss
+            terms.update({f"loss_{term}": loss.detach(), f"teacher_entropy_{term}": entropy.mean(),
+                          f"kl_teacher_student_{term}": kl.mean(), f"prototypes_used_{term}": prototypes_used(p_mean),
+                          f"teacher_logit_std_{term}": teacher.std(0).mean()})
+        terms["tau_t"] = torch.tensor(tau_t)
+        return loss_d
+
+    def warnings(self, step: int, record: dict) -> list[str]:
+        """One line when a term's teacher has stayed within 1% of uniform (entropy >= 0.99 ln K) for
+        a sustained stretch (a fifth of the run, at most 500 steps): its cross-entropy's gradient
+        p_S - p_T then pulls the student to uniform too, and the term carries no signal."""
+        out = []
+        sustain = max(self.cfg.train.log_every, min(500, self.cfg.train.max_steps // 5))
+        for term, since in self._uniform_since.items():
+            h = record.get(f"teacher_entropy_{term}")
+            if h is None or h < 0.99 * self.log_k:
+                self._uniform_since[term] = None
+                continue
+            if since is None:
+                self._uniform_since[term] = since = step
+            if since >= 0 and step - since >= sustain:
+                hint = "sddit.image_token=mean gives it an image-dependent token" if term == "image" else (
+                    "a lower teacher temperature or sddit.teacher_sigma=shift may help")
+                out.append(f"warning: the {term}-level teacher distribution has been within 1% of uniform "
+                           f"(entropy {h:.3f} of ln K = {self.log_k:.3f}) since step {since}: that term carries no "
+                           f"signal; {hint}")
+                self._uniform_since[term] = -1  # warned: not again until it leaves uniform
+        return out
 
     def adjust_gradients(self, net: nn.Module, step: int) -> None:
         """DINO's last-layer freeze: no update of the prototype directions for the first steps."""
@@ -176,12 +250,12 @@ class SDDiTObjective(Objective):
                 p.grad = None  # AdamW skips parameters without a gradient
 
     @torch.no_grad()
-    def _batch_centers(self, t_logits: Tensor, n_cls: int) -> tuple[Tensor | None, Tensor]:
-        """All-reduced batch means of the raw teacher logits: ([CLS] (1, K) or None, patches (1, 1, K))."""
-        batch_cls = all_reduce_mean(t_logits[:, 0].mean(0, keepdim=True)) if n_cls else None  # (1, K)
+    def _batch_centers(self, t_logits: Tensor, n_img: int) -> tuple[Tensor | None, Tensor]:
+        """All-reduced batch means of the raw teacher logits: (image token (1, K) or None, patches (1, 1, K))."""
+        batch_cls = all_reduce_mean(t_logits[:, 0].mean(0, keepdim=True)) if n_img else None  # (1, K)
         # mean(0).mean(0), not mean((0, 1)): equal counts make them the same mean, and on the CPU
         # torch's two-dim reduction of this strided view took 7.4 ms per call, against 0.3 (1 thread)
-        batch_patch = all_reduce_mean(t_logits[:, n_cls:].mean(0).mean(0).view(1, 1, -1))  # (1, 1, K)
+        batch_patch = all_reduce_mean(t_logits[:, n_img:].mean(0).mean(0).view(1, 1, -1))  # (1, 1, K)
         return batch_cls, batch_patch
 
     @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -15,7 +16,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def plot_metrics(run_dir: str | Path) -> list[Path]:
     """`loss_curve.png` (every logged loss term against step), `fid_curve.png` (FID against step) if
-    FID was logged during training, and `gradnorm.png` if gradient norms were. Returns the files written."""
+    FID was logged during training, `gradnorm.png` if gradient norms were, and `teacher.png` (SD-DiT's
+    per-term teacher entropy and prototypes used: is each term alive?). Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,4 +77,28 @@ def plot_metrics(run_dir: str | Path) -> list[Path]:
         fig.savefig(run_dir / "gradnorm.png", dpi=120)
         plt.close(fig)
         written.append(run_dir / "gradnorm.png")
+    teacher = [r for r in records if any(k.startswith("teacher_entropy_") for k in r)]
+    if teacher:
+        terms = [t for t in ("image", "patch") if any(f"teacher_entropy_{t}" in r for r in teacher)]
+        fig, (ax_h, ax_p) = plt.subplots(1, 2, figsize=(10, 4))
+        for i, t in enumerate(terms):
+            for ax, key in ((ax_h, f"teacher_entropy_{t}"), (ax_p, f"prototypes_used_{t}")):
+                pts = [(r["step"], r[key]) for r in teacher if key in r]
+                if pts:
+                    ax.plot(*zip(*pts), label=t, color=f"C{i}")
+        cfg_path = run_dir / "config.json"  # the run's K, for the uniform line
+        k = json.loads(cfg_path.read_text()).get("model", {}).get("head_dim") if cfg_path.exists() else None
+        if k:
+            ax_h.axhline(math.log(k), color="k", linestyle=":", label=f"ln K = {math.log(k):.2f}")
+        ax_h.set_ylabel("teacher entropy (nats; ln K = uniform, no signal)")
+        ax_p.set_ylabel("prototypes the batch uses, exp H(mean p_T)")
+        for ax in (ax_h, ax_p):
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(f"{run_dir.name}: is each discriminative term alive?")
+        fig.tight_layout()
+        fig.savefig(run_dir / "teacher.png", dpi=120)
+        plt.close(fig)
+        written.append(run_dir / "teacher.png")
     return written

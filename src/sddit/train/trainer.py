@@ -305,6 +305,8 @@ class Trainer:
                 self.loggers.log(self.step, record)  # metrics.jsonl (+ tensorboard / wandb); rank 0 only
                 if dist.is_main():
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
+                    for warning in self.objective.warnings(self.step, record):
+                        self.log(warning)
                 sums, count, t_last, step_last = {}, 0, now, self.step
             if tc.sample_every > 0 and self.step % tc.sample_every == 0:
                 self.log_samples()
