@@ -109,9 +109,10 @@ def test_recipe_sweep_smoke(tmp_path):
     assert not (tmp_path / "work" / "a-seed1.json").exists()
 
 
-def test_ablation_smoke(tmp_path):
+def test_ablation_and_probe_smoke(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablate.py"), "--smoke", "--out", str(tmp_path),
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+                           "--work", str(tmp_path / "work"), "--keep-weights"], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "ablation.json").read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result) and result["baseline"] == "dit"
@@ -121,6 +122,21 @@ def test_ablation_smoke(tmp_path):
     assert sddit["final_metrics"]["mean_gradnorm_disc_encoder"] > 0
     assert not any(k.startswith("mean_gradnorm_disc") for k in dit["final_metrics"])
     assert (tmp_path / "ablation.png").stat().st_size > 0
+
+    # the linear probe of the kept weights (benchmarks/probe.py)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe.py"), "--smoke", "--sweep",
+                           str(tmp_path / "work"), "--rows", "dit,sddit", "--seeds", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(probe) and probe["baseline"] == "dit"
+    assert [t["row"] for t in probe["table"]] == ["dit", "sddit", "raw-pixels"]
+    for t in probe["table"][:2]:
+        blocks = t["per_block"]["0.5"]["mean"][0]
+        assert len(blocks) == 3 and t["probe_acc"] == [max(blocks)] and 0 <= t["probe_acc"][0] <= 1
+        assert t["seeds"] == [0] and len(t["per_block"]["0.5"]["spatial"][0]) == 3
+    assert set(probe["table"][2]["per_sigma"]) == {"0.1", "0.5", "1.0"}
+    assert (tmp_path / "probe.png").stat().st_size > 0 and "| raw-pixels |" in (tmp_path / "probe.md").read_text()
 
 
 def test_eval_speed_smoke(tmp_path):

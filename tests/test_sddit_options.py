@@ -174,3 +174,99 @@ def test_gradnorm_logging_leaves_the_training_step_unchanged(tmp_path):
         runs[every] = trainer.net.model.state_dict()
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
+
+
+# ---- the third round's options: a live image-level term, a harder patch task, SRA's alignment
+
+
+def test_cls_teacher_is_one_vector_at_init_and_the_pooled_token_is_not():
+    """Why the [CLS] term starts dead (adaLN-Zero: every block the identity at init, so [CLS] is
+    the same for every image) and why the mean-pooled image token does not."""
+    x0, y = batch()
+    for token, alive in (("cls", False), ("mean", True)):
+        _, net, obj = make(f"sddit.image_token={token}")
+        _, terms = obj(net, x0, y, 0)
+        assert (terms["teacher_logit_std_image"] > 1e-3) == alive, (token, terms["teacher_logit_std_image"])
+    assert net.model.cls_token is None and net.model.head_pool
+
+
+def test_pooled_image_token_is_the_mean_of_the_visible_patch_tokens():
+    _, net, _ = make("sddit.image_token=mean")
+    randomize_(net)
+    model = net.model
+    x, t, y = torch.randn(2, 1, 8, 8), torch.zeros(2), torch.tensor([1, 2])
+    ids_keep = torch.tensor([[0, 5, 7], [1, 2, 3]])
+    enc = model.encode(x, t, y, ids_keep=ids_keep)
+    assert enc.head_tokens.shape[1] == 1 + 3 and enc.tokens.shape[1] == 3  # the decoder never sees it
+    torch.testing.assert_close(enc.head_tokens[:, 0], enc.head_tokens[:, 1:].mean(1))
+
+
+def test_fmnist_preset_image_term_stays_alive(tmp_path):
+    """50 steps of the Fashion-MNIST SD-DiT preset as it is: the image-level teacher must not be
+    uniform at the end (within 1% of ln K is the dead fixed point the [CLS] term sat in), and the
+    batch must spread over more than a few prototypes."""
+    import math
+
+    cfg = load_config("fmnist_sddit", [f"run_dir={tmp_path}", "train.max_steps=50", "train.log_every=25",
+                                       "train.ckpt_every=0", "train.compile=false"])
+    trainer = Trainer(cfg, log=lambda *a: None)
+    trainer.fit()
+    last = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
+    log_k = math.log(cfg.model.head_dim)
+    assert last["teacher_entropy_image"] < 0.99 * log_k, last
+    assert last["teacher_logit_std_image"] > 0.01 and last["prototypes_used_image"] > 10, last
+    assert (tmp_path / "teacher.png").stat().st_size > 0
+
+
+def test_uniform_term_warning_once_per_stretch():
+    import math
+
+    cfg, net, obj = make("train.max_steps=1000", "train.log_every=25")
+    log_k = math.log(cfg.model.head_dim)
+    uniform, alive = {"teacher_entropy_image": log_k, "teacher_entropy_patch": 0.5 * log_k}, {
+        "teacher_entropy_image": 0.5 * log_k, "teacher_entropy_patch": 0.5 * log_k}
+    said = [w for step in range(25, 200, 25) for w in obj.warnings(step, uniform)]
+    assert said == []  # 200 steps = a fifth of the run: not yet sustained
+    said = [w for step in range(200, 400, 25) for w in obj.warnings(step, uniform)]
+    assert len(said) == 1 and "image-level" in said[0] and "sddit.image_token=mean" in said[0]
+    assert obj.warnings(400, alive) == []  # it left uniform: re-armed
+    said = [w for step in range(425, 700, 25) for w in obj.warnings(step, uniform)]
+    assert len(said) == 1
+
+
+def test_teacher_head_block_and_the_band():
+    _, net, obj = make("model.head_block=1", "sddit.teacher_head_block=2")
+    assert net.model.head_block == 1 and obj.teacher.head_block == 2
+    calls = []
+    for block in obj.teacher.blocks:
+        block.register_forward_hook(lambda *a: calls.append(1))
+    obj(net, *batch(), 0)
+    assert len(calls) == 2
+    _, all_terms, _ = loss_terms()
+    _, none_in_band, _ = loss_terms("sddit.disc_sigma_max=1e-9")  # no student sigma that low: no L_D
+    assert all_terms["loss_disc"] > 0 and none_in_band["loss_disc"] == 0
+    assert torch.equal(all_terms["loss_gen"], none_in_band["loss_gen"])
+    with pytest.raises(ValueError, match="teacher_head_block"):
+        make("sddit.teacher_head_block=9")
+
+
+def test_alignment_loss_is_sras_smooth_l1_to_the_teachers_raw_tokens():
+    from sddit.models.heads import ProjectorMLP
+    from sddit.objectives.sddit import alignment_loss
+
+    cfg, net, obj = make("sddit.disc_loss=align", "model.head_block=1", "sddit.teacher_head_block=2",
+                         "sddit.lambda_d=0.2")
+    model = net.model
+    assert isinstance(model.head, ProjectorMLP) and model.cls_token is None and not model.head_pool
+    randomize_(net)
+    obj.teacher.load_state_dict({k: v for k, v in net.model.state_dict().items() if k in obj.teacher.state_dict()})
+    x0, y = batch()
+    loss, terms = obj(net, x0, y, 0)
+    assert set(terms) >= {"loss_gen", "loss_align", "loss_disc", "teacher_token_std"}
+    torch.testing.assert_close(loss, terms["loss_gen"] + 0.2 * terms["loss_align"])
+    # smooth-L1 with beta 0.05: quadratic below 0.05, linear above
+    a, b = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.01, 1.0]])
+    torch.testing.assert_close(alignment_loss(a, b), torch.tensor([(0.5 * 0.01**2 / 0.05 + (1.0 - 0.025)) / 2]))
+    obj.parts["disc"].backward()
+    assert model.head.mlp[0].weight.grad.abs().sum() > 0 and model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.blocks[1].attn.qkv.weight.grad is None  # the student's tokens come from block 1
