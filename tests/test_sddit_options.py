@@ -105,6 +105,25 @@ def test_mask_fill_zeros_vs_learned_token():
     assert not torch.equal(out["learned"].out, out["zeros"].out)
 
 
+def test_mask_fill_input_puts_the_noisy_input_tokens_at_masked_positions():
+    """mask_token=input (MaskGWM's reading of SD-DiT): the decoder sees the masked positions' own
+    embedded noisy input; nothing masked, it is the ordinary forward."""
+    _, net, _ = make("model.mask_token=input")
+    model = net.model.eval()  # no label dropout: the forwards below must see the same labels
+    randomize_(net)
+    x, t, y = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.zeros(2), torch.tensor([1, 2])
+    ids_keep = torch.tensor([[0, 5, 7], [1, 2, 3]])
+    seen = []
+    model.decoder_blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    model(x, t, y, ids_keep=ids_keep)
+    enc = model.encode(x, t, y)  # all tokens: the embedded input at every position is enc.input_tokens
+    positions = seen[0] - model.decoder_pos_embed  # (B, T, D) what the decoder got, without its position table
+    masked = [i for i in range(16) if i not in (0, 5, 7)]
+    torch.testing.assert_close(positions[0, masked], model.decoder_embed(enc.input_tokens)[0, masked])
+    assert not torch.allclose(positions[0, [0]], model.decoder_embed(enc.input_tokens)[0, [0]])  # visible: encoder's
+    torch.testing.assert_close(model(x, t, y), model(x, t, y, ids_keep=torch.arange(16).expand(2, 16)))
+
+
 def test_head_last_layer_init():
     norms = {}
     for init in ("trunc_normal", "pytorch"):

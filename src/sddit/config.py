@@ -47,7 +47,7 @@ class ModelConfig:
     decoder_hidden_size: int = 0  # 0 = encoder width [choice]
     decoder_num_heads: int = 0  # 0 = encoder heads
     use_cls_token: bool = True  # [choice] learnable [CLS] for the image-level loss (sddit only)
-    mask_token: str = "learned"  # learned | zeros: filler for masked positions in the decoder
+    mask_token: str = "learned"  # learned | zeros | input (the noisy input's tokens): filler for masked decoder positions
     # --- projection head (sddit) ---
     head_dim: int = 8192  # K prototypes [dino/ibot]
     head_hidden_dim: int = 2048
@@ -187,7 +187,7 @@ class Config:
             "eval.precision": (self.eval.precision, ("fp32", "bf16")),
             "eval.inception_precision": (self.eval.inception_precision, ("fp32", "bf16")),
             "train.lr_schedule": (self.train.lr_schedule, ("constant", "cosine", "linear")),
-            "model.mask_token": (self.model.mask_token, ("learned", "zeros")),
+            "model.mask_token": (self.model.mask_token, ("learned", "zeros", "input")),
             "model.head_last_init": (self.model.head_last_init, ("trunc_normal", "pytorch")),
             "model.gelu": (self.model.gelu, ("tanh", "exact")),
             "sddit.teacher_sigma": (self.sddit.teacher_sigma, ("min", "fixed", "fraction", "shift")),

@@ -47,6 +47,7 @@ class EncoderOutput:
     ids_keep: torch.Tensor  # (B, T_keep) visible token indices, in the order of `tokens`
     ids_restore: torch.Tensor  # (B, T) inverse shuffle (see tokens.unshuffle)
     mask: torch.Tensor  # (B, T) float, 1 = masked, in token order
+    input_tokens: torch.Tensor | None = None  # (B, T, D) the embedded noisy input at every position (mask_token="input")
 
 
 @dataclass
@@ -85,7 +86,8 @@ class SplitDiT(nn.Module):
         num_classes: number of classes.
         learn_sigma: double the output channels (DiT's variance head; unused under EDM).
         use_cls_token: prepend a learnable [CLS] token to the encoder input (SD-DiT).
-        mask_token: ``"learned"`` (MaskDiT/MAE) or ``"zeros"`` for masked decoder positions.
+        mask_token: ``"learned"`` (MaskDiT/MAE), ``"zeros"``, or ``"input"`` (the embedded noisy
+            input tokens at those positions: MaskGWM's reading of SD-DiT) for masked decoder positions.
         head_dim: number of prototypes K of a DINO head on the encoder tokens; 0 = no head.
         head_hidden_dim, head_bottleneck_dim: the head's MLP widths.
         head_norm_input: parameter-free LayerNorm before the head ([choice], see DINOHead).
@@ -130,8 +132,8 @@ class SplitDiT(nn.Module):
         head_type: str = "dino",
     ) -> None:
         super().__init__()
-        if mask_token not in ("learned", "zeros"):
-            raise ValueError(f"mask_token must be 'learned' or 'zeros', got {mask_token!r}")
+        if mask_token not in ("learned", "zeros", "input"):
+            raise ValueError(f"mask_token must be 'learned', 'zeros' or 'input', got {mask_token!r}")
         if head_type not in ("dino", "mlp"):
             raise ValueError(f"head_type must be 'dino' or 'mlp', got {head_type!r}")
         if head_pool and use_cls_token:
@@ -272,6 +274,7 @@ class SplitDiT(nn.Module):
         after ``head_block`` (the teacher needs only what its head reads).
         """
         tokens, c = self.embed(x, t, y, force_drop_ids)  # (B, T, D), (B, D)
+        input_tokens = tokens if self.mask_token_mode == "input" else None
         b, n = tokens.shape[:2]
         if ids_keep is not None:
             ids_restore, mask = masking_from_ids_keep(ids_keep, n)  # (B, T), (B, T)
@@ -295,12 +298,15 @@ class SplitDiT(nn.Module):
                     break
         if self.head_pool:  # the mean of the (visible) patch tokens as the image-level token, in front
             head_tokens = torch.cat([head_tokens.mean(1, keepdim=True), head_tokens], dim=1)  # (B, 1 + T_keep, D)
-        return EncoderOutput(tokens, c, head_tokens, ids_keep, ids_restore, mask)
+        return EncoderOutput(tokens, c, head_tokens, ids_keep, ids_restore, mask, input_tokens)
 
-    def decode(self, tokens: torch.Tensor, c: torch.Tensor, ids_restore: torch.Tensor | None) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, c: torch.Tensor, ids_restore: torch.Tensor | None,
+               input_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder: encoder tokens (B, [1+]T_keep, D) -> network output F (B, out_channels, H, W).
 
         ``ids_restore`` None means all tokens are present in token order (sampling).
+        ``input_tokens`` (B, T, D): the embedded noisy input, the filler of masked positions when
+        ``mask_token="input"``.
         """
         if self.decoder_blocks is None:
             raise RuntimeError("this SplitDiT has no decoder (it is a teacher from make_teacher())")
@@ -308,7 +314,11 @@ class SplitDiT(nn.Module):
             tokens = tokens[:, 1:]  # (B, T_keep, D): the [CLS] output does not reach the decoder
         x = self.decoder_embed(tokens)  # (B, T_keep, Dd)
         if ids_restore is not None:
-            x = unshuffle(x, ids_restore, self.mask_token)  # (B, T, Dd)
+            fill = self.mask_token
+            if self.mask_token_mode == "input":  # the masked positions' own noisy input tokens
+                ids_masked = ids_restore.argsort(dim=1)[:, x.shape[1]:]  # (B, T - T_keep), in shuffled order
+                fill = gather_tokens(self.decoder_embed(input_tokens), ids_masked)  # (B, T - T_keep, Dd)
+            x = unshuffle(x, ids_restore, fill)  # (B, T, Dd)
         if x.shape[1] != self.num_patches:
             raise ValueError(f"decoder got {x.shape[1]} tokens, expected {self.num_patches}; pass ids_restore")
         if self.mask_token is not None and self.training and torch.is_grad_enabled() and x.shape[1] == tokens.shape[1]:
@@ -351,7 +361,8 @@ class SplitDiT(nn.Module):
         """
         enc = self.encode(x, t, y, mask_ratio, ids_keep, generator, force_drop_ids)
         nothing_masked = ids_keep is None and mask_ratio == 0
-        out = self.decode(enc.tokens, enc.c, None if nothing_masked else enc.ids_restore)  # (B, C, H, W)
+        out = self.decode(enc.tokens, enc.c, None if nothing_masked else enc.ids_restore,
+                          enc.input_tokens)  # (B, C, H, W)
         if not return_tokens:
             return out
         head = self.head(enc.head_tokens) if self.head is not None else None  # (B, [1+]T_keep, K)
