@@ -16,8 +16,8 @@ pixels themselves, the floor a representation has to beat (the issue's calibrati
     python benchmarks/probe.py --smoke --runs RUN                         # 60 images: checks the script runs
 
 Writes OUT/probe.{json,md,png}: a `table` with one entry per row (`row`, `seeds`, `probe_acc`: per
-seed the best block's test accuracy at the reported noise level, mean pooling) and the per-block
-accuracies behind it.
+seed the test accuracy of the block with the best validation accuracy, at the reported noise
+level, mean pooling) and the per-block accuracies behind it.
 """
 
 from __future__ import annotations
@@ -61,15 +61,24 @@ def block_features(net: torch.nn.Module, x: torch.Tensor, sigma: float, null_lab
     return [torch.cat(o) for o in outs]
 
 
-def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Test accuracy of a standardised multinomial logistic regression fit on the train features."""
+def _fit_score(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_x)
     clf = LogisticRegression(max_iter=500, C=1.0)
     clf.fit(scaler.transform(train_x), train_y)
-    return float(clf.score(scaler.transform(test_x), test_y))
+    return float(clf.score(scaler.transform(x), y))
+
+
+def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+                   ) -> tuple[float, float]:
+    """(validation, test) accuracy of a standardised multinomial logistic regression: validation
+    from a fit on the first 3/4 of the train features scored on the last 1/4 (it picks the best
+    block without looking at the test set), test from a fit on all of them."""
+    n_fit = 3 * len(train_x) // 4
+    val = _fit_score(train_x[:n_fit], train_y[:n_fit], train_x[n_fit:], train_y[n_fit:])
+    return val, _fit_score(train_x, train_y, test_x, test_y)
 
 
 def probe_data(data_cfg, n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -91,56 +100,67 @@ def probe_run(net: torch.nn.Module, null_label: int, data: tuple, sigmas: list[f
     for sigma in sigmas:
         ftr = block_features(net, xtr + sigma * etr, sigma, null_label)
         fte = block_features(net, xte + sigma * ete, sigma, null_label)
-        entry = {"mean": [probe_accuracy(a.mean(1).numpy(), ytr.numpy(), b.mean(1).numpy(), yte.numpy())
-                          for a, b in zip(ftr, fte)]}
+        pools = {"mean": lambda f: f.mean(1).numpy()}
         if spatial and sigma == REPORTED_SIGMA:
-            entry["spatial"] = [probe_accuracy(a.flatten(1).numpy(), ytr.numpy(), b.flatten(1).numpy(), yte.numpy())
-                                for a, b in zip(ftr, fte)]
+            pools["spatial"] = lambda f: f.flatten(1).numpy()
+        entry = {}
+        for pool, feats in pools.items():
+            val, test = zip(*(probe_accuracy(feats(a), ytr.numpy(), feats(b), yte.numpy()) for a, b in zip(ftr, fte)))
+            entry[pool], entry[f"{pool}_val"] = list(test), list(val)
         result[str(sigma)] = entry
     return result
 
 
-def raw_pixels(data: tuple, sigmas: list[float]) -> dict:
+def raw_pixels(data: tuple, sigmas: list[float]) -> dict[str, float]:
+    """Test accuracy on the noisy pixels themselves (all of them: compare with the spatial probe)."""
     xtr, ytr, xte, yte, etr, ete = data
-    return {str(s): {"mean": [probe_accuracy((xtr + s * etr).flatten(1).numpy(), ytr.numpy(),
-                                             (xte + s * ete).flatten(1).numpy(), yte.numpy())]} for s in sigmas}
+    return {str(s): probe_accuracy((xtr + s * etr).flatten(1).numpy(), ytr.numpy(), (xte + s * ete).flatten(1).numpy(),
+                                   yte.numpy())[1] for s in sigmas}
 
 
-def summarize(rows: dict[str, dict[int, dict]], raw: dict, sigmas: list[float]) -> list[dict]:
-    """The `table`: per row, per seed the best block's accuracy (mean pooling, reported sigma)."""
+def best(per_seed: dict, pool: str) -> tuple[float, int]:
+    """(test accuracy, 1-based block) of the block with the best validation accuracy."""
+    i = int(np.argmax(per_seed[f"{pool}_val"]))
+    return per_seed[pool][i], i + 1
+
+
+def summarize(rows: dict[str, dict[int, dict]], raw: dict[str, float], sigmas: list[float]) -> list[dict]:
+    """The `table`: per row, per seed the test accuracy of the block with the best validation
+    accuracy (mean pooling, reported sigma); the same for the spatial probe."""
     table = []
     key = str(REPORTED_SIGMA)
     for name, by_seed in rows.items():
         seeds = sorted(by_seed)
-        best = [max(by_seed[s][key]["mean"]) for s in seeds]
-        entry = {"row": name, "seeds": seeds, "sigma": REPORTED_SIGMA, "pooling": "mean", "probe_acc": best,
-                 "probe_acc_mean": statistics.fmean(best),
-                 "probe_acc_std": statistics.stdev(best) if len(best) > 1 else float("nan"),
-                 "best_block": [1 + int(np.argmax(by_seed[s][key]["mean"])) for s in seeds],
+        acc, blocks = zip(*(best(by_seed[s][key], "mean") for s in seeds))
+        entry = {"row": name, "seeds": seeds, "sigma": REPORTED_SIGMA, "pooling": "mean", "probe_acc": list(acc),
+                 "probe_acc_mean": statistics.fmean(acc),
+                 "probe_acc_std": statistics.stdev(acc) if len(acc) > 1 else float("nan"),
+                 "best_block": list(blocks),
                  "per_block": {str(sg): {p: [by_seed[s][str(sg)][p] for s in seeds] for p in by_seed[seeds[0]][str(sg)]}
                                for sg in sigmas}}
         if "spatial" in by_seed[seeds[0]][key]:
-            sp = [max(by_seed[s][key]["spatial"]) for s in seeds]
+            sp = [best(by_seed[s][key], "spatial")[0] for s in seeds]
             entry.update(probe_acc_spatial=sp, probe_acc_spatial_mean=statistics.fmean(sp))
         table.append(entry)
-    table.append({"row": "raw-pixels", "seeds": [], "sigma": REPORTED_SIGMA, "pooling": "none",
-                  "probe_acc": [raw[key]["mean"][0]], "probe_acc_mean": raw[key]["mean"][0],
-                  "per_sigma": {s: v["mean"][0] for s, v in raw.items()}})
+    table.append({"row": "raw-pixels", "seeds": [], "sigma": REPORTED_SIGMA, "pooling": "none (all pixels)",
+                  "probe_acc": [raw[key]], "probe_acc_mean": raw[key], "per_sigma": raw})
     return table
 
 
 def paired_vs(table: list[dict], baseline: str) -> None:
-    """Each row's per-seed difference to the baseline row on shared seeds: mean ± s.e. (in place)."""
+    """Each row's per-seed difference to the baseline row on shared seeds, mean ± s.e., for the
+    mean-pooled and the spatial probe (in place)."""
     base = next((t for t in table if t["row"] == baseline), None)
     if base is None:
         return
-    by_seed = dict(zip(base["seeds"], base["probe_acc"]))
-    for t in table:
-        d = [a - by_seed[s] for s, a in zip(t["seeds"], t["probe_acc"]) if s in by_seed]
-        if t is base or len(d) < 2:
-            continue
-        mean, se = statistics.fmean(d), statistics.stdev(d) / len(d) ** 0.5
-        t["paired_vs_baseline"] = {"diffs": d, "mean": mean, "se": se, "beyond_2se": bool(abs(mean) > 2 * se)}
+    for key, out in (("probe_acc", "paired_vs_baseline"), ("probe_acc_spatial", "paired_vs_baseline_spatial")):
+        by_seed = dict(zip(base["seeds"], base.get(key, [])))
+        for t in table:
+            d = [a - by_seed[s] for s, a in zip(t["seeds"], t.get(key, [])) if s in by_seed]
+            if t is base or len(d) < 2:
+                continue
+            mean, se = statistics.fmean(d), statistics.stdev(d) / len(d) ** 0.5
+            t[out] = {"diffs": d, "mean": mean, "se": se, "beyond_2se": bool(abs(mean) > 2 * se)}
 
 
 def markdown(summary: dict) -> str:
@@ -148,22 +168,29 @@ def markdown(summary: dict) -> str:
              f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.", "",
              summary["protocol"], "",
              f"| row | seeds | best block acc, mean pool (sigma {REPORTED_SIGMA}) | spatial (concat) | best block "
-             f"| paired vs {summary['baseline']} |", "|---|---|---|---|---|---|"]
+             f"| paired vs {summary['baseline']} | spatial, paired |", "|---|---|---|---|---|---|---|"]
     for t in summary["table"]:
         acc = ", ".join(f"{100 * a:.1f}" for a in t["probe_acc"])
         mean = f"{100 * t['probe_acc_mean']:.1f}" + (f" ± {100 * t['probe_acc_std']:.1f}" if t.get("probe_acc_std", 0)
                                                      == t.get("probe_acc_std", 0) and len(t["probe_acc"]) > 1 else "")
         sp = f"{100 * t['probe_acc_spatial_mean']:.1f}" if "probe_acc_spatial_mean" in t else ""
-        v = t.get("paired_vs_baseline")
-        paired = f"{100 * v['mean']:+.1f} ± {100 * v['se']:.1f}{' yes' if v['beyond_2se'] else ''}" if v else ""
-        lines.append(f"| {t['row']} | {len(t['seeds']) or '-'} | {mean} ({acc}) | {sp} | "
-                     f"{', '.join(map(str, t.get('best_block', []))) or '-'} | {paired} |")
+        if t["row"] == "raw-pixels":  # all pixels: the spatial probe's floor
+            mean, acc, sp = "", "", f"{100 * t['probe_acc_mean']:.1f}"
+        paired, paired_sp = (f"{100 * v['mean']:+.1f} ± {100 * v['se']:.1f}{' yes' if v['beyond_2se'] else ''}"
+                             if (v := t.get(k)) else "" for k in ("paired_vs_baseline", "paired_vs_baseline_spatial"))
+        cell = f"{mean} ({acc})" if acc else "-"
+        lines.append(f"| {t['row']} | {len(t['seeds']) or '-'} | {cell} | {sp} | "
+                     f"{', '.join(map(str, t.get('best_block', []))) or '-'} | {paired} | {paired_sp} |")
     raw = next(t for t in summary["table"] if t["row"] == "raw-pixels")
     lines += ["", "Raw noisy pixels by sigma: " + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in raw["per_sigma"].items()),
-              "", "Per-block accuracy (mean pooling, mean over seeds), by sigma:", ""]
+              "", "The best block is the one with the best validation accuracy (a fit on the first 3/4 of the "
+              "train images scored on the last 1/4); its test accuracy is reported. Per-block test accuracy "
+              "(mean over seeds), by sigma and pooling:", ""]
     for t in summary["table"]:
         for sg, d in t.get("per_block", {}).items():
             for pool, per_seed in d.items():
+                if pool.endswith("_val"):
+                    continue
                 blocks = np.mean(np.array(per_seed), axis=0)
                 lines.append(f"- {t['row']}, sigma {sg}, {pool}: " + " ".join(f"{100 * a:.1f}" for a in blocks))
     return "\n".join(lines) + "\n"
@@ -182,7 +209,7 @@ def plot(summary: dict, path: Path) -> None:
         blocks = np.arange(1, acc.shape[1] + 1)
         ax.errorbar(blocks + 0.04 * i, 100 * acc.mean(0), yerr=100 * acc.std(0), marker="o", capsize=3, label=t["row"])
     raw = next(t for t in summary["table"] if t["row"] == "raw-pixels")
-    ax.axhline(100 * raw["probe_acc_mean"], color="k", linestyle=":", label="raw noisy pixels")
+    ax.axhline(100 * raw["probe_acc_mean"], color="k", linestyle=":", label="raw noisy pixels (all 784)")
     ax.set_xlabel("block (split models: encoder blocks, then decoder blocks)")
     ax.set_ylabel(f"linear probe test accuracy, % (sigma {REPORTED_SIGMA}, mean pool)")
     ax.set_title(summary["title"], fontsize=10)
@@ -221,11 +248,15 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 jobs.append((row, seed, Path(args.sweep) / f"{row}-seed{seed}"))
     jobs += [(Path(r).name, 0, Path(r)) for r in args.runs]
+    names = [(row, seed) for row, seed, _ in jobs]
+    if len(set(names)) != len(names):
+        raise SystemExit("error: two --runs have the same folder name; give each run directory its own name")
     if args.smoke:
         args.images = 60
     if not jobs:
         raise SystemExit("error: nothing to probe: give --sweep DIR --rows R --seeds S, or --runs DIR [DIR ...]")
-    missing = [str(path) for _, _, path in jobs if not path.exists()]
+    missing = [str(path) for _, _, path in jobs
+               if not (path.is_file() or any((path / "checkpoints").glob("ckpt-*.pt")))]
     if missing:
         raise SystemExit(f"error: not found: {', '.join(missing)} (a sweep keeps weights only with --keep-weights)")
     t0 = time.time()
@@ -246,7 +277,8 @@ def main() -> None:
     protocol = (f"{dataset[0]}, the first {args.images} train images fit a standardised logistic regression "
                 f"(sklearn, C=1, 500 iterations) on each block's features, scored on the first {args.images} test "
                 f"images; inputs x0 + sigma * eps with one fixed eps per image, the null label, the sampling EMA. "
-                f"Reported: per seed the best block's accuracy at sigma {REPORTED_SIGMA}, mean-pooled patch tokens; "
+                f"Reported: per seed the test accuracy of the block with the best validation accuracy at sigma "
+                f"{REPORTED_SIGMA}, mean-pooled patch tokens; "
                 f"'spatial' concatenates the tokens. {time.time() - t0:.0f} s.")
     out = Path(args.out)
     summary = {"name": args.name, "title": f"Linear probe of the trained networks' blocks ({dataset[0]})",

@@ -129,7 +129,7 @@ ROWS = [
     Row("p3-pmean-0.8", [*PRESET3, "diffusion.P_mean=-0.8"], "EDM's noise levels shifted up"),
     Row("p3-d4", [*PRESET3, "model.depth=4", "train.max_steps=11490"], "depth 4, 1.41x the steps"),
     Row("p3-p7", [*PRESET3, "model.patch_size=7", "train.max_steps=19430"], "patch 7 (16 tokens), 2.4x the steps"),
-    Row("p3-sddit", [*PRESET3, "train.max_steps=4830"], "SD-DiT (unmasked) at the same time: 0.59x the steps",
+    Row("p3-sddit", [*PRESET3, "train.max_steps=4830", "sddit.image_token=cls"], "SD-DiT (unmasked) at the same time: 0.59x the steps",
         config="fmnist_sddit"),
     Row("p3-lr4e-3", [*PRESET3, "train.lr=4e-3"], "peak lr 4e-3 at batch 32"),
     Row("p3-lr2e-3", [*PRESET3, "train.lr=2e-3"], "peak lr 2e-3 at batch 32"),
@@ -138,7 +138,7 @@ ROWS = [
     Row("p3-pmean-1.6", [*PRESET3, "diffusion.P_mean=-1.6"], "EDM's noise levels shifted down"),
     Row("p3-ema0.998", [*PRESET3, "train.ema_decay=0.998"], "shorter sampling EMA (0.998 from step 1,790)"),
     Row("p3-warmup500", [*PRESET3, "train.warmup_steps=500"], "5x the lr warm-up"),
-    Row("p3-sddit-steps", PRESET3, "SD-DiT (unmasked) at the same 8,160 steps (1.69x the time)", config="fmnist_sddit"),
+    Row("p3-sddit-steps", [*PRESET3, "sddit.image_token=cls"], "SD-DiT (unmasked) at the same 8,160 steps (1.69x the time)", config="fmnist_sddit"),
 ]
 
 

@@ -132,8 +132,10 @@ def test_ablation_and_probe_smoke(tmp_path):
     assert {"command", "git_commit", "machine", "date"} <= set(probe) and probe["baseline"] == "dit"
     assert [t["row"] for t in probe["table"]] == ["dit", "sddit", "raw-pixels"]
     for t in probe["table"][:2]:
-        blocks = t["per_block"]["0.5"]["mean"][0]
-        assert len(blocks) == 3 and t["probe_acc"] == [max(blocks)] and 0 <= t["probe_acc"][0] <= 1
+        blocks, val = t["per_block"]["0.5"]["mean"][0], t["per_block"]["0.5"]["mean_val"][0]
+        chosen = max(range(3), key=lambda i: (val[i], -i))  # the best validation accuracy picks the block
+        assert len(blocks) == 3 and t["probe_acc"] == [blocks[chosen]] and t["best_block"] == [chosen + 1]
+        assert 0 <= t["probe_acc"][0] <= 1
         assert t["seeds"] == [0] and len(t["per_block"]["0.5"]["spatial"][0]) == 3
     assert set(probe["table"][2]["per_sigma"]) == {"0.1", "0.5", "1.0"}
     assert (tmp_path / "probe.png").stat().st_size > 0 and "| raw-pixels |" in (tmp_path / "probe.md").read_text()

@@ -217,7 +217,10 @@ def test_pooled_image_token_is_the_mean_of_the_visible_patch_tokens():
     ids_keep = torch.tensor([[0, 5, 7], [1, 2, 3]])
     enc = model.encode(x, t, y, ids_keep=ids_keep)
     assert enc.head_tokens.shape[1] == 1 + 3 and enc.tokens.shape[1] == 3  # the decoder never sees it
-    torch.testing.assert_close(enc.head_tokens[:, 0], enc.head_tokens[:, 1:].mean(1))
+    model.head_pool = False  # the same encoder without the pooled token: its visible tokens' mean
+    plain = model.encode(x, t, y, ids_keep=ids_keep).head_tokens  # (B, 3, D)
+    torch.testing.assert_close(enc.head_tokens[:, 0], plain.mean(1))
+    torch.testing.assert_close(enc.head_tokens[:, 1:], plain)
 
 
 def test_fmnist_preset_image_term_stays_alive(tmp_path):
@@ -263,8 +266,12 @@ def test_teacher_head_block_and_the_band():
     assert len(calls) == 2
     _, all_terms, _ = loss_terms()
     _, none_in_band, _ = loss_terms("sddit.disc_sigma_max=1e-9")  # no student sigma that low: no L_D
+    _, some_in_band, obj = loss_terms("sddit.disc_sigma_max=0.3")
     assert all_terms["loss_disc"] > 0 and none_in_band["loss_disc"] == 0
     assert torch.equal(all_terms["loss_gen"], none_in_band["loss_gen"])
+    inside = (obj.draw(batch()[0], 0).sigma <= 0.3).float().mean()  # the fraction of samples in the band
+    assert 0 < inside < 1
+    assert 0 < some_in_band["loss_patch"] < all_terms["loss_patch"]  # out-of-band samples count 0
     with pytest.raises(ValueError, match="teacher_head_block"):
         make("sddit.teacher_head_block=9")
 

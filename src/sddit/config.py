@@ -102,7 +102,7 @@ class SDDiTConfig:
     # an MLP projector of the student's tokens regresses the teacher's raw tokens by smooth-L1, beta 0.05)
     disc_loss: str = "dino"
     teacher_head_block: int = 0  # [choice] encoder block the teacher's tokens come from (1-based); 0 = model.head_block
-    disc_sigma_max: float = 0.0  # [choice] discriminative loss only on samples with sigma_S <= this; 0 = all
+    disc_sigma_max: float = 0.0  # [choice] discriminative loss only on samples with sigma_S <= this (others count 0); 0 = all
     teacher_momentum: float = 0.996  # start of the cosine schedule [dino]
     teacher_momentum_final: float = 1.0
     teacher_momentum_schedule: str = "cosine"  # cosine | fixed
@@ -202,6 +202,12 @@ class Config:
         for key, value in (("sddit.mask_ratio", self.sddit.mask_ratio), ("maskdit.mask_ratio", self.maskdit.mask_ratio)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key}={value} must be in [0, 1)")
+        if self.objective == "maskdit" and self.model.mask_token == "input" and self.maskdit.mae_loss_coef > 0:
+            raise ConfigError("model.mask_token=input shows the decoder the noisy input at the masked positions, which is "
+                              "the MAE loss's target: set maskdit.mae_loss_coef=0 or another model.mask_token")
+        if self.objective == "sddit" and self.sddit.disc_loss == "align" and self.sddit.image_token != "cls":
+            raise ConfigError(f"sddit.image_token={self.sddit.image_token} has no effect with sddit.disc_loss=align "
+                              "(the alignment reads patch tokens only): leave sddit.image_token at cls")
         if self.data.dataset == "latents" and self.data.resolution:
             raise ConfigError("data.resolution applies to pixel datasets; latents keep the size `sddit prepare` gave them")
         if self.data.dataset == "latents" and self.data.hflip:

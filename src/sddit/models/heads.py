@@ -129,10 +129,11 @@ class DINOHead(nn.Module):
 
 
 class ProjectorMLP(nn.Module):
-    """The alignment projector of REPA and SRA: ``in_dim -> hidden -> hidden -> out_dim`` with SiLU.
+    """An alignment projector: REPA's ``in_dim -> hidden -> hidden -> out_dim`` MLP with SiLU
+    (SRA's own ``ap_head`` is one hidden layer, 2 x in_dim wide: a [choice] here).
 
-    It maps the student's tokens at an early block onto the teacher's raw tokens at a deeper one
-    (SRA's ``ap_head``), so the backbone need not equal the teacher's features, only predict them.
+    It maps the student's tokens at an early block onto the teacher's raw tokens at a deeper one,
+    so the backbone need not equal the teacher's features, only predict them.
     Default PyTorch Linear init: nothing here is zero-initialised, so the loss has a gradient at step 0.
     """
 

@@ -63,11 +63,11 @@ def prototypes_used(p_mean: Tensor) -> Tensor:
 
 
 def batch_mean(values: Tensor, weight: Tensor | None) -> Tensor:
-    """Mean over tokens, then over the samples with weight 1 (all when `weight` is None). (B, ...) -> ()."""
+    """Mean over tokens, then over the batch, samples weighted by `weight` (B,) when given (0 = left
+    out, counted in the mean as 0). Dividing by the batch, not by the weights' sum, keeps the mean of
+    micro-batch (and rank) means equal to the global batch's. (B, ...) -> ()."""
     per_sample = values.flatten(1).mean(1)  # (B,)
-    if weight is None:
-        return per_sample.mean()
-    return (per_sample * weight).sum() / weight.sum().clamp_min(1)
+    return per_sample.mean() if weight is None else (per_sample * weight).mean()
 
 
 class SDDiTObjective(Objective):
@@ -189,7 +189,7 @@ class SDDiTObjective(Objective):
         terms: Terms = {"loss_gen": loss_gen.detach()}
         if self.align:
             loss_d = batch_mean(alignment_loss(s_out[:, k:], t_patch), band)
-            terms.update(loss_align=loss_d.detach(), teacher_token_std=t_patch.std(0).mean())
+            terms.update(loss_align=loss_d.detach(), teacher_token_std=t_out.std(0).mean())  # per position, over images
         else:
             loss_d = self.dino_terms(s_out, t_out, t_patch, band, step, terms)
             # The centers move after the loss used the old ones [ibot], and only once the step is taken
@@ -206,18 +206,20 @@ class SDDiTObjective(Objective):
         entropy (ln K = uniform: no signal), the prototypes the batch uses, and the batch std of its
         logits (0 = the same target for every image)."""
         k, tau_t = self.n_img, self.tau_t(step)
-        pairs = [("patch", s_out[:, k:], t_patch, tau_t)]
+        pairs = [("patch", s_out[:, k:], t_patch, tau_t, t_out[:, k:])]
         if k:
-            pairs.append(("image", s_out[:, 0], t_out[:, 0], self.tau_t_cls(step)))
+            pairs.append(("image", s_out[:, 0], t_out[:, 0], self.tau_t_cls(step), t_out[:, 0]))
         loss_d = s_out.new_zeros(())
-        for term, student, teacher, tau in pairs:
+        for term, student, teacher, tau, spread in pairs:
             center = self.center_patch if term == "patch" else self.center_cls
             ce, entropy, kl, p_mean = self.ce(student, teacher, center, self.scfg.student_temp, tau)
             loss = batch_mean(ce if ce.dim() > 1 else ce[:, None], band)
             loss_d = loss_d + loss
+            # the spread monitors are over this forward's rows (per micro-batch, per rank, then averaged);
+            # the logits' std at each position over the images, before the gather to the visible positions
             terms.update({f"loss_{term}": loss.detach(), f"teacher_entropy_{term}": entropy.mean(),
                           f"kl_teacher_student_{term}": kl.mean(), f"prototypes_used_{term}": prototypes_used(p_mean),
-                          f"teacher_logit_std_{term}": teacher.std(0).mean()})
+                          f"teacher_logit_std_{term}": spread.std(0).mean()})
         terms["tau_t"] = torch.tensor(tau_t)
         return loss_d
 
@@ -245,7 +247,7 @@ class SDDiTObjective(Objective):
 
     def adjust_gradients(self, net: nn.Module, step: int) -> None:
         """DINO's last-layer freeze: no update of the prototype directions for the first steps."""
-        if step < self.scfg.freeze_last_layer_steps:
+        if step < self.scfg.freeze_last_layer_steps and not self.align:  # the projector has no prototype layer
             for p in unwrap(unwrap(net).model).head.last_layer.parameters():
                 p.grad = None  # AdamW skips parameters without a gradient
 
