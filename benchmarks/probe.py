@@ -111,6 +111,22 @@ def probe_run(net: torch.nn.Module, null_label: int, data: tuple, sigmas: list[f
     return result
 
 
+def cached_probe(path: Path, src, data: tuple, sigmas: list[float], spatial: bool) -> dict:
+    """`probe_run`, kept in RUN/probe_cache.json keyed by the checkpoint and the protocol, so a table
+    over many runs can be rebuilt (or grown by a seed) without probing the same weights again."""
+    import json
+
+    ckpt = Path(src.checkpoint)
+    key = json.dumps({"checkpoint": ckpt.name, "bytes": ckpt.stat().st_size, "mtime": ckpt.stat().st_mtime_ns,
+                      "images": len(data[0]), "sigmas": sigmas, "spatial": spatial})
+    cache = (path if path.is_dir() else ckpt.parent) / "probe_cache.json"
+    stored = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in stored:
+        stored[key] = probe_run(src.net.eval(), src.null_label, data, sigmas, spatial)
+        cache.write_text(json.dumps(stored))
+    return stored[key]
+
+
 def raw_pixels(data: tuple, sigmas: list[float]) -> dict[str, float]:
     """Test accuracy on the noisy pixels themselves (all of them: compare with the spatial probe)."""
     xtr, ytr, xte, yte, etr, ete = data
@@ -269,7 +285,7 @@ def main() -> None:
             data, dataset = probe_data(d, args.images), (d.dataset, d.resolution)
         if (d.dataset, d.resolution) != dataset:
             raise SystemExit(f"error: {path} was trained on {d.dataset}, the others on {dataset[0]}: probe them apart")
-        rows.setdefault(row, {})[seed] = probe_run(src.net.eval(), src.null_label, data, sigmas, not args.no_spatial)
+        rows.setdefault(row, {})[seed] = cached_probe(path, src, data, sigmas, not args.no_spatial)
     args.images = len(data[0])
     raw = raw_pixels(data, sigmas)
     table = summarize(rows, raw, sigmas)
