@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -139,6 +141,18 @@ def test_ablation_and_probe_smoke(tmp_path):
         assert t["seeds"] == [0] and len(t["per_block"]["0.5"]["spatial"][0]) == 3
     assert set(probe["table"][2]["per_sigma"]) == {"0.1", "0.5", "1.0"}
     assert (tmp_path / "probe.png").stat().st_size > 0 and "| raw-pixels |" in (tmp_path / "probe.md").read_text()
+
+    # the liveness table of the same runs (benchmarks/liveness.py): SD-DiT's two terms, DiT has none
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "liveness.py"), "--sweep", str(tmp_path / "work"),
+                           "--rows", "dit,sddit", "--seeds", "0", "--at", "2,4", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    live = json.loads((tmp_path / "liveness.json").read_text())
+    assert [(t["row"], t["term"]) for t in live["table"]] == [("sddit", "image"), ("sddit", "patch")]
+    for t in live["table"]:
+        end = t["per_seed"]["0"]["final_entropy"] / t["ln_k"]
+        assert 0 < end <= 1 + 1e-6 and t["final_entropy_over_ln_k_mean"] == pytest.approx(end)
+    assert (tmp_path / "liveness.png").stat().st_size > 0
 
 
 def test_eval_speed_smoke(tmp_path):
