@@ -39,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (resumes if the run directory has checkpoints), then grid + FID")
-    t.add_argument("--config", default=DEFAULT_CONFIG, help=f"preset name in configs/ or a YAML path (default {DEFAULT_CONFIG})")
-    t.add_argument("--run-dir", default=None, help="output directory (default: config's run_dir)")
+    t.add_argument("--config", default=None,
+                   help=f"preset name in configs/ or a YAML/JSON path (default: the config.json of an existing "
+                        f"--run-dir, which resumes that run as it was trained; else {DEFAULT_CONFIG})")
+    t.add_argument("--run-dir", default=None,
+                   help="output directory (default: config's run_dir); an earlier run's directory alone resumes it")
     t.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set objective=sddit --set train.lr=2e-4 (repeatable)")
@@ -153,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     if args.vae is not None:
         overrides.append(f"eval.vae={args.vae}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(_train_config(args), overrides)
     t0 = time.perf_counter()
     trainer = train(cfg, evaluate=not args.no_eval,  # the grid/FID needs (VAE, Inception, reference) load first
                     allow_config_change=args.allow_config_change)
@@ -161,6 +164,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _after_training(args, cfg, trainer, t0)
     finally:
         trainer.close()  # release the run directory
+
+
+def _train_config(args: argparse.Namespace) -> str:
+    """--config, else the config.json of an existing --run-dir (`sddit train --run-dir RUN` resumes RUN
+    with the config it was trained with, as DiT/fast-DiT users resume by naming the run), else the default."""
+    from .train.run_dir import CONFIG_NAME
+
+    if args.config is None and args.run_dir is not None and (Path(args.run_dir).expanduser() / CONFIG_NAME).is_file():
+        return str(Path(args.run_dir).expanduser() / CONFIG_NAME)
+    return args.config or DEFAULT_CONFIG
 
 
 def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:

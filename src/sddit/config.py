@@ -9,6 +9,7 @@ Every default that SPEC.md marks [choice] is a field here, with a comment saying
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import types
@@ -370,28 +371,65 @@ def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     setattr(obj, head, _coerce(value, types_[head], prefix + head))
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  # JSON: a run directory's config.json is a config too
+
+
 def resolve_config_path(name: str) -> Path:
-    """A preset name (`fmnist_sddit`) or a path to a YAML file."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    """A preset name (`fmnist_sddit`) or a path to a YAML or JSON file (e.g. RUN_DIR/config.json)."""
+    path = Path(name).expanduser()
+    if path.suffix in CONFIG_SUFFIXES and path.is_file():
         return path
     candidate = CONFIG_DIR / f"{name}.yaml"
     if candidate.exists():
         return candidate
     presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config '{name}' not found: pass a YAML path or one of the presets: {presets}")
+    raise ConfigError(f"config '{name}' not found: pass a YAML or JSON path or one of the presets: {presets}")
 
 
 def _read_yaml(path: Path) -> Any:
+    """A config file's mapping; JSON files are read as JSON (for its error messages), the rest as YAML."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config {path} ({getattr(e, 'strerror', None) or e}): pass a readable YAML "
-                          "file") from None
+                          "or JSON file") from None
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}): fix the file") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)}): fix the file") from None
+
+
+def _dotted(data: dict, prefix: str = "") -> set[str]:
+    """The dotted keys a (nested) mapping of config values sets."""
+    out: set[str] = set()
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out |= _dotted(v, f"{prefix}{k}.")
+        else:
+            out.add(f"{prefix}{k}")
+    return out
+
+
+def explicit_keys(cfg: Config) -> frozenset[str]:
+    """The keys the user chose: those set by `--set` or by a config file of their own (not a shipped
+    preset). What a run may fill in from its data (model.num_classes, ...) is what the user did not
+    choose; a config built in Python counts every value that differs from the default as chosen."""
+    keys = getattr(cfg, "_explicit_keys", None)
+    if keys is None:
+        now, default = config_to_dict(cfg), config_to_dict(Config())
+        keys = frozenset(k for k in _dotted(now) if _lookup(now, k) != _lookup(default, k))
+    return keys
+
+
+def _lookup(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -406,6 +444,7 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
     cfg = Config()
     chain: list[dict] = []
     seen: list[Path] = []
+    explicit: set[str] = set()
     current: str | None = name or DEFAULT_CONFIG
     while current:
         path = resolve_config_path(current)
@@ -420,6 +459,8 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
         if current is not None and not isinstance(current, str):
             raise ConfigError(f"{path}: base: must name a preset or a YAML file, got {current!r}")
         chain.append(data)
+        if path.resolve().parent != CONFIG_DIR:  # the user's own file, not a shipped preset
+            explicit |= _dotted(data)
     for data in reversed(chain):
         for key, value in data.items():
             _set(cfg, str(key), value)
@@ -432,6 +473,8 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as e:
             raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(e)}); quote it") from None
         _set(cfg, key.strip(), value)
+        explicit |= _dotted({key.strip(): value})
+    cfg._explicit_keys = frozenset(explicit)  # see explicit_keys()
     return cfg.validate()
 
 

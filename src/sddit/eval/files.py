@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.image_folder import center_crop_arr
 from ..errors import DataError
 from ..runtime import atomic_write
 from .inception import (POOL_DIM, SPATIAL_DIM, InceptionFeatures, find_inception_weights, inception_id,
@@ -32,11 +33,15 @@ class ImageSet:
     Images are read in batches (:meth:`batches`), never all at once: an ``.npz`` member is streamed
     from the zip like ADM's evaluator does, so 50k 256px samples need memory for one batch only.
     Folder images are converted to RGB (grey repeated, which is also what the Inception input
-    does), and must all have one size.
+    does). With ``size`` (a reference scored against a run's samples), every folder image that is
+    not ``size`` x ``size`` is centre-cropped and resized to it with ADM's ``center_crop_arr``, so
+    a folder of photos of mixed sizes (ImageNet val) is a reference as ADM's reference batches are
+    made; without it, every image must have the first one's size. An ``.npz`` is used as stored.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, size: int | None = None) -> None:
         self.path = Path(path).expanduser()
+        self.size = size
         if self.path.is_dir():
             self.kind = "folder"
             self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -57,12 +62,28 @@ class ImageSet:
     def __len__(self) -> int:
         return self.count
 
+    def square_size(self) -> int | None:
+        """The side of the set's (first) image when it is square, else None: what a reference is cropped to."""
+        if self.kind == "npz":
+            h, w = self.image_shape[:2]
+        else:
+            from PIL import Image
+
+            try:
+                with Image.open(self.files[0]) as img:
+                    w, h = img.size
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                return None  # batches() names the unreadable file
+        return h if h == w else None
+
     def describe(self) -> str:
         return f"{self.count} images ({self.kind} {self.path})"
 
     def fingerprint(self) -> str:
         """Cheap identity for reference caches: names and sizes of the files (not their bytes)."""
         h = hashlib.sha1()
+        if self.size is not None and self.kind == "folder":
+            h.update(f"centre-crop {self.size}\n".encode())
         if self.kind == "npz":
             h.update(f"{self.path.name}:{self.path.stat().st_size}:{self.count}".encode())
         else:
@@ -83,7 +104,11 @@ class ImageSet:
             for p in self.files[start : start + batch_size]:
                 try:
                     with Image.open(p) as img:
-                        arr = np.asarray(img.convert("RGB"))
+                        rgb = img.convert("RGB")
+                        if self.size is not None and rgb.size != (self.size, self.size):
+                            arr = center_crop_arr(rgb, self.size)
+                        else:
+                            arr = np.asarray(rgb)
                 except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                     # DecompressionBombError: a small file that claims billions of pixels
                     raise DataError(f"cannot read image {p} ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
@@ -91,8 +116,9 @@ class ImageSet:
                 size = size or arr.shape
                 if arr.shape != size:
                     raise DataError(f"{p} is {arr.shape[1]}x{arr.shape[0]} but the first image of {self.path} is "
-                                    f"{size[1]}x{size[0]}: all images of a set must have one size")
-                batch.append(arr)
+                                    f"{size[1]}x{size[0]}: all images of a sample set must have one size (a "
+                                    "reference folder is centre-cropped to the samples' size)")
+                batch.append(np.ascontiguousarray(arr))
             yield np.stack(batch)
 
 
@@ -178,7 +204,7 @@ class Reference:
     reference features, which our ``--cache-ref`` files carry (``pool_features``) and others do not.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, size: int | None = None) -> None:
         self.path = Path(path).expanduser()
         self.images: ImageSet | None = None
         self.stats: dict[str, np.ndarray] = {}
@@ -187,7 +213,7 @@ class Reference:
             raise DataError(f"{self.path} does not exist: pass an image folder, an .npz of images (arr_0) or a "
                             "reference-statistics .npz (mu, sigma)")
         if self.path.is_dir():
-            self.images = ImageSet(self.path)
+            self.images = ImageSet(self.path, size)
             return
         keys = _npz_keys(self.path)
         if "mu" in keys and "sigma" in keys:
@@ -278,21 +304,24 @@ def _save_ref_cache(path: Path, arrays: dict, meta: dict) -> Path:
 
 
 def reference_statistics(ref: str | Path, extractor: InceptionFeatures, weights: Path,
-                         cache_dir: Path | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray, int | None]:
+                         cache_dir: Path | None = None, progress: bool = True,
+                         size: int | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(mu, sigma, number of reference images or None) of a reference for generator FID (`train.fid_ref`).
 
     A file with statistics (mu/sigma: ADM's reference batches, pytorch-fid files, our caches) gives
     them as they are; otherwise the Inception statistics of all its images are computed once and
-    cached in `cache_dir` (keyed on the files, the Inception file and its precision).
+    cached in `cache_dir` (keyed on the files, `size`, the Inception file and its precision). `size`:
+    the samples' side, to which the images of a reference folder are centre-cropped (`ImageSet`).
     """
-    reference = Reference(ref)
+    reference = Reference(ref, size)
     count = reference.images.count if reference.images is not None else None
     if "mu" in reference.stats:
         return reference.stats["mu"], reference.stats["sigma"], count
     ref_id = f"{inception_id(weights)}:{extractor.precision}"
     cache = None
     if cache_dir is not None:
-        key = hashlib.sha1(str(reference.path.resolve()).encode()).hexdigest()[:16]
+        name = str(reference.path.resolve()) + (f":{size}" if size else "")
+        key = hashlib.sha1(name.encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"fidref-{key}.npz"
         cached = _load_ref_cache(cache, reference, ref_id, extractor.resize)
         if cached is not None and "mu" in cached:
@@ -329,7 +358,7 @@ def evaluate_sample_files(
     sample_set = ImageSet(samples)
     if sample_set.count < 2:
         raise DataError(f"{sample_set.path} holds {sample_set.count} image(s); FID needs at least 2")
-    reference = Reference(ref)
+    reference = Reference(ref, sample_set.square_size())  # a folder is cropped to the samples' size
     weights = find_inception_weights(inception)
     model = load_inception(weights)
     extractor = InceptionFeatures(model, device=device, batch_size=batch_size, precision=precision)

