@@ -129,3 +129,64 @@ def test_json_configs_load_and_report_their_errors(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="is not valid JSON"):
         load_config(str(path))
+
+
+@pytest.fixture
+def umask_0022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_outputs_are_portable_and_readable_by_the_team(tiny_vae, tmp_path, monkeypatch, umask_0022):
+    """`sddit prepare --vae tiny_vae` (a relative folder) records it absolutely, so a release loads from
+    any directory; every file prepare, train, export and generate write is 0644 under umask 0022."""
+    import shutil
+
+    import sddit
+
+    work = tmp_path / "work"
+    (work / "photos" / "cat").mkdir(parents=True)
+    (work / "photos" / "dog").mkdir()
+    for i, (w, h) in enumerate(MIXED[:6]):
+        Image.new("RGB", (w, h), (40 * i, 100, 200)).save(work / "photos" / ("cat", "dog")[i % 2] / f"{i}.png")
+    shutil.copytree(tiny_vae, work / "tiny_vae")
+    monkeypatch.chdir(work)
+    assert main(["prepare", "photos", "latents", "--vae", "tiny_vae", "--image-size", str(PIXELS), "--workers", "0",
+                 "--no-progress", "--device", "cpu"]) == 0
+    manifest = json.loads((work / "latents" / "manifest.json").read_text())
+    assert manifest["vae"] == str((work / "tiny_vae").resolve())
+    assert main(["train", *latent_args("latents"), "--run-dir", "run", "--max-steps", "2", "--no-eval",
+                 "--set", "model.num_classes=2", "--set", "train.batch_size=8", "--set", "train.sample_every=2", "--set", "train.sample_classes=2",
+                 "--set", "train.sample_per_class=1", "--set", "train.loggers=[jsonl,tensorboard]"]) == 0
+    assert main(["export", "run", "--out", "release"]) == 0
+    assert main(["generate", "release", "--out", "gen", "--num-samples", "2", "--steps", "2", "--device", "cpu"]) == 0
+    assert json.loads((work / "release" / "config.json").read_text())["vae"] == str((work / "tiny_vae").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    images = sddit.load_pretrained(work / "release", device="cpu").sample([0, 1], steps=2, output="uint8")
+    assert images.shape == (2, 3, PIXELS, PIXELS)
+    modes = {str(p.relative_to(work)): stat.S_IMODE(p.stat().st_mode)
+             for p in work.rglob("*") if p.is_file() and "tiny_vae" not in p.parts and "photos" not in p.parts}
+    assert any(k.startswith("run/checkpoints/") for k in modes) and any(k.startswith("latents/shard") for k in modes)
+    assert any(k.startswith("run/tensorboard/") for k in modes) and "gen/samples.npz" in modes
+    assert {k: m for k, m in modes.items() if m != 0o644} == {}
+
+
+def test_a_vae_that_is_neither_here_nor_reachable_fails_at_once_naming_the_path(tmp_path, monkeypatch):
+    import time
+
+    from sddit.errors import DataError
+    from sddit.models.vae import load_vae
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: the Hub is unreachable
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(DataError) as e:
+        load_vae("tiny_vae")  # a folder the user meant, in another directory
+    assert time.perf_counter() - start < 10  # not huggingface_hub's ~30 s of retries
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "tiny_vae") in msg and "cannot be reached" in msg and "--vae DIR" in msg
+

@@ -17,7 +17,7 @@ from pathlib import Path
 from .config import DEFAULT_CONFIG, load_config
 from .data.latent_format import MANIFEST, SD_SCALE_FACTOR
 from .errors import ConfigError, SdditError
-from .models.vae import DEFAULT_VAE
+from .models.vae import DEFAULT_VAE, vae_reference
 from .runtime import resolve_device
 
 
@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides.append(f"device={args.device}")
     if args.vae is not None:
-        overrides.append(f"eval.vae={args.vae}")
+        overrides.append(f"eval.vae={vae_reference(args.vae)}")  # recorded in the checkpoints: absolute
     cfg = load_config(_train_config(args), overrides)
     t0 = time.perf_counter()
     trainer = train(cfg, evaluate=not args.no_eval,  # the grid/FID needs (VAE, Inception, reference) load first

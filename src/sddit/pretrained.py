@@ -17,7 +17,6 @@ such a directory wherever they accept a checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from .config import Config, config_from_dict, config_to_dict
 from .diffusion import EDMPrecond
 from .errors import CheckpointError, ConfigError, DataError
 from .models import build_model
+from .models.vae import vae_reference
 from .runtime import atomic_write
 
 EXPORT_FORMAT = "sddit-pretrained"
@@ -131,7 +131,7 @@ def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | Non
     takes them from `--vae`, the run's eval.vae or the latent manifest). Returns the config.json written.
     """
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError:
         raise DataError("writing a release needs safetensors: pip install safetensors") from None
     if isinstance(source, dict):
@@ -155,15 +155,11 @@ def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | Non
         "step": int(state.get("step", 0)), "source": str(ckpt.resolve()),
         "objective": cfg.objective, "num_classes": cfg.model.num_classes,
         "sample_shape": [cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size],
-        "latent": latent, "vae": vae if latent else None, "scale_factor": float(scale_factor) if latent else None,
+        "latent": latent, "vae": vae_reference(vae) if latent else None, "scale_factor": float(scale_factor) if latent else None,
         "config": config_to_dict(cfg),
     }
-    tmp = out / f".{WEIGHTS_FILE}.tmp"  # written aside, then renamed: never a half-written release
-    try:
-        save_file(weights, str(tmp), metadata={"format": "pt", "sddit": EXPORT_FORMAT})
-        os.replace(tmp, out / WEIGHTS_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(out / WEIGHTS_FILE) as f:  # never a half-written release; the umask's mode, not 0600
+        f.write(save(weights, metadata={"format": "pt", "sddit": EXPORT_FORMAT}))
     with atomic_write(out / CONFIG_FILE, "w") as f:
         f.write(json.dumps(meta, indent=2))
     return meta

@@ -56,12 +56,14 @@ def atomic_write(path: str | Path, mode: str = "wb", fsync: bool = False) -> Ite
 
     Readers never see a half-written file, and a failed write (full disk, crash, exception) leaves
     the previous file intact and no temporary behind. `fsync` also flushes the file and the folder
-    to disk, for files a crash must not lose (checkpoints).
+    to disk, for files a crash must not lose (checkpoints). The file gets the mode `open()` would
+    give it (0644 under umask 0022), not mkstemp's private 0600, so a team shares what a run writes.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             yield f
             if fsync:
                 f.flush()
@@ -77,6 +79,20 @@ def atomic_write(path: str | Path, mode: str = "wb", fsync: bool = False) -> Ite
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc where Linux offers it (setting it to read it back would
+    race with other threads creating files), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def unwrap(net: nn.Module) -> nn.Module:

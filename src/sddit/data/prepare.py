@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..models.vae import DEFAULT_VAE, load_vae, vae_downsample
+from ..models.vae import DEFAULT_VAE, load_vae, vae_downsample, vae_reference
 from ..runtime import atomic_write
 from .image_folder import load_image, scan_image_folder
 from .latent_format import FORMAT, FORMAT_VERSION, MANIFEST, SD_SCALE_FACTOR, shard_name, summary_name
@@ -261,7 +261,7 @@ def prepare(root: str | Path, out_dir: str | Path, opts: PrepareOptions | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     num_shards = math.ceil(len(mine) / opts.shard_size)
     _clean_old_outputs(out_dir, rank, num_shards)
-    settings = {"image_size": opts.image_size, "vae": str(opts.vae), "hflip": bool(opts.hflip_copies),
+    settings = {"image_size": opts.image_size, "vae": vae_reference(opts.vae), "hflip": bool(opts.hflip_copies),
                 "min_size": int(opts.min_size), "latent_shape": enc.latent_shape,
                 "dtype": str(enc.dtype).removeprefix("torch.")}
     shards: list[dict] = []

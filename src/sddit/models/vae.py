@@ -25,6 +25,14 @@ def _looks_like_path(s: str) -> bool:
             or (os.sep != "/" and os.sep in s))
 
 
+def vae_reference(name_or_path: str) -> str:
+    """How a VAE is recorded (latent manifest, release, run config): a local folder as its absolute
+    path, so the record works from any directory and machine that mounts it; a Hub id as given."""
+    s = str(name_or_path)
+    path = Path(s).expanduser()
+    return str(path.resolve()) if path.exists() or _looks_like_path(s) else s
+
+
 def load_vae(name_or_path: str = DEFAULT_VAE, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, local_files_only: bool = False):
     """diffusers `AutoencoderKL` from a Hugging Face Hub id or a local directory, in eval mode.
@@ -45,28 +53,61 @@ def load_vae(name_or_path: str = DEFAULT_VAE, device: str | torch.device = "cpu"
     path = Path(s).expanduser()
     if path.exists() or _looks_like_path(s):
         if not path.exists():
-            raise DataError(f"VAE directory {s} does not exist: pass a directory saved with "
-                            f"AutoencoderKL.save_pretrained or a Hub id such as {DEFAULT_VAE}")
+            raise DataError(f"VAE directory {s} does not exist (looked for {path.resolve()}): pass a directory saved "
+                            f"with AutoencoderKL.save_pretrained or a Hub id such as {DEFAULT_VAE}")
         sub = None
         if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
             sub = "vae"
         elif not (path / "config.json").is_file():
-            raise DataError(f"VAE directory {path} has no config.json: pass a directory saved with "
+            raise DataError(f"VAE directory {path.resolve()} has no config.json: pass a directory saved with "
                             f"AutoencoderKL.save_pretrained (or a pipeline folder with vae/)")
         try:
             vae = AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype, **opts)
         except Exception as e:
-            raise DataError(f"cannot load the VAE in {path}: {_one_line(e)}") from None
+            raise DataError(f"cannot load the VAE in {path.resolve()}: {_one_line(e)}") from None
     else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # huggingface_hub deprecation noise
-                vae = AutoencoderKL.from_pretrained(s, torch_dtype=dtype, local_files_only=local_files_only, **opts)
-        except Exception as e:
-            raise DataError(f"cannot load VAE '{s}' from the Hugging Face Hub (offline, or not a Hub id: {_one_line(e, 120)}): without internet, "
-                            f"download it elsewhere (huggingface-cli download {s} --local-dir DIR) and pass "
-                            f"--vae DIR, a local directory") from None
+        vae = _from_hub(AutoencoderKL, s, dtype, local_files_only, opts)
     return vae.to(device).eval().requires_grad_(False)
+
+
+def _from_hub(cls, hub_id: str, dtype, local_files_only: bool, opts: dict):
+    """A Hub VAE from the local Hugging Face cache, else downloaded; when the Hub cannot be reached,
+    a DataError at once rather than after huggingface_hub's ~30 s of retries."""
+    not_here = f"'{hub_id}' is not a folder here (no {Path(hub_id).expanduser().resolve()})"
+    fix = (f"pass a local directory (--vae DIR): download it where there is internet (huggingface-cli download "
+           f"{hub_id} --local-dir DIR) and copy DIR here")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # huggingface_hub deprecation noise
+        try:
+            return cls.from_pretrained(hub_id, torch_dtype=dtype, local_files_only=True, **opts)
+        except Exception:
+            pass  # not in the cache (or not a Hub id)
+        offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        unreachable = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable()
+        if unreachable:
+            raise DataError(f"VAE {not_here} nor in the Hugging Face cache, and the Hugging Face Hub cannot be reached "
+                            f"({unreachable}): {fix}")
+        try:
+            return cls.from_pretrained(hub_id, torch_dtype=dtype, **opts)
+        except Exception as e:
+            raise DataError(f"VAE {not_here}, and the Hugging Face Hub has no such VAE or refused it "
+                            f"({_one_line(e, 120)}): pass a Hub id such as {DEFAULT_VAE}, or {fix[0].lower()}{fix[1:]}") from None
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str:
+    """Why the Hugging Face Hub cannot be reached ('' when a TCP connection to it opens)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return ""  # behind a proxy the host may not resolve here: let huggingface_hub try
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or type(e).__name__}"
+    return ""
 
 
 def vae_downsample(vae) -> int:
