@@ -190,3 +190,66 @@ def test_a_vae_that_is_neither_here_nor_reachable_fails_at_once_naming_the_path(
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "tiny_vae") in msg and "cannot be reached" in msg and "--vae DIR" in msg
 
+
+def test_shapes_the_data_knows_are_taken_from_it_and_a_chosen_mismatch_is_one_line(tiny_vae, tmp_path, capsys):
+    lat = write_latent_folder(tmp_path / "three", tiny_vae, classes=3)
+    base = ["train", "--config", "digits_tiny", "--device", "cpu", "--set", "data.dataset=latents",
+            "--set", f"data.root={lat}", "--set", "train.num_threads=1", "--max-steps", "1", "--no-eval"]
+    assert main([*base, "--run-dir", str(tmp_path / "run")]) == 0  # the preset says 8x8x1 pixels, 10 classes
+    assert "model.num_classes=3 (the config had 10)" in capsys.readouterr().out
+    model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert (model["in_channels"], model["input_size"], model["num_classes"]) == (4, 4, 3)
+    from sddit.pretrained import load_sampling_net
+
+    cfg, net = load_sampling_net(tmp_path / "run")
+    assert net.model.y_embedder.embedding_table.num_embeddings == 3 + 1  # 3 classes and the null label
+    assert main([*base, "--run-dir", str(tmp_path / "run2"), "--set", "model.num_classes=1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model.num_classes=1000" in err and "num_classes=3" in err
+    assert not (tmp_path / "run2" / "checkpoints").exists()
+
+
+def tb_scalar_steps(run, tag):
+    """Every (step) of `tag` in the raw event files, as any reader of the files sees them."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = []
+    for path in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return sorted(steps)
+
+
+def test_the_run_says_what_it_is_and_a_resume_leaves_each_step_once_in_tensorboard(tmp_path, monkeypatch, capsys):
+    import time
+
+    from sddit.train.monitor import Monitor
+
+    run = tmp_path / "run"
+    args = ["train", "--config", "digits_tiny", "--device", "cpu", "--run-dir", str(run), "--no-eval",
+            "--set", "train.log_every=1", "--set", "train.ckpt_every=2", "--set", "train.keep_last=5",
+            "--set", "train.loggers=[jsonl,tensorboard]", "--set", "train.num_threads=1", "--max-steps", "4"]
+    grid = Monitor.grid
+
+    def slow_grid(self, *a, **k):
+        time.sleep(1.5)  # a grid or FID that takes long: not training time
+        return grid(self, *a, **k)
+
+    monkeypatch.setattr(Monitor, "grid", slow_grid)
+    assert main([*args, "--set", "train.sample_every=1"]) == 0
+    out = capsys.readouterr().out
+    banner = next(line for line in out.splitlines() if line.startswith("sddit train:"))
+    for words in ("dit model", "M parameters", "1x8x8 input", "10 classes", "digits entries", "1 process on cpu",
+                  "fp32", "batch 32 (32 per process)", "steps 0 -> 4"):
+        assert words in banner, (words, banner)
+    speeds = [json.loads(line)["img_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "img_per_s" in line]
+    assert len(speeds) == 4 and min(speeds) > 32 / 1.5  # the 1.5 s grids are not in the windows
+    # killed after step 4 but before its checkpoint: the resumed run logs steps 3 and 4 again
+    (run / "checkpoints" / "ckpt-0000004.pt").unlink()
+    assert tb_scalar_steps(run, "loss") == [1, 2, 3, 4]
+    assert main(args) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert tb_scalar_steps(run, "loss") == [1, 2, 3, 4]  # not [1, 2, 3, 3, 4, 4]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in line] == [1, 2, 3, 4]

@@ -11,6 +11,7 @@ starts, so a missing package stops the run before training with the `pip install
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import numpy as np
 
 from ..config import Config, config_to_dict
 from ..errors import ConfigError
+from ..runtime import atomic_write
 
+TENSORBOARD_DIR = "tensorboard"
 EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}  # logger: (package, extra)
 
 
@@ -66,13 +69,13 @@ class JsonlLogger:
 class TensorBoardLogger:
     """`torch.utils.tensorboard` event files in `run_dir/tensorboard` (`tensorboard --logdir runs/`)."""
 
-    def __init__(self, run_dir: Path, resume_step: int = 0):
+    def __init__(self, run_dir: Path):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise _missing("tensorboard") from None
-        # purge_step: a resumed run drops the events the killed run logged after its last checkpoint
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step or None)
+        # events after the resumed step were dropped from the files already (truncate_events)
+        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR))
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         for key, value in _numeric(record).items():
@@ -155,7 +158,7 @@ def check_loggers(names: tuple[str, ...]) -> None:
             raise _missing(name) from None
 
 
-def build_loggers(cfg: Config, run_dir: Path, main: bool, resume_step: int = 0) -> Loggers:
+def build_loggers(cfg: Config, run_dir: Path, main: bool) -> Loggers:
     """metrics.jsonl plus the loggers `train.loggers` names, on the main rank; nothing elsewhere."""
     check_loggers(cfg.train.loggers)
     if not main:
@@ -163,7 +166,45 @@ def build_loggers(cfg: Config, run_dir: Path, main: bool, resume_step: int = 0) 
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers: list = [JsonlLogger(run_dir)]
     if "tensorboard" in cfg.train.loggers:
-        loggers.append(TensorBoardLogger(run_dir, resume_step))
+        loggers.append(TensorBoardLogger(run_dir))
     if "wandb" in cfg.train.loggers:
         loggers.append(WandbLogger(cfg, run_dir))
     return Loggers(loggers)
+
+
+def truncate_events(run_dir: str | Path, step: int) -> int:
+    """Drop the TensorBoard events with a step above `step` (and a torn last record) from the event
+    files of run_dir/tensorboard, as `run_dir.truncate_metrics` does for metrics.jsonl, so a resumed
+    run shows each step once. Why not SummaryWriter's purge_step: it only asks the viewer to hide
+    them, which TensorBoard's newer data server and readers of the files (tbparse, pandas) ignore.
+    Returns the number of events dropped (0 when tensorboard, needed to read them, is absent)."""
+    folder = Path(run_dir) / TENSORBOARD_DIR
+    files = sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []
+    if not files:
+        return 0
+    try:
+        from tensorboard.compat.proto.event_pb2 import Event
+    except ImportError:
+        return 0
+    dropped = 0
+    for path in files:
+        data, keep, pos, gone = path.read_bytes(), [], 0, 0
+        while pos + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+            (length,) = struct.unpack_from("<Q", data, pos)
+            end = pos + 12 + length + 4
+            if end > len(data):
+                break
+            try:
+                event_step = Event.FromString(data[pos + 12 : pos + 12 + length]).step
+            except Exception:  # noqa: BLE001 - a damaged record: keep what came before it
+                break
+            if event_step <= step:
+                keep.append(data[pos:end])
+            else:
+                gone += 1
+            pos = end
+        if gone or pos < len(data):
+            with atomic_write(path) as f:
+                f.write(b"".join(keep))
+            dropped += gone
+    return dropped

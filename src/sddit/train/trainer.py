@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .. import distributed as dist
 from .. import seeding
 from ..checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_latest, save_checkpoint
-from ..config import Config, config_to_dict
+from ..config import Config, config_to_dict, explicit_keys
 from ..data import EpochSampler, ImageDataset, build_dataset
 from ..diffusion import EDMPrecond
 from ..errors import CheckpointError, ConfigError, Interrupted, RunError
@@ -33,7 +33,7 @@ from . import run_dir as rundir
 from .amp import Precision
 from .ema import copy_for_ema, ema_decay, ema_update
 from .gradnorms import gradient_norms
-from .loggers import build_loggers
+from .loggers import build_loggers, truncate_events
 from .monitor import Monitor
 from .plots import plot_metrics
 from .schedules import learning_rate
@@ -77,6 +77,7 @@ class Trainer:
         cfg = self.cfg
         # data
         self.dataset: ImageDataset = build_dataset(cfg.data.dataset, cfg.data.root, "train", cfg.data.resolution)
+        self._shapes_from_data()
         if self.dataset.shape != (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size):
             raise ConfigError(
                 f"data is {tuple(self.dataset.shape)} but the model expects "
@@ -105,7 +106,7 @@ class Trainer:
         self.train_seconds = 0.0  # wall-clock spent in training steps (not checkpoints/FID), carried over resumes
         self._resume()
         # metrics.jsonl (+ tensorboard / wandb) and the grids / FID, on rank 0; checked before training
-        self.loggers = build_loggers(cfg, self.run_dir, dist.is_main(), self.step)
+        self.loggers = build_loggers(cfg, self.run_dir, dist.is_main())
         tc = cfg.train
         self.monitor = None
         if dist.is_main():
@@ -123,6 +124,28 @@ class Trainer:
             self.train_net = self.ddp = DDP(self.net, device_ids=ids)
         if cfg.train.compile:
             self.train_net = torch.compile(self.train_net)
+
+    def _shapes_from_data(self) -> None:
+        """Input channels, size and class count as the data has them (a latent manifest knows them)
+        wherever the user left the preset's or default values; a value they chose that disagrees is
+        a one-line error. Without this a 3-class folder trained a 1000-class model without a word."""
+        cfg, (c, h, w) = self.cfg, self.dataset.shape
+        data = {"in_channels": c, "input_size": h, "num_classes": len(self.dataset.class_names)}
+        if h != w:
+            return  # not square: the shape check below says so
+        chosen, taken = explicit_keys(cfg), []
+        for name, value in data.items():
+            now = getattr(cfg.model, name)
+            if now == value:
+                continue
+            if f"model.{name}" in chosen:
+                raise ConfigError(f"model.{name}={now} was set, but the data in {cfg.data.root} has {name}={value}: "
+                                  f"remove the setting (it is then taken from the data) or set model.{name}={value}")
+            setattr(cfg.model, name, value)
+            taken.append(f"model.{name}={value} (the config had {now})")
+        if taken:
+            cfg.validate()  # e.g. a patch size that does not divide the new input size
+            self.log(f"note: from the data in {cfg.data.root}: {', '.join(taken)}")
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, rng_states: list[dict]) -> dict:
@@ -192,9 +215,14 @@ class Trainer:
         self._drop_metrics_after(self.step)
 
     def _drop_metrics_after(self, step: int) -> None:
-        """metrics.jsonl lines past the resumed step describe steps that are trained again: drop them."""
-        if dist.is_main() and (dropped := rundir.truncate_metrics(self.run_dir, step)):
+        """metrics.jsonl lines and TensorBoard events past the resumed step describe steps that are
+        trained again: drop them."""
+        if not dist.is_main():
+            return
+        if dropped := rundir.truncate_metrics(self.run_dir, step):
             self.log(f"note: dropped {dropped} line(s) of metrics.jsonl after step {step} (those steps are trained again)")
+        if dropped := truncate_events(self.run_dir, step):
+            self.log(f"note: dropped {dropped} TensorBoard event(s) after step {step}")
 
     # ------------------------------------------------------------------ the loop
     def forward_backward(self, x0: Tensor, y: Tensor) -> tuple[Tensor, Terms] | None:
@@ -257,7 +285,13 @@ class Trainer:
         bar = tqdm(total=tc.max_steps, initial=self.step, desc=f"train {cfg.objective}", unit="step",
                    disable=not dist.is_main(), dynamic_ncols=True)
         sums: dict[str, float] = {}
-        count, t_last, step_last = 0, time.perf_counter(), self.step
+        count, seconds_last, step_last = 0, self.train_seconds, self.step
+        if dist.is_main():
+            self.log(self.banner(stop))
+            if tc.compile and self.step < stop:
+                self.log("note: torch.compile compiles the model during the first step (minutes for XL models): "
+                         "the first step is slow, the next ones fast")
+        first = self.step
         while self.step < stop:
             if signals is not None and (signum := signals.requested(self.device)):
                 bar.close()
@@ -292,24 +326,27 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # the step's queued kernels belong to its time
             self.train_seconds += time.perf_counter() - t_step - self.diagnostic_seconds
+            if tc.compile and self.step == first + 1 and dist.is_main():
+                self.log(f"note: the first step (with compilation) took {time.perf_counter() - t_step:.0f} s")
 
             terms = {"loss": loss.detach(), **terms}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1
             if self.step % tc.log_every == 0 or self.step == stop:
-                now = time.perf_counter()
                 means = torch.tensor([sums[k] / count for k in sums], dtype=torch.float64)
                 means = dist.all_reduce_mean(means.to(self.device)).cpu()
+                # over training time only: grids, FIDs and checkpoints of the window do not count
+                window = self.train_seconds - seconds_last
                 record = {**{k: float(v) for k, v in zip(sums, means)}, "lr": lr,
-                          "img_per_s": (self.step - step_last) * tc.batch_size / max(now - t_last, 1e-9),
+                          "img_per_s": (self.step - step_last) * tc.batch_size / max(window, 1e-9),
                           "train_seconds": round(self.train_seconds, 2)}
                 self.loggers.log(self.step, record)  # metrics.jsonl (+ tensorboard / wandb); rank 0 only
                 if dist.is_main():
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
                     for warning in self.objective.warnings(self.step, record):
                         self.log(warning)
-                sums, count, t_last, step_last = {}, 0, now, self.step
+                sums, count, seconds_last, step_last = {}, 0, self.train_seconds, self.step
             # a due checkpoint first: a grid or FID that fails (or is killed) loses no training
             if self.step == stop or tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0:
                 self.save()
@@ -323,6 +360,21 @@ class Trainer:
         if dist.is_main():
             plot_metrics(self.run_dir)
         self.loggers.flush()
+
+    def banner(self, stop: int) -> str:
+        """What this run is, in one line at its start: the model, the data, the processes and the batch."""
+        cfg, tc, m = self.cfg, self.cfg.train, self.cfg.model
+        params = sum(p.numel() for p in self.net.parameters())
+        shape = "x".join(map(str, self.dataset.shape))
+        source = "scikit-learn" if cfg.data.dataset == "digits" else str(Path(cfg.data.root).expanduser().resolve())
+        per_rank = tc.batch_size // self.world
+        accum = f" in {tc.grad_accum} micro-batches" if tc.grad_accum > 1 else ""
+        return (f"sddit train: {cfg.objective} {m.preset or 'model'} ({params / 1e6:.2f}M parameters, "
+                f"{m.in_channels}x{m.input_size}x{m.input_size} input, {m.num_classes} classes); data: "
+                f"{len(self.dataset):,} {cfg.data.dataset} entries of {shape} from {source}; {self.world} "
+                f"process{'es' if self.world > 1 else ''} on {self.device}, {tc.precision}"
+                f"{', compiled' if tc.compile else ''}; batch {tc.batch_size} ({per_rank} per process{accum}); "
+                f"steps {self.step} -> {stop}; run dir {self.run_dir}")
 
     def log_gradnorms(self) -> None:
         """Each weighted loss term's gradient norm per model part (train.gradnorm_every), mean over
