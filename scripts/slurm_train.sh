@@ -11,7 +11,8 @@
 set -euo pipefail
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 # Re-submitting the same command resumes from the newest valid checkpoint in --run-dir.
-srun .venv/bin/torchrun \
+# torchrun of the environment sddit is installed in: activate it before sbatch, or set TORCHRUN=/path/to/torchrun.
+srun "${TORCHRUN:-torchrun}" \
   --nnodes="$SLURM_NNODES" --nproc_per_node=8 \
   --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head_node:29500" \
   -m sddit.cli train "$@"
