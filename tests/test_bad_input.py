@@ -263,7 +263,8 @@ def test_second_train_on_a_running_run_dir_is_refused_then_a_dead_lock_is_taken_
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                              env={**ENV, "RELEASE": str(tmp_path / "RELEASE")})
     try:
-        assert first.stdout.readline().strip() == "holding"  # mid-run, holding the lock
+        # mid-run, holding the lock (after the start-up banner)
+        assert any(line.strip() == "holding" for line in iter(first.stdout.readline, ""))
         before = snapshot(run_dir)
         expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "30"], f"pid {first.pid}",
                      "in use by another `sddit train`", f"kill {first.pid}", "another --run-dir")
