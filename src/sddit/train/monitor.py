@@ -44,8 +44,12 @@ class Monitor:
             size = image_size(cfg, self.decode)
             self.references[n] = reference_stats(cfg, n, self.extractor, weights, size=size)
             count = self.references[n][2]
-            what = (f"{ref} ({count} images, centre-cropped to {size}x{size} where they differ)" if ref and count
-                    else ref or f"{count} {cfg.data.dataset} {cfg.eval.reference} images")
+            if not ref:
+                what = f"{count} {cfg.data.dataset} {cfg.eval.reference} images"
+            elif Path(ref).expanduser().is_dir():
+                what = f"{ref} ({count} images, centre-cropped to {size}x{size} where they differ)"
+            else:
+                what = f"{ref} ({f'{count} images' if count else 'statistics'})"
             log(f"FID reference ready: {what}")
 
     @property

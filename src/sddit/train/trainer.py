@@ -51,6 +51,7 @@ class Trainer:
         self.allow_config_change = allow_config_change  # resume even if the stored config differs (recorded)
         self.evaluate = evaluate  # load the final grid / FID's needs before training
         self.saved_step: int | None = None  # the step of the last checkpoint this process wrote
+        self.announced = False  # the start-up banner was printed
         self.device = resolve_device(cfg.device)
         self.rank, self.world, _ = dist.init_from_env(str(self.device))
         if self.device.type == "cuda" and self.world > 1:
@@ -134,18 +135,19 @@ class Trainer:
         if h != w:
             return  # not square: the shape check below says so
         chosen, taken = explicit_keys(cfg), []
+        where = f"the data in {cfg.data.root}" if cfg.data.dataset == "latents" else f"the {cfg.data.dataset} data"
         for name, value in data.items():
             now = getattr(cfg.model, name)
             if now == value:
                 continue
             if f"model.{name}" in chosen:
-                raise ConfigError(f"model.{name}={now} was set, but the data in {cfg.data.root} has {name}={value}: "
+                raise ConfigError(f"model.{name}={now} was set, but {where} has {name}={value}: "
                                   f"remove the setting (it is then taken from the data) or set model.{name}={value}")
             setattr(cfg.model, name, value)
             taken.append(f"model.{name}={value} (the config had {now})")
         if taken:
             cfg.validate()  # e.g. a patch size that does not divide the new input size
-            self.log(f"note: from the data in {cfg.data.root}: {', '.join(taken)}")
+            self.log(f"note: from {where}: {', '.join(taken)}")
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, rng_states: list[dict]) -> dict:
@@ -286,12 +288,13 @@ class Trainer:
                    disable=not dist.is_main(), dynamic_ncols=True)
         sums: dict[str, float] = {}
         count, seconds_last, step_last = 0, self.train_seconds, self.step
-        if dist.is_main():
+        first = None  # the step this process's first fit() started at (rank 0)
+        if dist.is_main() and not self.announced:  # once, not at every fit() of a run trained in chunks
+            self.announced, first = True, self.step
             self.log(self.banner(stop))
             if tc.compile and self.step < stop:
                 self.log("note: torch.compile compiles the model during the first step (minutes for XL models): "
                          "the first step is slow, the next ones fast")
-        first = self.step
         while self.step < stop:
             if signals is not None and (signum := signals.requested(self.device)):
                 bar.close()
@@ -326,7 +329,7 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # the step's queued kernels belong to its time
             self.train_seconds += time.perf_counter() - t_step - self.diagnostic_seconds
-            if tc.compile and self.step == first + 1 and dist.is_main():
+            if tc.compile and first is not None and self.step == first + 1:
                 self.log(f"note: the first step (with compilation) took {time.perf_counter() - t_step:.0f} s")
 
             terms = {"loss": loss.detach(), **terms}
