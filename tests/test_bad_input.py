@@ -517,7 +517,8 @@ def test_disk_full_or_read_only_elsewhere_in_the_run_dir(err, tmp_path, capsys, 
     before = snapshot(run_dir)
     if err == errno.EROFS:
         monkeypatch.setattr(rundir, "open", _failing(err, str(run_dir / "train.lock")), raising=False)  # 1st write
-        says = ["cannot write in the run directory", "Read-only file system", "make it writable", "choose another --run-dir"]
+        says = ["cannot write in the run directory", "(Read-only file system): that file system is read-only",
+                "choose a writable location, or pass another --run-dir"]
     else:
         monkeypatch.setattr(rundir, "write_config", _failing(err, str(run_dir / "config.json")))
         says = ["cannot write", "config.json", "No space left on device", "free space", "run the same command again"]
@@ -751,3 +752,100 @@ def test_a_second_trainer_in_the_same_process_takes_the_lock_over(tmp_path):
     assert f"pid {os.getpid()}" in (tmp_path / "run" / "train.lock").read_text()
     second.close()
     assert (tmp_path / "run" / "train.lock").read_text() == ""
+
+
+# ------------------------------------------------------------- issue 24: nothing lost, nothing unexplained
+
+
+ENOSPC = os.strerror(errno.ENOSPC)
+
+
+def _full_after(limit: int):
+    """torch.save as on a disk that fills after `limit` bytes: torch's own zip writer then raises
+    `RuntimeError: [enforce fail at inline_container.cc:...]` around the OSError, as on a real full disk."""
+    real = torch.save
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            if self.n + len(b) > limit:
+                raise OSError(errno.ENOSPC, ENOSPC)
+            self.n += len(b)
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+    return lambda obj, f, *a, **k: real(obj, Full(f), *a, **k)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 4 MB tmpfs at tmp_path/disk (needs root and a kernel that lets this process mount)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root; the "
+                    "monkeypatched case of the same failure runs everywhere")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill `disk` until about `leave` bytes are free."""
+    st = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+
+
+def test_full_disk_in_torchs_zip_writer_while_saving_a_checkpoint(tmp_path, capsys, monkeypatch):
+    """Item 4: torch raises RuntimeError (not OSError) on a full disk; still one line naming the file."""
+    from sddit import checkpoint
+
+    run_dir = copy_run(tmp_path, keep=(10,))
+    before = snapshot(run_dir / "checkpoints")
+    monkeypatch.setattr(checkpoint.torch, "save", _full_after(4096))
+    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"], "step-20 checkpoint was not saved",
+                 f"cannot write {run_dir / 'checkpoints' / 'ckpt-0000020.pt'} ({ENOSPC})", "free space on that disk",
+                 "ckpt-0000010.pt, is intact", "re-run the same command to resume")
+    assert_unchanged(before)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-0000010.pt"]  # no temporary
+
+
+def test_full_disk_while_saving_a_checkpoint_on_a_real_tmpfs(tiny_disk, capsys):
+    run_dir = tiny_disk / "run"
+    shutil.copytree(copy_run(tiny_disk.parent, keep=(10,)), run_dir)
+    _fill(tiny_disk, (run_dir / "checkpoints" / "ckpt-0000010.pt").stat().st_size // 2)
+    before = snapshot(run_dir / "checkpoints")
+    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"], "step-20 checkpoint was not saved",
+                 f"({ENOSPC})", "ckpt-0000020.pt", "ckpt-0000010.pt, is intact")
+    assert_unchanged(before)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-0000010.pt"]
+
+
+def test_full_disk_while_exporting(tmp_path, capsys, monkeypatch):
+    """Item 4: safetensors raises SafetensorError (not OSError) on a full disk."""
+    from safetensors import SafetensorError
+
+    import safetensors.torch
+
+    def full(*a, **k):
+        raise SafetensorError(f"Error while serializing: I/O error: {ENOSPC} (os error {errno.ENOSPC})")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "release"
+    expect_error(capsys, ["export", TRAINED, "--out", out], f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
+                 "free space on that disk", "run the same command again")
+    assert list(out.iterdir()) == []
+
+
+def test_full_disk_while_exporting_on_a_real_tmpfs(tiny_disk, capsys):
+    _fill(tiny_disk, 16384)
+    out = tiny_disk / "release"
+    expect_error(capsys, ["export", TRAINED, "--out", out], f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
+                 "free space on that disk")
+    assert list(out.iterdir()) == []

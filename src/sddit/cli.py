@@ -7,7 +7,6 @@ this machine, writes a class grid and prints the FID of the sampling EMA against
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from .config import DEFAULT_CONFIG, load_config
 from .data.latent_format import MANIFEST, SD_SCALE_FACTOR
-from .errors import ConfigError, SdditError
+from .errors import ConfigError, SdditError, file_problem
 from .models.vae import DEFAULT_VAE
 from .runtime import resolve_device
 
@@ -471,16 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside the training loop's clean stop, or a second Ctrl-C
         return _fail(f"interrupted during `sddit {args.command}`; files are written atomically, so what was saved is "
                      "intact: run the same command again (generate: add --resume)", 130)
-    except OSError as e:
-        if e.errno not in DISK_ERRNOS:
+    except OSError as e:  # a full, read-only or forbidden disk, a directory given for a file, ...
+        problem = file_problem(e)
+        if problem is None:
             raise
         again = " (training resumes from its newest checkpoint)" if args.command == "train" else ""
-        return _fail(f"cannot write {e.filename or 'a file'} ({e.strerror}): free space or choose a writable location, "
-                     f"then run the same command again{again}", 2)
-
-
-# Full, read-only or forbidden storage: the user's to fix, so one line, not a traceback.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+        return _fail(f"{problem}; then run the same command again{again}", 2)
 
 
 def _fail(message: str, status: int) -> int:

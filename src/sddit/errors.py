@@ -4,6 +4,9 @@ never as a traceback."""
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import signal
 
 
@@ -39,3 +42,59 @@ class Interrupted(SdditError):
         super().__init__(message)
         self.signum = int(signum)
         self.exit_status = 128 + self.signum
+
+
+# What a user can do when a file cannot be written (or opened), by errno. An errno not listed here
+# is a fault of this code or the machine, and keeps its traceback.
+_FILE_FIXES = {
+    errno.ENOSPC: "free space on that disk, or choose a location on another one",
+    errno.EDQUOT: "free space within your disk quota, or choose a location on another disk",
+    errno.EFBIG: "the file is larger than that file system allows: choose a location on another disk",
+    errno.EROFS: "that file system is read-only: choose a writable location",
+    errno.EACCES: "you lack permission there: fix its permissions, or choose another location",
+    errno.EPERM: "you lack permission there: fix its permissions, or choose another location",
+    errno.EISDIR: "that path is a directory: pass a file path (e.g. a name inside it)",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.ENAMETOOLONG: "a name in that path is too long for the file system: choose a shorter one",
+    errno.EIO: "the disk reported an I/O error: check it, or choose a location on another disk",
+}
+# Only writing causes these; the others can come from opening a file to read it.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def file_fix(e: OSError) -> str | None:
+    """The fix for a failed file operation that fits its cause; None when the user cannot fix it."""
+    return _FILE_FIXES.get(e.errno)
+
+
+def file_problem(e: OSError) -> str | None:
+    """`cannot write PATH (No space left on device): free space ...`: what failed, on which file,
+    and the fix that fits the cause; None when the errno is not one a user can fix."""
+    fix = file_fix(e)
+    if fix is None:
+        return None
+    verb = "write" if e.errno in _WRITE_ERRNOS else "open"
+    return f"cannot {verb} {e.filename or 'a file'} ({e.strerror or errno.errorcode.get(e.errno, e.errno)}): {fix}"
+
+
+def underlying_os_error(e: BaseException, path: str, temp: str | None = None) -> OSError | None:
+    """The OSError behind a failed write of `path`, named after it (not after its temporary `temp`).
+
+    Writers that are not Python file objects hide it: torch's zip writer raises
+    `RuntimeError: [enforce fail at inline_container.cc:...]` with the OSError of the failed
+    `write` as its context, and safetensors a `SafetensorError: ... (os error 28)`.
+    """
+    if isinstance(e, SdditError):  # already says what to do
+        return None
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            named = e.filename if e.filename not in (None, temp) else path  # another file the writer opened
+            return OSError(e.errno, e.strerror, named)
+        m = re.search(r"\(os error (\d+)\)", str(e))
+        if m:
+            code = int(m.group(1))
+            return OSError(code, os.strerror(code), path)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return None

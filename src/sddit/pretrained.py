@@ -17,7 +17,6 @@ such a directory wherever they accept a checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from .config import Config, config_from_dict, config_to_dict
 from .diffusion import EDMPrecond
 from .errors import CheckpointError, ConfigError, DataError
 from .models import build_model
-from .runtime import atomic_write
+from .runtime import atomic_path, atomic_write
 
 EXPORT_FORMAT = "sddit-pretrained"
 EXPORT_VERSION = 1
@@ -158,12 +157,8 @@ def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | Non
         "latent": latent, "vae": vae if latent else None, "scale_factor": float(scale_factor) if latent else None,
         "config": config_to_dict(cfg),
     }
-    tmp = out / f".{WEIGHTS_FILE}.tmp"  # written aside, then renamed: never a half-written release
-    try:
+    with atomic_path(out / WEIGHTS_FILE) as tmp:  # never a half-written release; a full disk is an OSError
         save_file(weights, str(tmp), metadata={"format": "pt", "sddit": EXPORT_FORMAT})
-        os.replace(tmp, out / WEIGHTS_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
     with atomic_write(out / CONFIG_FILE, "w") as f:
         f.write(json.dumps(meta, indent=2))
     return meta

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import config_from_dict, config_to_dict
-from ..errors import CheckpointError, ConfigError, RunError, SdditError
+from ..errors import CheckpointError, ConfigError, RunError, SdditError, file_fix
 from ..runtime import atomic_write
 
 LOCK_NAME = "train.lock"
@@ -67,9 +67,13 @@ def make_run_dir(run_dir: Path) -> None:
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"run directory {run_dir} cannot be created (a part of its path is a file): pass another "
                           "--run-dir") from None
-    except OSError as e:
-        raise RunError(f"cannot create the run directory {run_dir} ({e.strerror or e}): make its parent writable "
-                       "(or free space), or choose another --run-dir") from None
+    except OSError as e:  # e.g. ENAMETOOLONG, EACCES, ENOSPC: the fix depends on which
+        raise RunError(_cannot(e, run_dir, "cannot create the run directory")) from None
+
+
+def _cannot(e: OSError, run_dir: Path, what: str) -> str:
+    """`what RUN_DIR (cause): the fix for that cause, or another --run-dir`."""
+    return f"{what} {run_dir} ({e.strerror or e}): {file_fix(e) or 'check that disk'}, or pass another --run-dir"
 
 
 # Locks this process holds, by resolved lock path: a second Trainer on the same directory in the same
@@ -99,8 +103,7 @@ class RunDirLock:
         try:
             f = open(self.path, "a+")  # a+ creates the file but keeps the holder's line readable
         except OSError as e:
-            raise RunError(f"cannot write in the run directory {self.run_dir} ({e.strerror or e}): make it writable "
-                           "(or free space), or choose another --run-dir") from None
+            raise RunError(_cannot(e, self.run_dir, "cannot write in the run directory")) from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -122,8 +125,7 @@ class RunDirLock:
             f.flush()
         except OSError as e:
             f.close()
-            raise RunError(f"cannot write in the run directory {self.run_dir} ({e.strerror or e}): make it writable "
-                           "(or free space), or choose another --run-dir") from None
+            raise RunError(_cannot(e, self.run_dir, "cannot write in the run directory")) from None
         self._file = f
         _HELD[self.path.resolve()] = self
         return self

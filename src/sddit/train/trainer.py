@@ -25,7 +25,7 @@ from ..checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_latest, save
 from ..config import Config, config_to_dict
 from ..data import EpochSampler, ImageDataset, build_dataset
 from ..diffusion import EDMPrecond
-from ..errors import CheckpointError, ConfigError, Interrupted, RunError
+from ..errors import CheckpointError, ConfigError, Interrupted, RunError, file_problem
 from ..models import build_model
 from ..objectives import Terms, build_objective
 from ..runtime import resolve_device
@@ -142,9 +142,10 @@ class Trainer:
                 path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last)
             except OSError as e:  # e.g. a full disk: the temp file is gone, older checkpoints are intact
                 kept = list_checkpoints(self.run_dir)
-                raise RunError(f"could not write the step-{self.step} checkpoint ({e.strerror or e}); "
+                problem = file_problem(e) or f"cannot write {e.filename or path} ({e.strerror or e})"
+                raise RunError(f"the step-{self.step} checkpoint was not saved: {problem}; "
                                f"{'the previous one, ' + str(kept[-1]) + ', is intact' if kept else 'no earlier checkpoint exists'}; "
-                               f"free space in {self.run_dir} and re-run the same command to resume") from None
+                               "then re-run the same command to resume") from None
             self.log(f"saved {path}")
         dist.barrier()
         self.saved_step = self.step
