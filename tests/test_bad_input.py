@@ -201,9 +201,9 @@ def test_unreadable_newest_is_quarantined_and_the_readable_one_kept(junk, tmp_pa
     else:
         torch.save({"weights": torch.zeros(3)}, bad)  # a torch file without model/ema/config
     junk_bytes = bad.read_bytes()
-    rc, out, _ = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"])
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"])
     assert rc == 0
-    assert "ckpt-0000020.pt" in out and "moved it to" in out and "resumed from" in out and "at step 10" in out
+    assert "ckpt-0000020.pt" in err and "moved it to" in err and "resumed from" in out and "at step 10" in out
     assert (run_dir / "checkpoints" / "unreadable" / "ckpt-0000020.pt").read_bytes() == junk_bytes
     # keep_last=2: the readable step-10 checkpoint (untouched) and the new step-20 one; the junk is not counted
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000010.pt", "ckpt-0000020.pt"]
@@ -234,7 +234,7 @@ def test_sampling_skips_an_unreadable_newest_checkpoint_without_moving_it(tmp_pa
     bad.write_bytes(bad.read_bytes()[:3000])
     before = snapshot(run_dir)
     rc, out, err = run(capsys, ["sample", run_dir, "--steps", "1", "--per-class", "1", "--out", tmp_path / "g.png"])
-    assert rc == 0 and "falling back to ckpt-0000010.pt" in out and (tmp_path / "g.png").is_file()
+    assert rc == 0 and "falling back to ckpt-0000010.pt" in err and (tmp_path / "g.png").is_file()
     assert_unchanged(before)
 
 
@@ -849,3 +849,119 @@ def test_full_disk_while_exporting_on_a_real_tmpfs(tiny_disk, capsys):
     expect_error(capsys, ["export", TRAINED, "--out", out], f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
                  "free space on that disk")
     assert list(out.iterdir()) == []
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+import torch
+
+def save(obj, f, *a, **k):  # half a checkpoint on disk, then kill -9
+    f.write(b"half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = save
+from sddit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_partial_checkpoint_of_a_killed_write_is_removed_when_the_run_starts(tmp_path, capsys):
+    """Item 9: kill -9 inside a checkpoint write leaves .ckpt-*.tmp; the next run removes it, and
+    only it (a user's file of another name stays), then resumes."""
+    run_dir = copy_run(tmp_path, keep=(10,))
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, *TRAIN, "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    partial = list((run_dir / "checkpoints").glob(".ckpt-0000020.pt.*.tmp"))
+    assert len(partial) == 1 and partial[0].read_bytes() == b"half a checkpoint"
+    mine = run_dir / "checkpoints" / ".ckpt-notes.tmp"  # not a name atomic writes use
+    mine.write_text("mine")
+    before = snapshot(run_dir / "checkpoints" / "ckpt-0000010.pt", mine)
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir])
+    assert rc == 0 and f"removed 1 partial file(s) ({partial[0].name})" in out and "killed" in out
+    assert not partial[0].exists()
+    assert_unchanged(before)
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000010.pt", "ckpt-0000020.pt"]
+
+
+def test_resume_warnings_go_to_stderr(tmp_path, capsys):
+    run_dir = copy_run(tmp_path)
+    newest = run_dir / "checkpoints" / "ckpt-0000020.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir])
+    assert rc == 0 and "resumed from" in out
+    assert "warning: checkpoint" in err and "ckpt-0000020.pt is unreadable" in err and "warning:" not in out
+
+
+@pytest.mark.parametrize("err,says,not_says", [
+    (errno.ENOSPC, ["cannot write", "(No space left on device)", "free space on that disk"], ["directory"]),
+    (errno.EISDIR, ["cannot open", "(Is a directory)", "is a directory: pass a file path"], ["free space"]),
+    (errno.ENAMETOOLONG, ["cannot open", "(File name too long)", "too long", "choose a shorter one"], ["free space"]),
+    (errno.EACCES, ["cannot open", "(Permission denied)", "fix its permissions"], ["free space"]),
+])
+def test_the_fix_fits_the_cause_of_a_failed_write(err, says, not_says, tmp_path, capsys, monkeypatch):
+    """Item 9: every failed write names its file, and `Is a directory` is not told to free space."""
+    from sddit.train import run_dir as rundir
+
+    run_dir = copy_run(tmp_path)
+    monkeypatch.setattr(rundir, "write_config", _failing(err, str(run_dir / "config.json")))
+    line = expect_error(capsys, TRAIN + ["--run-dir", run_dir], str(run_dir / "config.json"), *says,
+                        "run the same command again")
+    assert not any(s in line for s in not_says), line
+
+
+def _ckpt_state(step: int) -> dict:
+    return torch.load(TRAINED / "checkpoints" / f"ckpt-{step:07d}.pt", weights_only=True)
+
+
+STEP_CASES = {
+    # id: (damage the run directory (checkpoints 10 and 20) -> the name of the file that lies, what the warning says)
+    "newer name, step -5": (lambda d: torch.save({**_ckpt_state(20), "step": -5}, d / "ckpt-0000030.pt")
+                            or "ckpt-0000030.pt", "holds step -5, outside [0, 20]"),
+    "step 10**15 named for it": (lambda d: torch.save({**_ckpt_state(20), "step": 10**15}, d / f"ckpt-{10**15}.pt")
+                                 or f"ckpt-{10**15}.pt", f"holds step {10**15}, outside [0, 20]"),
+    "ckpt-10 renamed to ckpt-99": (lambda d: (d / "ckpt-0000010.pt").rename(d / "ckpt-0000099.pt")
+                                   or "ckpt-0000099.pt", "holds step 10 but is named for step 99"),
+}
+
+
+@pytest.mark.parametrize("case", STEP_CASES)
+def test_a_checkpoint_whose_step_lies_is_quarantined_and_nothing_is_lost(case, tmp_path, capsys):
+    """Item 1: a file whose stored step disagrees with its name or lies outside [0, max_steps] is
+    moved (byte-identical) to checkpoints/unreadable/, the run resumes from the real newest one, and
+    no good checkpoint is overwritten or pruned."""
+    run_dir = copy_run(tmp_path)
+    ckpts = run_dir / "checkpoints"
+    damage, says = STEP_CASES[case]
+    liar = ckpts / damage(ckpts)
+    lie = liar.read_bytes()
+    before = snapshot(*(p for p in list_checkpoints(run_dir) if p != liar))
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"])
+    assert rc == 0, err
+    assert f"{liar.name} cannot be trusted ({'it ' + says}" in err and "moved it to" in err, err
+    assert "at step 20" in out and "saved" not in out  # nothing left to train: nothing rewritten
+    assert (ckpts / "unreadable" / liar.name).read_bytes() == lie
+    assert_unchanged(before)
+
+
+def test_a_lying_checkpoint_is_refused_by_sample(tmp_path, capsys):
+    path = tmp_path / "ckpt-0000099.pt"
+    shutil.copy(TRAINED / "checkpoints" / "ckpt-0000010.pt", path)
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["sample", path, "--out", tmp_path / "g.png"], "ckpt-0000099.pt cannot be trusted",
+                 "holds step 10 but is named for step 99", "use another checkpoint")
+    assert_unchanged(before)
+
+
+def test_retention_never_deletes_a_checkpoint_whose_real_step_is_newer(tmp_path, capsys):
+    """Item 1: an older-NAMED file holding a later step (here ckpt-3 holding step 20) is not pruned
+    by name when the run saves step 25: it moves, byte-identical, to checkpoints/unreadable/."""
+    run_dir = copy_run(tmp_path, keep=(10,))
+    renamed = run_dir / "checkpoints" / "ckpt-0000003.pt"
+    shutil.copy(TRAINED / "checkpoints" / "ckpt-0000020.pt", renamed)
+    data = renamed.read_bytes()
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "30", "--set", "train.ckpt_every=5"])
+    assert rc == 0, err
+    assert (run_dir / "checkpoints" / "unreadable" / "ckpt-0000003.pt").read_bytes() == data
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000025.pt", "ckpt-0000030.pt"]

@@ -27,7 +27,7 @@ from .config import Config, config_from_dict, config_to_dict
 from .diffusion import EDMPrecond
 from .errors import CheckpointError, ConfigError, DataError
 from .models import build_model
-from .runtime import atomic_path, atomic_write
+from .runtime import atomic_path, atomic_write, warn as warn_stderr
 
 EXPORT_FORMAT = "sddit-pretrained"
 EXPORT_VERSION = 1
@@ -89,7 +89,7 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
 
 
 def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                             warn=print, weights: str = "ema") -> tuple[Path, Config, EDMPrecond]:
+                             warn=warn_stderr, weights: str = "ema") -> tuple[Path, Config, EDMPrecond]:
     """(checkpoint file, config, denoiser) of a checkpoint file or run directory (its newest readable
     checkpoint). `weights` is "ema" (the sampling EMA, what every FID here uses) or "raw" (the trained
     weights, to measure what the EMA adds). Loading runs no code from the file (weights-only unpickling)."""

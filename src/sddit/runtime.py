@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,19 @@ def resolve_device(name: str) -> torch.device:
 def _mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return mps is not None and mps.is_available()
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr (not stdout, where results go), above any progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
+    """Temporary files `atomic_path` left for files named like `name` in `folder`: only a killed
+    process (kill -9, a node crash) leaves them, since any other failure removes its own."""
+    return sorted(p for p in Path(folder).glob(f".{name}.*.tmp") if p.is_file())
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import config_from_dict, config_to_dict
 from ..errors import CheckpointError, ConfigError, RunError, SdditError, file_fix
-from ..runtime import atomic_write
+from ..runtime import atomic_write, stale_temporaries
 
 LOCK_NAME = "train.lock"
 METRICS_NAME = "metrics.jsonl"
@@ -149,6 +149,18 @@ class RunDirLock:
     @property
     def held(self) -> bool:
         return self._file is not None
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what writes killed mid-way left (checkpoints, config.json, metrics.jsonl temporaries):
+    at ImageNet size each is a multi-GB partial checkpoint. Safe only under the lock, when no other
+    process is writing there. Returns what was removed."""
+    found = stale_temporaries(run_dir / "checkpoints", "ckpt-*.pt")
+    for name in (CONFIG_NAME, METRICS_NAME):
+        found += stale_temporaries(run_dir, name)
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 # ----------------------------------------------------------------------------- metrics

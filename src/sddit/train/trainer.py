@@ -28,7 +28,7 @@ from ..diffusion import EDMPrecond
 from ..errors import CheckpointError, ConfigError, Interrupted, RunError, file_problem
 from ..models import build_model
 from ..objectives import Terms, build_objective
-from ..runtime import resolve_device
+from ..runtime import resolve_device, warn as warn_stderr
 from . import run_dir as rundir
 from .amp import Precision
 from .ema import copy_for_ema, ema_decay, ema_update
@@ -43,11 +43,13 @@ from .stop import GracefulStop, signal_name
 class Trainer:
     """Holds the state of one run; `fit()` is the loop."""
 
-    def __init__(self, cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False):
+    def __init__(self, cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False,
+                 warn=warn_stderr):
         """`evaluate`: the caller will ask for a grid and FID after training (`sddit train`), so what
         they need is checked and loaded now, before training. `allow_config_change`: resume even if
-        the run directory's config differs in keys that change the computation (recorded)."""
-        self.cfg, self.log = cfg, log
+        the run directory's config differs in keys that change the computation (recorded). `log`
+        takes progress and notes (stdout), `warn` warnings (stderr)."""
+        self.cfg, self.log, self.warn = cfg, log, warn
         self.allow_config_change = allow_config_change  # resume even if the stored config differs (recorded)
         self.evaluate = evaluate  # load the final grid / FID's needs before training
         self.saved_step: int | None = None  # the step of the last checkpoint this process wrote
@@ -66,6 +68,9 @@ class Trainer:
         self.lock = rundir.RunDirLock(self.run_dir).acquire() if dist.is_main() else None
         if self.lock is not None and self.lock.stale_holder:
             self.log(f"note: took over the lock of {self.run_dir} left by a process that is gone ({self.lock.stale_holder})")
+        if self.lock is not None and (partial := rundir.remove_stale_temporaries(self.run_dir)):
+            self.log(f"note: removed {len(partial)} partial file(s) ({', '.join(p.name for p in partial[:3])}"
+                     f"{' ...' if len(partial) > 3 else ''}) left by a write that was killed")
         try:
             self._build()
         except BaseException:
@@ -160,7 +165,7 @@ class Trainer:
 
     def _resume(self) -> None:
         # Unreadable newer checkpoints move to checkpoints/unreadable/; none readable is an error.
-        state = load_latest(self.run_dir, map_location=self.device, warn=self.log, move_unreadable=dist.is_main())
+        state = load_latest(self.run_dir, map_location=self.device, warn=self.warn, move_unreadable=dist.is_main())
         if state is None:
             self._drop_metrics_after(0)
             return
@@ -179,9 +184,10 @@ class Trainer:
         if self.rank in state["rng"]:
             seeding.set_rng_state(state["rng"][self.rank])
         else:
-            self.log(f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
+            self.warn(f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
                      f"{state.get('world_size', '?')} processes); this rank's flips/posterior samples restart from its seed")
         self.step = state["step"]
+        self.saved_step = self.step  # that checkpoint exists: a run with nothing left to train writes none
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.log(f"resumed from {state['_path']} at step {self.step}")
         if changes and dist.is_main():
@@ -237,7 +243,7 @@ class Trainer:
     def _skip_bad_step(self) -> None:
         """A NaN/inf loss skips its step (on every rank); too many in a row stop the run."""
         self.bad_steps += 1
-        self.log(f"warning: non-finite loss at step {self.step}; step skipped ({self.bad_steps} in a row)")
+        self.warn(f"warning: non-finite loss at step {self.step}; step skipped ({self.bad_steps} in a row)")
         if self.bad_steps >= self.cfg.train.max_bad_steps:
             last = list_checkpoints(self.run_dir)
             where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
@@ -316,7 +322,8 @@ class Trainer:
             if tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0 and self.step < stop:
                 self.save()
         bar.close()
-        self.save()
+        if self.saved_step != self.step:
+            self.save()
         if dist.is_main():
             plot_metrics(self.run_dir)
         self.loggers.flush()
