@@ -965,3 +965,45 @@ def test_retention_never_deletes_a_checkpoint_whose_real_step_is_newer(tmp_path,
     assert rc == 0, err
     assert (run_dir / "checkpoints" / "unreadable" / "ckpt-0000003.pt").read_bytes() == data
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000025.pt", "ckpt-0000030.pt"]
+
+
+def test_export_refuses_an_existing_release_unless_forced(tmp_path, capsys):
+    """Item 2: a release from another run is not replaced without --force (and the message says so)."""
+    other = tmp_path / "release"
+    assert run(capsys, ["export", TRAINED, "--out", other])[0] == 0
+    (other / "config.json").write_text((other / "config.json").read_text().replace('"step": 20', '"step": 7'))
+    before = snapshot(other)
+    expect_error(capsys, ["export", TRAINED, "--out", other], "already holds a release", "pass --force to replace it",
+                 "choose another --out")
+    assert_unchanged(before)
+    rc, out, _ = run(capsys, ["export", TRAINED, "--out", other, "--force"])
+    assert rc == 0 and json.loads((other / "config.json").read_text())["step"] == 20
+
+
+@pytest.mark.parametrize("mine", ["model.safetensors", "config.json"])
+def test_export_does_not_replace_a_users_own_file(mine, tmp_path, capsys):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / mine).write_bytes(b"my own weights" if mine.endswith("tensors") else b'{"mine": true}')
+    before = snapshot(folder)
+    expect_error(capsys, ["export", TRAINED, "--out", folder], "already holds" if mine.endswith("tensors") else
+                 "holds a training run", "choose another --out")
+    assert_unchanged(before)
+    assert sorted(p.name for p in folder.iterdir()) == [mine]
+
+
+def test_export_with_an_empty_out_writes_nothing_into_the_current_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"my own weights")
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["export", TRAINED, "--out", ""], "--out is empty", "pass the release directory")
+    expect_error(capsys, ["export", TRAINED, "--out", "  "], "--out is empty")
+    assert_unchanged(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_export_onto_a_file(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    expect_error(capsys, ["export", TRAINED, "--out", path], "notes.txt is a file, not a directory")
+    assert path.read_text() == "mine"

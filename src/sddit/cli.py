@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "unpickles nothing.")
     x.add_argument("checkpoint", help="checkpoint file or run directory (newest checkpoint)")
     x.add_argument("--out", required=True, help="release directory to write")
+    x.add_argument("--force", action="store_true", help="replace a release (model.safetensors, config.json) in --out")
     _vae_args(x)
 
     add_prepare_parser(sub)
@@ -371,9 +372,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, resolve_checkpoint
     from .config import config_from_dict
-    from .pretrained import WEIGHTS_FILE, export_pretrained
+    from .pretrained import WEIGHTS_FILE, check_release_dir, export_pretrained
     from .sampling import find_vae
 
+    check_release_dir(args.out, args.force)  # before loading anything
     ckpt = resolve_checkpoint(args.checkpoint)
     state = load_checkpoint(ckpt, map_location="cpu")
     state["_path"] = str(ckpt)
@@ -382,7 +384,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.data.dataset == "latents":
         vae, scale, origin = find_vae(cfg.data.root, args.vae, args.scale_factor, recorded_vae=cfg.eval.vae or None,
                                       what=str(ckpt))
-    meta = export_pretrained(state, args.out, vae, scale)
+    meta = export_pretrained(state, args.out, vae, scale, overwrite=args.force)
     out = Path(args.out)
     size = (out / WEIGHTS_FILE).stat().st_size / 2**20
     print(f"wrote {out / WEIGHTS_FILE} ({size:.1f} MB: the sampling EMA of {ckpt.name}, step {meta['step']}) and "

@@ -121,14 +121,34 @@ def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> t
     return cfg, net
 
 
+def check_release_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """The directory a release may be written to, checked before any work: never a training run, a
+    file, the current directory by an empty name, nor (without `overwrite`) files already there."""
+    if not str(out).strip():
+        raise ConfigError("--out is empty: pass the release directory to write, e.g. --out releases/my-run")
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory: pass the release directory to write")
+    if (out / CONFIG_FILE).exists() and not is_export(out) or (out / "checkpoints").exists():
+        raise DataError(f"{out} holds a training run (config.json or checkpoints/), not a release: choose another --out")
+    there = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (out / name).exists()]
+    if there and not overwrite:
+        what = "a release" if is_export(out) else " and ".join(there)
+        raise DataError(f"{out} already holds {what}: pass --force to replace it, or choose another --out")
+    return out
+
+
 def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | None = None,
-                      scale_factor: float | None = None) -> dict[str, Any]:
+                      scale_factor: float | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write the sampling EMA of a checkpoint (a file, a run directory's newest, or one already
     loaded with `checkpoint.open_checkpoint`) as a release in `out`.
 
     `vae` / `scale_factor` are recorded for latent models (resolved by the caller: `sddit export`
-    takes them from `--vae`, the run's eval.vae or the latent manifest). Returns the config.json written.
+    takes them from `--vae`, the run's eval.vae or the latent manifest). An existing release (or any
+    model.safetensors / config.json) in `out` is replaced only with `overwrite` (`--force`): it may
+    be another run's. Returns the config.json written.
     """
+    out = check_release_dir(out, overwrite)
     try:
         from safetensors.torch import save_file
     except ImportError:
@@ -144,9 +164,6 @@ def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | Non
     _build(cfg, state["ema"], str(ckpt), "cpu")  # refuse weights that would not load back
     # clone: safetensors refuses tensors that share memory; the key names are the DiT / SplitDiT ones
     weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in state["ema"].items()}
-    out = Path(out).expanduser()
-    if (out / CONFIG_FILE).exists() and not is_export(out) or (out / "checkpoints").exists():
-        raise DataError(f"{out} holds a training run (config.json or checkpoints/), not a release: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "weights": WEIGHTS_FILE,
