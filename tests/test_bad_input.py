@@ -1007,3 +1007,40 @@ def test_export_onto_a_file(tmp_path, capsys):
     path.write_text("mine")
     expect_error(capsys, ["export", TRAINED, "--out", path], "notes.txt is a file, not a directory")
     assert path.read_text() == "mine"
+
+
+def _image_classes(root: Path, per_class: dict[str, int]) -> Path:
+    for name, n in per_class.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("link", ["dog/up -> ..", "cat/up -> .. (the other order)", "dog/x.png -> ../cat/0.png"])
+def test_prepare_refuses_an_image_reachable_under_two_classes(link, tmp_path, capsys, deadline):
+    """Item 3: `ln -s .. dog/up` used to count the other classes' images again under dog's label."""
+    from sddit.data.image_folder import scan_image_folder
+
+    images = _image_classes(tmp_path / "images", {"cat": 3, "dog": 3})
+    where, _, target = link.partition(" -> ")
+    os.symlink(target.split(" ")[0], images / where)
+    before = snapshot(images)
+    line = expect_error(capsys, ["prepare", images, tmp_path / "out", "--vae", tmp_path / "no-vae", "--device", "cpu",
+                                 "--no-progress"], "reached again (through a link)", "(class 'cat')", "(class 'dog')",
+                        "would count under both classes", "an image belongs to one class; remove the link")
+    assert str(images / where) in line or str(images / where.split("/")[0] / "up") in line, line
+    assert_unchanged(before)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(Exception, match="through a link"):
+        scan_image_folder(images)
+
+
+def test_prepare_counts_a_real_folder_once_within_its_class(tmp_path):
+    from sddit.data.image_folder import scan_image_folder
+
+    images = _image_classes(tmp_path / "images", {"cat": 2, "dog": 3})
+    os.symlink(".", images / "dog" / "loop")
+    os.symlink("0.png", images / "dog" / "again.png")  # the same image twice in its own class: once
+    files, labels, classes = scan_image_folder(images)
+    assert classes == ["cat", "dog"] and labels == [0, 0, 1, 1, 1]
