@@ -1044,3 +1044,127 @@ def test_prepare_counts_a_real_folder_once_within_its_class(tmp_path):
     os.symlink("0.png", images / "dog" / "again.png")  # the same image twice in its own class: once
     files, labels, classes = scan_image_folder(images)
     assert classes == ["cat", "dog"] and labels == [0, 0, 1, 1, 1]
+
+
+OUTPUT_CASES = {
+    # id: (argv given tmp_path, what the line must say)
+    "sample --out an existing directory": (lambda t: ["sample", TRAINED, "--out", t],
+                                           [f"--out {{t}} is a directory", "pass a file path, e.g. {t}/result.png"]),
+    "sample --out without an image suffix": (lambda t: ["sample", TRAINED, "--out", t / "grid"],
+                                             ["--out {t}/grid must end in .png or .jpg or .jpeg"]),
+    "sample --out ''": (lambda t: ["sample", TRAINED, "--out", ""], ["--out is empty: pass a file path"]),
+    "eval --json a directory": (lambda t: ["eval", TRAINED, "--json", t], ["--json {t} is a directory",
+                                                                        "pass a file path, e.g. {t}/result.json"]),
+    "train --run-dir of 300 characters": (lambda t: TRAIN + ["--run-dir", t / ("r" * 300)],
+                                          ["cannot create the run directory", "(File name too long)",
+                                           "too long for the file system: choose a shorter one", "another --run-dir"]),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_output_paths_that_cannot_be_written(case, tmp_path, capsys):
+    """Item 5: these used to end in a traceback after the work was done (or before it)."""
+    make, says = OUTPUT_CASES[case]
+    (tmp_path / "mine.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    expect_error(capsys, make(tmp_path), *(s.format(t=tmp_path) for s in says))
+    assert_unchanged(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 274877906944 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+])
+def test_out_of_memory_is_one_line(error, tmp_path, capsys, monkeypatch):
+    """Item 5: a model too large for the machine (hidden_size=8192 under ulimit -v 8G)."""
+    def allocate(*a, **k):
+        raise error
+
+    monkeypatch.setattr("sddit.train.trainer.build_model", allocate)
+    expect_error(capsys, TRAIN + ["--run-dir", tmp_path / "run", "--set", "model.hidden_size=8192"],
+                 "out of memory during `sddit train`", "lower train.batch_size", "or the model size",
+                 "a machine with more memory")
+
+
+def test_a_runtime_error_that_is_not_memory_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    """A fault of the code is not dressed up as the user's: it still raises."""
+    def bug(*a, **k):
+        raise RuntimeError("shape mismatch in a bug")
+
+    monkeypatch.setattr("sddit.train.trainer.build_model", bug)
+    with pytest.raises(RuntimeError, match="bug"):
+        main([str(a) for a in TRAIN + ["--run-dir", tmp_path / "run"]])
+
+
+# Sends this process SIGINT while `import torch` runs (the first seconds of every command).
+CTRL_C_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+from sddit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_modules_import(tmp_path):
+    """Item 5: Ctrl-C in the first seconds (torch importing) is one line and exit 130."""
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_IMPORTING, *TRAIN, "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    line = error_line(proc.stderr)
+    assert line.startswith("error: interrupted during `sddit") and "run the same command again" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_importing_the_cli_does_not_import_torch():
+    """What makes the case above hold: the entry point's module imports torch only inside main()."""
+    proc = subprocess.run([sys.executable, "-c", "import sys, sddit.cli; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
+def _nan_ema(path: Path) -> Path:
+    state = _ckpt_state(20)
+    state["ema"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["ema"].items()}
+    torch.save(state, path)
+    return path
+
+
+NAN_CASES = {
+    "sample a checkpoint whose EMA is NaN": lambda t: ["sample", _nan_ema(t / "ckpt-0000020.pt"), "--out", t / "g.png"],
+    "eval it": lambda t: ["eval", _nan_ema(t / "ckpt-0000020.pt"), "--num-samples", "2", "--steps", "1"],
+    "export it": lambda t: ["export", _nan_ema(t / "ckpt-0000020.pt"), "--out", t / "release"],
+}
+
+
+@pytest.mark.parametrize("case", NAN_CASES)
+def test_non_finite_weights_are_refused(case, tmp_path, capsys):
+    """Item 6: they used to sample an all-black grid with exit 0."""
+    argv = NAN_CASES[case](tmp_path)
+    before = snapshot(tmp_path)
+    expect_error(capsys, argv, "ckpt-0000020.pt: the sampling EMA weights hold NaN or inf", "the run diverged",
+                 "use an earlier checkpoint")
+    assert_unchanged(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000020.pt"]
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["sample", "{run}", "--cfg-scale", "nan", "--out", "{t}/g.png"], "--cfg-scale nan is not valid"),
+    (["sample", "{run}", "--cfg-scale", "inf", "--out", "{t}/g.png"], "--cfg-scale inf is not valid"),
+    (["eval", "{run}", "--cfg-scale", "nan"], "--cfg-scale nan is not valid"),
+    (["generate", "{run}", "--out", "{t}/gen", "--num-samples", "2", "--cfg-scale=-inf"],
+     "--cfg-scale -inf is not valid"),
+    (["export", "{run}", "--out", "{t}/rel", "--scale-factor", "nan"], "--scale-factor nan is not valid"),
+])
+def test_non_finite_flags_are_refused(argv, says, tmp_path, capsys):
+    expect_error(capsys, [a.format(run=TRAINED, t=tmp_path) for a in argv], says, "it must be a finite number")
+    assert list(tmp_path.iterdir()) == []

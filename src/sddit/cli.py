@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
+# Only light modules here: torch and what imports it load inside `main`, where a Ctrl-C in the
+# seconds they take is one line, not a traceback.
 from .config import DEFAULT_CONFIG, load_config
-from .data.latent_format import MANIFEST, SD_SCALE_FACTOR
 from .errors import ConfigError, SdditError, file_problem
-from .models.vae import DEFAULT_VAE
-from .runtime import resolve_device
+
+
+def _device(name: str):
+    from .runtime import resolve_device
+
+    return resolve_device(name)
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -194,10 +200,25 @@ def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {value} is not valid: it must be >= {minimum}")
 
 
+def _output_file(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output file path that is empty, a directory (`--json /tmp`) or of
+    a type the writer does not know."""
+    if path is None:
+        return
+    if not path.strip():
+        raise ConfigError(f"{flag} is empty: pass a file path")
+    if Path(path).expanduser().is_dir():
+        example = Path(path) / ("result" + (suffixes[0] if suffixes else ".json"))
+        raise ConfigError(f"{flag} {path} is a directory: pass a file path, e.g. {example}")
+    if suffixes and Path(path).suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path} must end in {' or '.join(suffixes)}")
+
+
 def _writable_parent(path: str | None, flag: str) -> None:
     """Fail before a long evaluation, not after it, when its output file cannot be created."""
     if path is None:
         return
+    _output_file(path, flag)
     parent = Path(path).expanduser().parent
     if not parent.is_dir():
         raise ConfigError(f"{flag} {path}: the folder {parent} does not exist; create it or choose another path")
@@ -228,7 +249,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling.sources import load_source
 
     _at_least(args, 1, "per_class", "steps")
-    device = resolve_device(args.device or "auto")
+    _output_file(args.out, "--out", (".png", ".jpg", ".jpeg"))
+    device = _device(args.device or "auto")
     source = load_source(args.checkpoint, device)
     classes = None
     if args.classes:
@@ -263,7 +285,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .sampling.sources import load_source
 
     _at_least(args, 2, "num_samples")  # FID needs two samples at least
-    device = resolve_device(args.device or "auto")
+    device = _device(args.device or "auto")
     source = load_source(args.checkpoint, device)
     cfg = source.config
     if args.inception:
@@ -296,7 +318,7 @@ def _eval_files(args: argparse.Namespace) -> int:
         raise ConfigError("file evaluation needs both --samples PATH and --ref PATH")
     if args.checkpoint is not None:
         raise ConfigError("pass either a checkpoint or --samples/--ref, not both")
-    device = resolve_device(args.device or "auto")
+    device = _device(args.device or "auto")
     cache = None
     if args.cache_ref is not None:
         cache = default_ref_cache_path(args.ref) if args.cache_ref == "auto" else Path(args.cache_ref)
@@ -342,7 +364,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.official_dit is None):
         raise ConfigError("sddit generate needs a checkpoint (CKPT_OR_RUN_DIR) or --official-dit PATH (one of them)")
     _at_least(args, 1, "num_samples", "steps", "batch_size")
-    device = resolve_device(args.device or "auto")
+    device = _device(args.device or "auto")
     started = not dist.is_dist()
     rank, world, _ = dist.init_from_env(str(device))
     if device.type == "cuda" and world > 1:
@@ -393,6 +415,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
+    from .data.latent_format import SD_SCALE_FACTOR
+    from .models.vae import DEFAULT_VAE
+
     p = subparsers.add_parser(
         "prepare", help="encode an image folder (one sub-folder per class) to SD-VAE latent moments",
         description="Centre-crop (ADM) every image of ROOT/<class>/, encode it and its mirror with the VAE and "
@@ -431,7 +456,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     env_world = int(os.environ.get("WORLD_SIZE", 1))
     rank = args.rank if args.rank is not None else int(os.environ.get("RANK", 0))
     world = args.world_size if args.world_size is not None else env_world
-    device = str(resolve_device(args.device))
+    device = str(_device(args.device))
     if device == "cuda" and world > 1 and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.rank is None
@@ -451,6 +476,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _describe(m: dict, out: Path) -> str:
+    from .data.latent_format import MANIFEST
+
     c = m["counts"]
     return (f"wrote {out / MANIFEST}: {c['entries']} entries ({c['images']} images + {c['flips']} flips) of "
             f"{m['num_classes']} classes, latents {tuple(m['latent_shape'])} at {m['resolution']}px, VAE {m['vae']}, "
@@ -458,26 +485,63 @@ def _describe(m: dict, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import torch
-
-    # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.
-    torch.set_flush_denormal(True)
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
-                "prepare": cmd_prepare, "export": cmd_export}
+    command = ""  # known once the arguments are parsed (a Ctrl-C may come while modules import)
     try:
-        return commands[args.command](args)
+        args = build_parser().parse_args(argv)  # imports torch (through the prepare parser's defaults)
+        command = args.command
+        import torch
+
+        # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.
+        torch.set_flush_denormal(True)
+        _finite_numbers(args)
+        commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
+                    "prepare": cmd_prepare, "export": cmd_export}
+        return commands[command](args)
     except SdditError as e:
         return _fail(str(e), e.exit_status)
-    except KeyboardInterrupt:  # outside the training loop's clean stop, or a second Ctrl-C
-        return _fail(f"interrupted during `sddit {args.command}`; files are written atomically, so what was saved is "
-                     "intact: run the same command again (generate: add --resume)", 130)
+    except KeyboardInterrupt:  # while modules import, outside the training loop's clean stop, or a second Ctrl-C
+        return _fail(f"interrupted during `sddit{' ' + command if command else ''}`; files are written atomically, so "
+                     "what was saved is intact: run the same command again (generate: add --resume)", 130)
     except OSError as e:  # a full, read-only or forbidden disk, a directory given for a file, ...
         problem = file_problem(e)
         if problem is None:
             raise
-        again = " (training resumes from its newest checkpoint)" if args.command == "train" else ""
+        again = " (training resumes from its newest checkpoint)" if command == "train" else ""
         return _fail(f"{problem}; then run the same command again{again}", 2)
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        text = " ".join(str(e).split())[:160] or type(e).__name__
+        return _fail(f"out of memory during `sddit {command}` ({text}): {SMALLER.get(command, SMALLER['train'])}, or "
+                     "use a machine with more memory", 2)
+
+
+# What makes each command need less memory.
+SMALLER = {
+    "train": "lower train.batch_size (or raise train.grad_accum: the same update in smaller pieces) or the model size",
+    "sample": "lower --per-class or pass fewer --classes",
+    "eval": "lower --batch-size",
+    "generate": "lower --batch-size",
+    "prepare": "lower --batch-size",
+    "export": "free memory (export holds the checkpoint once)",
+}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or torch's allocation failures (CPU: `DefaultCPUAllocator: can't allocate memory`;
+    CUDA: torch.cuda.OutOfMemoryError; MPS: `MPS backend out of memory`)."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return ("DefaultCPUAllocator" in text and "allocate" in text) or "out of memory" in text.lower()
+
+
+def _finite_numbers(args: argparse.Namespace) -> None:
+    """Every float flag (--cfg-scale, --scale-factor, ...) must be a finite number: `nan` used to
+    sample an all-black grid with exit 0."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is not valid: it must be a finite number")
 
 
 def _fail(message: str, status: int) -> int:

@@ -59,13 +59,19 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _build(cfg: Config, weights: dict[str, torch.Tensor], where: str, device) -> EDMPrecond:
+def _build(cfg: Config, weights: dict[str, torch.Tensor], where: str, device, what: str = "sampling EMA") -> EDMPrecond:
+    """The denoiser of `weights`; CheckpointError when they do not fit the config or are not finite
+    (a NaN network samples an all-black grid, and exits 0, if let through)."""
     net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
     try:
         net.model.load_state_dict(weights)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{where}: weights do not match the config stored with them "
-                              f"({str(e).strip().splitlines()[0]})") from None
+                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    bad = [name for name, t in net.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{where}: the {what} weights hold NaN or inf ({len(bad)} tensor(s), e.g. {bad[0]}): the "
+                              "run diverged before this checkpoint; use an earlier checkpoint")
     return net.to(device).eval().requires_grad_(False)
 
 
@@ -102,13 +108,8 @@ def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu
         cfg = config_from_dict(state["config"])
     except ConfigError as e:
         raise CheckpointError(f"{ckpt}: the config stored in it is not valid here ({e})") from None
-    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
-    try:
-        net.model.load_state_dict(state["ema" if weights == "ema" else "model"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{ckpt}: weights do not match the config stored with them "
-                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
-    return ckpt, cfg, net.to(device).eval().requires_grad_(False)
+    return ckpt, cfg, _build(cfg, state["ema" if weights == "ema" else "model"], str(ckpt), device,
+                             "sampling EMA" if weights == "ema" else "trained")
 
 
 def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, EDMPrecond]:

@@ -60,9 +60,9 @@ def make_run_dir(run_dir: Path) -> None:
     """Create the run directory, or a one-line error for a path that cannot be one."""
     if not str(run_dir).strip():
         raise ConfigError("the run directory is empty: pass --run-dir DIR")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} is a file, not a directory: pass another --run-dir")
     try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"run directory {run_dir} is a file, not a directory: pass another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"run directory {run_dir} cannot be created (a part of its path is a file): pass another "
