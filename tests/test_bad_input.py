@@ -1168,3 +1168,34 @@ def test_non_finite_weights_are_refused(case, tmp_path, capsys):
 def test_non_finite_flags_are_refused(argv, says, tmp_path, capsys):
     expect_error(capsys, [a.format(run=TRAINED, t=tmp_path) for a in argv], says, "it must be a finite number")
     assert list(tmp_path.iterdir()) == []
+
+
+def _two_class_latents(root: Path) -> Path:
+    """A `sddit prepare` folder of random moments, labels 0 and 1."""
+    from sddit.data.latent_format import FORMAT, FORMAT_VERSION, MANIFEST, shard_name
+
+    root.mkdir(parents=True)
+    moments = np.random.default_rng(0).standard_normal((16, 8, 4, 4)).astype(np.float16)
+    np.savez(root / shard_name(0, 0), moments=moments, labels=np.arange(16) % 2, flips=np.zeros(16, bool),
+             source=np.arange(16), meta=np.array("{}"))
+    (root / MANIFEST).write_text(json.dumps({
+        "format": FORMAT, "version": FORMAT_VERSION, "latent_shape": [4, 4, 4], "resolution": 32,
+        "class_names": ["a", "b"], "scale_factor": 0.18215, "vae": "unused", "counts": {"entries": 16},
+        "shards": [{"file": shard_name(0, 0), "entries": 16, "rank": 0}]}))
+    return root
+
+
+@pytest.mark.parametrize("data,k,says", [
+    ("digits", 5, "the data has labels 0..9 but model.num_classes=5"),
+    ("latents", 1, "the data has labels 0..1 but model.num_classes=1"),
+])
+def test_labels_outside_num_classes_stop_before_training(data, k, says, tmp_path, capsys):
+    """Item 7: num_classes=5 on 10 labels was an IndexError deep in the embedding; num_classes=1 on two
+    classes silently trained class 1 as the CFG null class."""
+    argv = TRAIN + ["--run-dir", tmp_path / "run", "--set", f"model.num_classes={k}"]
+    if data == "latents":
+        argv += ["--set", "data.dataset=latents", "--set", f"data.root={_two_class_latents(tmp_path / 'lat')}",
+                 "--set", "model.in_channels=4", "--set", "model.input_size=4", "--set", "data.hflip=false"]
+    expect_error(capsys, argv, says, f"labels must lie in [0, {k})", "null class",
+                 f"set model.num_classes={10 if data == 'digits' else 2}")
+    assert not list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / "metrics.jsonl").exists()

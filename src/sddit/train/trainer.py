@@ -87,6 +87,7 @@ class Trainer:
                 f"data is {tuple(self.dataset.shape)} but the model expects "
                 f"({cfg.model.in_channels}, {cfg.model.input_size}, {cfg.model.input_size}); set model.in_channels/model.input_size"
             )
+        self._check_labels()
         self.sampler = EpochSampler(len(self.dataset), cfg.train.batch_size, cfg.train.seed, self.rank, self.world)
         if (cfg.train.batch_size // self.world) % cfg.train.grad_accum:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} over {self.world} processes is "
@@ -126,6 +127,19 @@ class Trainer:
             self.train_net = self.ddp = DDP(self.net, device_ids=ids)
         if cfg.train.compile:
             self.train_net = torch.compile(self.train_net)
+
+    def _check_labels(self) -> None:
+        """Labels must lie in [0, model.num_classes): label num_classes is the CFG null class (it would
+        silently train as "unconditional") and larger ones index past the class embedding."""
+        labels, k = getattr(self.dataset, "labels", None), self.cfg.model.num_classes
+        if isinstance(labels, torch.Tensor) and len(labels):
+            lo, hi = int(labels.min()), int(labels.max())
+        else:  # latents: every label was checked against the manifest's classes when the shards opened
+            lo, hi = 0, self.dataset.num_classes - 1
+        if lo < 0 or hi >= k:
+            raise ConfigError(f"the data has labels {lo}..{hi} but model.num_classes={k}: labels must lie in [0, {k}) "
+                              f"(label {k} is the null class of classifier-free guidance); set "
+                              f"model.num_classes={max(hi + 1, self.dataset.num_classes)}")
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, rng_states: list[dict]) -> dict:
