@@ -1199,3 +1199,43 @@ def test_labels_outside_num_classes_stop_before_training(data, k, says, tmp_path
     expect_error(capsys, argv, says, f"labels must lie in [0, {k})", "null class",
                  f"set model.num_classes={10 if data == 'digits' else 2}")
     assert not list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_reference_statistics_that_are_not_a_covariance(tmp_path, capsys):
+    """Item 8: a non-positive-semidefinite sigma printed `FID = -1659`."""
+    sigma = np.eye(2048)
+    sigma[0, 0] = -5000.0
+    np.savez(tmp_path / "r.npz", mu=np.zeros(2048), sigma=sigma)
+    _pngs(tmp_path / "s", 4)
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["eval", "--samples", tmp_path / "s", "--ref", tmp_path / "r.npz", "--batch-size", "4"],
+                 "r.npz: sigma is not a covariance matrix", "not positive semi-definite", "smallest eigenvalue is -5e+03",
+                 "recompute the reference statistics")
+    assert_unchanged(before)
+
+
+def test_covariance_check_accepts_real_statistics_and_rounding():
+    from sddit.eval.files import _not_a_covariance
+
+    feats = np.random.default_rng(0).standard_normal((50, 64))
+    cov = np.cov(feats, rowvar=False)  # rank 49 < 64: singular, PSD up to rounding
+    assert _not_a_covariance(cov) is None
+    assert _not_a_covariance(cov.astype(np.float16).astype(np.float64)) is None  # stored in half precision
+    skew = cov.copy()
+    skew[0, 1] += 1.0
+    assert "not symmetric" in _not_a_covariance(skew)
+
+
+@pytest.mark.parametrize("text,says", [
+    ("train:\n  lr: 1.0e-3\n  batch_size: 8\n  lr: 5.0e-3\n", "duplicate key 'lr' (first at line 2) at line 4"),
+    ("objective: dit\ntrain:\n  lr: 1.0e-3\nobjective: sddit\n", "duplicate key 'objective' (first at line 1) at line 4"),
+    ("train: {lr: 1.0e-3, lr: 2.0e-3}\n", "duplicate key 'lr' (first at line 1)"),
+])
+def test_duplicate_keys_in_a_yaml_config(text, says, tmp_path, capsys):
+    """Item 8: the last one used to win silently."""
+    config = _yaml(tmp_path, "mine", text)
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["train", "--config", config, "--run-dir", tmp_path / "run", "--device", "cpu"],
+                 "mine.yaml is not valid YAML", says, "fix the file")
+    assert_unchanged(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
