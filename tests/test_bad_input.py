@@ -996,7 +996,7 @@ def test_export_with_an_empty_out_writes_nothing_into_the_current_directory(tmp_
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"my own weights")
     before = snapshot(tmp_path)
-    expect_error(capsys, ["export", TRAINED, "--out", ""], "--out is empty", "pass the release directory")
+    expect_error(capsys, ["export", TRAINED, "--out", ""], "--out is empty: pass a path")
     expect_error(capsys, ["export", TRAINED, "--out", "  "], "--out is empty")
     assert_unchanged(before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
@@ -1052,7 +1052,12 @@ OUTPUT_CASES = {
                                            [f"--out {{t}} is a directory", "pass a file path, e.g. {t}/result.png"]),
     "sample --out without an image suffix": (lambda t: ["sample", TRAINED, "--out", t / "grid"],
                                              ["--out {t}/grid must end in .png or .jpg or .jpeg"]),
-    "sample --out ''": (lambda t: ["sample", TRAINED, "--out", ""], ["--out is empty: pass a file path"]),
+    "sample --out ''": (lambda t: ["sample", TRAINED, "--out", ""], ["--out is empty: pass a path"]),
+    "generate --out '' (wrote into the current directory)": (
+        lambda t: ["generate", TRAINED, "--out", " ", "--num-samples", "2"], ["--out is empty: pass a path"]),
+    "eval --json ''": (lambda t: ["eval", TRAINED, "--json", ""], ["--json is empty: pass a path"]),
+    "sample ''": (lambda t: ["sample", ""], ["CHECKPOINT is empty: pass a path"]),
+    "prepare ROOT ''": (lambda t: ["prepare", t, ""], ["OUT is empty: pass a path"]),
     "eval --json a directory": (lambda t: ["eval", TRAINED, "--json", t], ["--json {t} is a directory",
                                                                         "pass a file path, e.g. {t}/result.json"]),
     "train --run-dir of 300 characters": (lambda t: TRAIN + ["--run-dir", t / ("r" * 300)],
@@ -1062,9 +1067,11 @@ OUTPUT_CASES = {
 
 
 @pytest.mark.parametrize("case", OUTPUT_CASES)
-def test_output_paths_that_cannot_be_written(case, tmp_path, capsys):
-    """Item 5: these used to end in a traceback after the work was done (or before it)."""
+def test_output_paths_that_cannot_be_written(case, tmp_path, capsys, monkeypatch):
+    """Item 5: these used to end in a traceback after the work was done (or before it), or, empty,
+    wrote into the current directory."""
     make, says = OUTPUT_CASES[case]
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.txt").write_text("mine")
     before = snapshot(tmp_path)
     expect_error(capsys, make(tmp_path), *(s.format(t=tmp_path) for s in says))

@@ -201,12 +201,10 @@ def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
 
 
 def _output_file(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
-    """Refuse, before any work, an output file path that is empty, a directory (`--json /tmp`) or of
-    a type the writer does not know."""
+    """Refuse, before any work, an output file path that is a directory (`--json /tmp`) or of a type
+    the writer does not know."""
     if path is None:
         return
-    if not path.strip():
-        raise ConfigError(f"{flag} is empty: pass a file path")
     if Path(path).expanduser().is_dir():
         example = Path(path) / ("result" + (suffixes[0] if suffixes else ".json"))
         raise ConfigError(f"{flag} {path} is a directory: pass a file path, e.g. {example}")
@@ -494,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.
         torch.set_flush_denormal(True)
         _finite_numbers(args)
+        _no_empty_paths(args)
         commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
                     "prepare": cmd_prepare, "export": cmd_export}
         return commands[command](args)
@@ -534,6 +533,22 @@ def _out_of_memory(e: BaseException) -> bool:
         return True
     text = str(e)
     return ("DefaultCPUAllocator" in text and "allocate" in text) or "out of memory" in text.lower()
+
+
+# Arguments that name a file or folder; an empty one would mean the current directory (`generate
+# --out ''` wrote into it). train's run_dir is checked with the config.
+PATH_ARGS = ("checkpoint", "out", "json", "samples", "ref", "cache_ref", "inception", "official_dit", "vae", "root",
+             "config")
+POSITIONAL = {"checkpoint", "root"}
+
+
+def _no_empty_paths(args: argparse.Namespace) -> None:
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            label = name.upper() if name in POSITIONAL or (name == "out" and args.command == "prepare") else \
+                f"--{name.replace('_', '-')}"
+            raise ConfigError(f"{label} is empty: pass a path")
 
 
 def _finite_numbers(args: argparse.Namespace) -> None:
