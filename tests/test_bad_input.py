@@ -963,6 +963,7 @@ def test_retention_never_deletes_a_checkpoint_whose_real_step_is_newer(tmp_path,
     data = renamed.read_bytes()
     rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "30", "--set", "train.ckpt_every=5"])
     assert rc == 0, err
+    assert "ckpt-0000003.pt holds step 20, not the step of its name: moved it to" in err, err
     assert (run_dir / "checkpoints" / "unreadable" / "ckpt-0000003.pt").read_bytes() == data
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000025.pt", "ckpt-0000030.pt"]
 

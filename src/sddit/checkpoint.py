@@ -102,7 +102,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_last: int = 2) -> Path:
+def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_last: int = 2,
+                    warn: Callable[[str], Any] = warn_stderr) -> Path:
     """Atomic write (temp file, fsync, rename), then prune the OLDER checkpoints to `keep_last` in all.
 
     Only checkpoints with a lower step than the one just written are pruned: a file with a higher
@@ -118,10 +119,12 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_
     if keep_last > 0:
         older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
         for old in older[: max(0, len(older) - (keep_last - 1))]:
-            if stored_step(old) == checkpoint_step(old):
+            held = stored_step(old)
+            if held == checkpoint_step(old):
                 old.unlink(missing_ok=True)
             elif old.exists():  # its real step is unknown or not its name's: it may be newer; keep it
-                quarantine(old)
+                warn(f"warning: {old.name} {'is unreadable' if held is None else f'holds step {held}'}, not the step of "
+                     f"its name: moved it to {quarantine(old)} instead of deleting it")
     return final
 
 

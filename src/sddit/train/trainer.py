@@ -158,7 +158,8 @@ class Trainer:
         path = self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
         if dist.is_main():
             try:
-                path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last)
+                path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last,
+                                       warn=self.warn)
             except OSError as e:  # e.g. a full disk: the temp file is gone, older checkpoints are intact
                 kept = list_checkpoints(self.run_dir)
                 problem = file_problem(e) or f"cannot write {e.filename or path} ({e.strerror or e})"
