@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -17,7 +16,8 @@ from pathlib import Path
 # Only light modules here: torch and what imports it load inside `main`, where a Ctrl-C in the
 # seconds they take is one line, not a traceback.
 from .config import DEFAULT_CONFIG, load_config
-from .errors import ConfigError, SdditError, file_problem
+from . import cli_args
+from .errors import ConfigError, one_line
 
 
 def _device(name: str):
@@ -192,38 +192,6 @@ def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:
     return 0
 
 
-def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
-    """Flags that must be >= minimum when given: a one-line error before any work."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < minimum:
-            raise ConfigError(f"--{name.replace('_', '-')} {value} is not valid: it must be >= {minimum}")
-
-
-def _output_file(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
-    """Refuse, before any work, an output file path that is a directory (`--json /tmp`) or of a type
-    the writer does not know."""
-    if path is None:
-        return
-    if Path(path).expanduser().is_dir():
-        example = Path(path) / ("result" + (suffixes[0] if suffixes else ".json"))
-        raise ConfigError(f"{flag} {path} is a directory: pass a file path, e.g. {example}")
-    if suffixes and Path(path).suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} {path} must end in {' or '.join(suffixes)}")
-
-
-def _writable_parent(path: str | None, flag: str) -> None:
-    """Fail before a long evaluation, not after it, when its output file cannot be created."""
-    if path is None:
-        return
-    _output_file(path, flag)
-    parent = Path(path).expanduser().parent
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: the folder {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
-
-
 def _load_decoder(source, args: argparse.Namespace, device):
     """The VAE decoder of a latent sampling source (None for pixel models)."""
     from .sampling import load_decoder
@@ -246,8 +214,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import class_grid
     from .sampling.sources import load_source
 
-    _at_least(args, 1, "per_class", "steps")
-    _output_file(args.out, "--out", (".png", ".jpg", ".jpeg"))
+    cli_args.at_least(args, 1, "per_class", "steps")
+    cli_args.output_file(args.out, "--out", (".png", ".jpg", ".jpeg"))
     device = _device(args.device or "auto")
     source = load_source(args.checkpoint, device)
     classes = None
@@ -271,8 +239,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    _at_least(args, 1, "steps", "batch_size")
-    _writable_parent(args.json, "--json")
+    cli_args.at_least(args, 1, "steps", "batch_size")
+    cli_args.writable_parent(args.json, "--json")
     if args.samples is not None:
         return _eval_files(args)
     if args.checkpoint is None:
@@ -282,7 +250,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_generator
     from .sampling.sources import load_source
 
-    _at_least(args, 2, "num_samples")  # FID needs two samples at least
+    cli_args.at_least(args, 2, "num_samples")  # FID needs two samples at least
     device = _device(args.device or "auto")
     source = load_source(args.checkpoint, device)
     cfg = source.config
@@ -361,7 +329,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.official_dit is None):
         raise ConfigError("sddit generate needs a checkpoint (CKPT_OR_RUN_DIR) or --official-dit PATH (one of them)")
-    _at_least(args, 1, "num_samples", "steps", "batch_size")
+    cli_args.at_least(args, 1, "num_samples", "steps", "batch_size")
     device = _device(args.device or "auto")
     started = not dist.is_dist()
     rank, world, _ = dist.init_from_env(str(device))
@@ -491,72 +459,16 @@ def main(argv: list[str] | None = None) -> int:
 
         # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.
         torch.set_flush_denormal(True)
-        _finite_numbers(args)
-        _no_empty_paths(args)
+        cli_args.finite_numbers(args)
+        cli_args.no_empty_paths(args)
         commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
                     "prepare": cmd_prepare, "export": cmd_export}
         return commands[command](args)
-    except SdditError as e:
-        return _fail(str(e), e.exit_status)
-    except KeyboardInterrupt:  # while modules import, outside the training loop's clean stop, or a second Ctrl-C
-        return _fail(f"interrupted during `sddit{' ' + command if command else ''}`; files are written atomically, so "
-                     "what was saved is intact: run the same command again (generate: add --resume)", 130)
-    except OSError as e:  # a full, read-only or forbidden disk, a directory given for a file, ...
-        problem = file_problem(e)
-        if problem is None:
+    except BaseException as e:  # noqa: BLE001 - what is the user's to fix becomes one line; the rest raises
+        reported = one_line(e, command)
+        if reported is None:
             raise
-        again = " (training resumes from its newest checkpoint)" if command == "train" else ""
-        return _fail(f"{problem}; then run the same command again{again}", 2)
-    except (MemoryError, RuntimeError) as e:
-        if not _out_of_memory(e):
-            raise
-        text = " ".join(str(e).split())[:160] or type(e).__name__
-        return _fail(f"out of memory during `sddit {command}` ({text}): {SMALLER.get(command, SMALLER['train'])}, or "
-                     "use a machine with more memory", 2)
-
-
-# What makes each command need less memory.
-SMALLER = {
-    "train": "lower train.batch_size (or raise train.grad_accum: the same update in smaller pieces) or the model size",
-    "sample": "lower --per-class or pass fewer --classes",
-    "eval": "lower --batch-size",
-    "generate": "lower --batch-size",
-    "prepare": "lower --batch-size",
-    "export": "free memory (export holds the checkpoint once)",
-}
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    """MemoryError, or torch's allocation failures (CPU: `DefaultCPUAllocator: can't allocate memory`;
-    CUDA: torch.cuda.OutOfMemoryError; MPS: `MPS backend out of memory`)."""
-    if isinstance(e, MemoryError):
-        return True
-    text = str(e)
-    return ("DefaultCPUAllocator" in text and "allocate" in text) or "out of memory" in text.lower()
-
-
-# Arguments that name a file or folder; an empty one would mean the current directory (`generate
-# --out ''` wrote into it). train's run_dir is checked with the config.
-PATH_ARGS = ("checkpoint", "out", "json", "samples", "ref", "cache_ref", "inception", "official_dit", "vae", "root",
-             "config")
-POSITIONAL = {"checkpoint", "root"}
-
-
-def _no_empty_paths(args: argparse.Namespace) -> None:
-    for name in PATH_ARGS:
-        value = getattr(args, name, None)
-        if isinstance(value, str) and not value.strip():
-            label = name.upper() if name in POSITIONAL or (name == "out" and args.command == "prepare") else \
-                f"--{name.replace('_', '-')}"
-            raise ConfigError(f"{label} is empty: pass a path")
-
-
-def _finite_numbers(args: argparse.Namespace) -> None:
-    """Every float flag (--cfg-scale, --scale-factor, ...) must be a finite number: `nan` used to
-    sample an all-black grid with exit 0."""
-    for name, value in vars(args).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{name.replace('_', '-')} {value} is not valid: it must be a finite number")
+        return _fail(*reported)
 
 
 def _fail(message: str, status: int) -> int:

@@ -98,3 +98,43 @@ def underlying_os_error(e: BaseException, path: str, temp: str | None = None) ->
             return OSError(code, os.strerror(code), path)
         e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     return None
+
+
+# What makes each command need less memory.
+SMALLER = {
+    "train": "lower train.batch_size (or raise train.grad_accum: the same update in smaller pieces) or the model size",
+    "sample": "lower --per-class or pass fewer --classes",
+    "eval": "lower --batch-size",
+    "generate": "lower --batch-size",
+    "prepare": "lower --batch-size",
+    "export": "free memory (export holds the checkpoint once)",
+}
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or torch's allocation failures (CPU: `DefaultCPUAllocator: can't allocate memory`;
+    CUDA: torch.cuda.OutOfMemoryError; MPS: `MPS backend out of memory`)."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and (("DefaultCPUAllocator" in text and "allocate" in text)
+                                            or "out of memory" in text.lower())
+
+
+def one_line(e: BaseException, command: str = "") -> tuple[str, int] | None:
+    """(message, exit status) of an exception that is the user's to fix: an SdditError, Ctrl-C, a
+    file that cannot be written for a reason they can change, running out of memory. None for
+    anything else (a fault of this code, which keeps its traceback). `command`: `train`, `sample`, ..."""
+    if isinstance(e, SdditError):
+        return str(e), e.exit_status
+    if isinstance(e, KeyboardInterrupt):  # while modules import, outside training's clean stop, or a second Ctrl-C
+        return (f"interrupted during `sddit{' ' + command if command else ''}`; files are written atomically, so what "
+                "was saved is intact: run the same command again (generate: add --resume)", 130)
+    if isinstance(e, OSError) and (problem := file_problem(e)):
+        again = " (training resumes from its newest checkpoint)" if command == "train" else ""
+        return f"{problem}; then run the same command again{again}", 2
+    if out_of_memory(e):
+        text = " ".join(str(e).split())[:160] or type(e).__name__
+        return (f"out of memory during `sddit {command}` ({text}): {SMALLER.get(command, SMALLER['train'])}, or use "
+                "a machine with more memory", 2)
+    return None
