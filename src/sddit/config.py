@@ -386,6 +386,30 @@ def resolve_config_path(name: str) -> Path:
     raise ConfigError(f"config '{name}' not found: pass a YAML or JSON path or one of the presets: {presets}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: the last one
+    would silently win, and a researcher editing `lr:` in one place would train with the other."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML's own error says it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _read_yaml(path: Path) -> Any:
     """A config file's mapping; JSON files are read as JSON (for its error messages), the rest as YAML."""
     try:
@@ -399,7 +423,7 @@ def _read_yaml(path: Path) -> Any:
         except ValueError as e:
             raise ConfigError(f"{path} is not valid JSON ({e}): fix the file") from None
     try:
-        return yaml.safe_load(text)
+        return _safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)}): fix the file") from None
 
@@ -469,7 +493,7 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' must look like key=value (e.g. train.lr=2e-4)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(e)}); quote it") from None
         _set(cfg, key.strip(), value)
