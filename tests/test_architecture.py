@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sddit"
 # Bottom to top. A module may import modules of its own layer or below, never above.
 LAYERS = [
     {"errors", "seeding", "runtime", "distributed"},
-    {"config", "checkpoint"},
+    {"config", "config_files", "checkpoint"},
     {"models"},
     {"diffusion", "data"},
     {"objectives", "pretrained"},

@@ -1051,7 +1051,7 @@ def test_prepare_counts_a_real_folder_once_within_its_class(tmp_path):
 OUTPUT_CASES = {
     # id: (argv given tmp_path, what the line must say)
     "sample --out an existing directory": (lambda t: ["sample", TRAINED, "--out", t],
-                                           [f"--out {{t}} is a directory", "pass a file path, e.g. {t}/result.png"]),
+                                           ["--out {t} is a directory", "pass a file path, e.g. {t}/result.png"]),
     "sample --out without an image suffix": (lambda t: ["sample", TRAINED, "--out", t / "grid"],
                                              ["--out {t}/grid must end in .png or .jpg or .jpeg"]),
     "sample --out ''": (lambda t: ["sample", TRAINED, "--out", ""], ["--out is empty: pass a path"]),
