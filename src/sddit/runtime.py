@@ -81,12 +81,11 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
+    os.close(fd)
     try:
-        try:
-            os.fchmod(fd, 0o666 & ~current_umask())
-        finally:
-            os.close(fd)
         yield Path(tmp)
+        # after the writer: some (safetensors) replace the file rather than write into it
+        os.chmod(tmp, 0o666 & ~current_umask())
         if fsync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())

@@ -147,6 +147,8 @@ class Trainer:
             if now == value:
                 continue
             if f"model.{name}" in chosen:
+                if name == "num_classes" and now < value:
+                    self._check_labels()  # labels past the embedding: that error, which names the null class
                 raise ConfigError(f"model.{name}={now} was set, but {where} has {name}={value}: "
                                   f"remove the setting (it is then taken from the data) or set model.{name}={value}")
             setattr(cfg.model, name, value)
