@@ -63,8 +63,8 @@ KILL_AFTER_CHECKPOINT = """
 import os, signal, sys
 import sddit.train.trainer as trainer
 real = trainer.save_checkpoint
-def save_then_die(state, run_dir, step, keep_last=2):
-    path = real(state, run_dir, step, keep_last)
+def save_then_die(state, run_dir, step, keep_last=2, **kw):
+    path = real(state, run_dir, step, keep_last, **kw)
     if step == int(os.environ["KILL_AT"]):
         os.kill(os.getpid(), signal.SIGKILL)
     return path
