@@ -14,14 +14,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sddit"
 # Bottom to top. A module may import modules of its own layer or below, never above.
 LAYERS = [
     {"errors", "seeding", "runtime", "distributed"},
-    {"config", "checkpoint"},
+    {"config", "config_files", "checkpoint"},
     {"models"},
     {"diffusion", "data"},
     {"objectives", "pretrained"},
     {"sampling"},
     {"eval"},
     {"train"},
-    {"cli", "api", "__init__"},
+    {"cli", "cli_args", "api", "__init__"},
 ]
 MAX_LINES = 500
 

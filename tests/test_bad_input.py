@@ -201,9 +201,9 @@ def test_unreadable_newest_is_quarantined_and_the_readable_one_kept(junk, tmp_pa
     else:
         torch.save({"weights": torch.zeros(3)}, bad)  # a torch file without model/ema/config
     junk_bytes = bad.read_bytes()
-    rc, out, _ = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"])
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"])
     assert rc == 0
-    assert "ckpt-0000020.pt" in out and "moved it to" in out and "resumed from" in out and "at step 10" in out
+    assert "ckpt-0000020.pt" in err and "moved it to" in err and "resumed from" in out and "at step 10" in out
     assert (run_dir / "checkpoints" / "unreadable" / "ckpt-0000020.pt").read_bytes() == junk_bytes
     # keep_last=2: the readable step-10 checkpoint (untouched) and the new step-20 one; the junk is not counted
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000010.pt", "ckpt-0000020.pt"]
@@ -234,7 +234,7 @@ def test_sampling_skips_an_unreadable_newest_checkpoint_without_moving_it(tmp_pa
     bad.write_bytes(bad.read_bytes()[:3000])
     before = snapshot(run_dir)
     rc, out, err = run(capsys, ["sample", run_dir, "--steps", "1", "--per-class", "1", "--out", tmp_path / "g.png"])
-    assert rc == 0 and "falling back to ckpt-0000010.pt" in out and (tmp_path / "g.png").is_file()
+    assert rc == 0 and "falling back to ckpt-0000010.pt" in err and (tmp_path / "g.png").is_file()
     assert_unchanged(before)
 
 
@@ -518,7 +518,8 @@ def test_disk_full_or_read_only_elsewhere_in_the_run_dir(err, tmp_path, capsys, 
     before = snapshot(run_dir)
     if err == errno.EROFS:
         monkeypatch.setattr(rundir, "open", _failing(err, str(run_dir / "train.lock")), raising=False)  # 1st write
-        says = ["cannot write in the run directory", "Read-only file system", "make it writable", "choose another --run-dir"]
+        says = ["cannot write in the run directory", "(Read-only file system): that file system is read-only",
+                "choose a writable location, or pass another --run-dir"]
     else:
         monkeypatch.setattr(rundir, "write_config", _failing(err, str(run_dir / "config.json")))
         says = ["cannot write", "config.json", "No space left on device", "free space", "run the same command again"]
@@ -752,3 +753,498 @@ def test_a_second_trainer_in_the_same_process_takes_the_lock_over(tmp_path):
     assert f"pid {os.getpid()}" in (tmp_path / "run" / "train.lock").read_text()
     second.close()
     assert (tmp_path / "run" / "train.lock").read_text() == ""
+
+
+# ------------------------------------------------------------- issue 24: nothing lost, nothing unexplained
+
+
+ENOSPC = os.strerror(errno.ENOSPC)
+
+
+def _full_after(limit: int):
+    """torch.save as on a disk that fills after `limit` bytes: torch's own zip writer then raises
+    `RuntimeError: [enforce fail at inline_container.cc:...]` around the OSError, as on a real full disk."""
+    real = torch.save
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            if self.n + len(b) > limit:
+                raise OSError(errno.ENOSPC, ENOSPC)
+            self.n += len(b)
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+    return lambda obj, f, *a, **k: real(obj, Full(f), *a, **k)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 4 MB tmpfs at tmp_path/disk (needs root and a kernel that lets this process mount)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root; the "
+                    "monkeypatched case of the same failure runs everywhere")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill `disk` until about `leave` bytes are free."""
+    st = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+
+
+def test_full_disk_in_torchs_zip_writer_while_saving_a_checkpoint(tmp_path, capsys, monkeypatch):
+    """Item 4: torch raises RuntimeError (not OSError) on a full disk; still one line naming the file."""
+    from sddit import checkpoint
+
+    run_dir = copy_run(tmp_path, keep=(10,))
+    before = snapshot(run_dir / "checkpoints")
+    monkeypatch.setattr(checkpoint.torch, "save", _full_after(4096))
+    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"], "step-20 checkpoint was not saved",
+                 f"cannot write {run_dir / 'checkpoints' / 'ckpt-0000020.pt'} ({ENOSPC})", "free space on that disk",
+                 "ckpt-0000010.pt, is intact", "re-run the same command to resume")
+    assert_unchanged(before)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-0000010.pt"]  # no temporary
+
+
+def test_full_disk_while_saving_a_checkpoint_on_a_real_tmpfs(tiny_disk, capsys):
+    run_dir = tiny_disk / "run"
+    shutil.copytree(copy_run(tiny_disk.parent, keep=(10,)), run_dir)
+    _fill(tiny_disk, (run_dir / "checkpoints" / "ckpt-0000010.pt").stat().st_size // 2)
+    before = snapshot(run_dir / "checkpoints")
+    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"], "step-20 checkpoint was not saved",
+                 f"({ENOSPC})", "ckpt-0000020.pt", "ckpt-0000010.pt, is intact")
+    assert_unchanged(before)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-0000010.pt"]
+
+
+def test_full_disk_while_exporting(tmp_path, capsys, monkeypatch):
+    """Item 4: safetensors raises SafetensorError (not OSError) on a full disk."""
+    from safetensors import SafetensorError
+
+    import safetensors.torch
+
+    def full(*a, **k):
+        raise SafetensorError(f"Error while serializing: I/O error: {ENOSPC} (os error {errno.ENOSPC})")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "release"
+    expect_error(capsys, ["export", TRAINED, "--out", out], f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
+                 "free space on that disk", "run the same command again")
+    assert list(out.iterdir()) == []
+
+
+def test_full_disk_while_exporting_on_a_real_tmpfs(tiny_disk, capsys):
+    _fill(tiny_disk, 16384)
+    out = tiny_disk / "release"
+    expect_error(capsys, ["export", TRAINED, "--out", out], f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
+                 "free space on that disk")
+    assert list(out.iterdir()) == []
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+import torch
+
+def save(obj, f, *a, **k):  # half a checkpoint on disk, then kill -9
+    f.write(b"half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = save
+from sddit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_partial_checkpoint_of_a_killed_write_is_removed_when_the_run_starts(tmp_path, capsys):
+    """Item 9: kill -9 inside a checkpoint write leaves .ckpt-*.tmp; the next run removes it, and
+    only it (a user's file of another name stays), then resumes."""
+    run_dir = copy_run(tmp_path, keep=(10,))
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, *TRAIN, "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    partial = list((run_dir / "checkpoints").glob(".ckpt-0000020.pt.*.tmp"))
+    assert len(partial) == 1 and partial[0].read_bytes() == b"half a checkpoint"
+    mine = run_dir / "checkpoints" / ".ckpt-notes.tmp"  # not a name atomic writes use
+    mine.write_text("mine")
+    before = snapshot(run_dir / "checkpoints" / "ckpt-0000010.pt", mine)
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir])
+    assert rc == 0 and f"removed 1 partial file(s) ({partial[0].name})" in out and "killed" in out
+    assert not partial[0].exists()
+    assert_unchanged(before)
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000010.pt", "ckpt-0000020.pt"]
+
+
+def test_resume_warnings_go_to_stderr(tmp_path, capsys):
+    run_dir = copy_run(tmp_path)
+    newest = run_dir / "checkpoints" / "ckpt-0000020.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir])
+    assert rc == 0 and "resumed from" in out
+    assert "warning: checkpoint" in err and "ckpt-0000020.pt is unreadable" in err and "warning:" not in out
+
+
+@pytest.mark.parametrize("err,says,not_says", [
+    (errno.ENOSPC, ["cannot write", "(No space left on device)", "free space on that disk"], ["directory"]),
+    (errno.EISDIR, ["cannot open", "(Is a directory)", "is a directory: pass a file path"], ["free space"]),
+    (errno.ENAMETOOLONG, ["cannot open", "(File name too long)", "too long", "choose a shorter one"], ["free space"]),
+    (errno.EACCES, ["cannot open", "(Permission denied)", "fix its permissions"], ["free space"]),
+])
+def test_the_fix_fits_the_cause_of_a_failed_write(err, says, not_says, tmp_path, capsys, monkeypatch):
+    """Item 9: every failed write names its file, and `Is a directory` is not told to free space."""
+    from sddit.train import run_dir as rundir
+
+    run_dir = copy_run(tmp_path)
+    monkeypatch.setattr(rundir, "write_config", _failing(err, str(run_dir / "config.json")))
+    line = expect_error(capsys, TRAIN + ["--run-dir", run_dir], str(run_dir / "config.json"), *says,
+                        "run the same command again")
+    assert not any(s in line for s in not_says), line
+
+
+def _ckpt_state(step: int) -> dict:
+    return torch.load(TRAINED / "checkpoints" / f"ckpt-{step:07d}.pt", weights_only=True)
+
+
+STEP_CASES = {
+    # id: (damage the run directory (checkpoints 10 and 20) -> the name of the file that lies, what the warning says)
+    "newer name, step -5": (lambda d: torch.save({**_ckpt_state(20), "step": -5}, d / "ckpt-0000030.pt")
+                            or "ckpt-0000030.pt", "holds step -5, outside [0, 20]"),
+    "step 10**15 named for it": (lambda d: torch.save({**_ckpt_state(20), "step": 10**15}, d / f"ckpt-{10**15}.pt")
+                                 or f"ckpt-{10**15}.pt", f"holds step {10**15}, outside [0, 20]"),
+    "ckpt-10 renamed to ckpt-99": (lambda d: (d / "ckpt-0000010.pt").rename(d / "ckpt-0000099.pt")
+                                   or "ckpt-0000099.pt", "holds step 10 but is named for step 99"),
+}
+
+
+@pytest.mark.parametrize("case", STEP_CASES)
+def test_a_checkpoint_whose_step_lies_is_quarantined_and_nothing_is_lost(case, tmp_path, capsys):
+    """Item 1: a file whose stored step disagrees with its name or lies outside [0, max_steps] is
+    moved (byte-identical) to checkpoints/unreadable/, the run resumes from the real newest one, and
+    no good checkpoint is overwritten or pruned."""
+    run_dir = copy_run(tmp_path)
+    ckpts = run_dir / "checkpoints"
+    damage, says = STEP_CASES[case]
+    liar = ckpts / damage(ckpts)
+    lie = liar.read_bytes()
+    before = snapshot(*(p for p in list_checkpoints(run_dir) if p != liar))
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"])
+    assert rc == 0, err
+    assert f"{liar.name} cannot be trusted ({'it ' + says}" in err and "moved it to" in err, err
+    assert "at step 20" in out and "saved" not in out  # nothing left to train: nothing rewritten
+    assert (ckpts / "unreadable" / liar.name).read_bytes() == lie
+    assert_unchanged(before)
+
+
+def test_a_lying_checkpoint_is_refused_by_sample(tmp_path, capsys):
+    path = tmp_path / "ckpt-0000099.pt"
+    shutil.copy(TRAINED / "checkpoints" / "ckpt-0000010.pt", path)
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["sample", path, "--out", tmp_path / "g.png"], "ckpt-0000099.pt cannot be trusted",
+                 "holds step 10 but is named for step 99", "use another checkpoint")
+    assert_unchanged(before)
+
+
+def test_retention_never_deletes_a_checkpoint_whose_real_step_is_newer(tmp_path, capsys):
+    """Item 1: an older-NAMED file holding a later step (here ckpt-3 holding step 20) is not pruned
+    by name when the run saves step 25: it moves, byte-identical, to checkpoints/unreadable/."""
+    run_dir = copy_run(tmp_path, keep=(10,))
+    renamed = run_dir / "checkpoints" / "ckpt-0000003.pt"
+    shutil.copy(TRAINED / "checkpoints" / "ckpt-0000020.pt", renamed)
+    data = renamed.read_bytes()
+    rc, out, err = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "30", "--set", "train.ckpt_every=5"])
+    assert rc == 0, err
+    assert "ckpt-0000003.pt holds step 20, not the step of its name: moved it to" in err, err
+    assert (run_dir / "checkpoints" / "unreadable" / "ckpt-0000003.pt").read_bytes() == data
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000025.pt", "ckpt-0000030.pt"]
+
+
+def test_export_refuses_an_existing_release_unless_forced(tmp_path, capsys):
+    """Item 2: a release from another run is not replaced without --force (and the message says so)."""
+    other = tmp_path / "release"
+    assert run(capsys, ["export", TRAINED, "--out", other])[0] == 0
+    (other / "config.json").write_text((other / "config.json").read_text().replace('"step": 20', '"step": 7'))
+    before = snapshot(other)
+    expect_error(capsys, ["export", TRAINED, "--out", other], "already holds a release", "pass --force to replace it",
+                 "choose another --out")
+    assert_unchanged(before)
+    rc, out, _ = run(capsys, ["export", TRAINED, "--out", other, "--force"])
+    assert rc == 0 and json.loads((other / "config.json").read_text())["step"] == 20
+
+
+@pytest.mark.parametrize("mine", ["model.safetensors", "config.json"])
+def test_export_does_not_replace_a_users_own_file(mine, tmp_path, capsys):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / mine).write_bytes(b"my own weights" if mine.endswith("tensors") else b'{"mine": true}')
+    before = snapshot(folder)
+    expect_error(capsys, ["export", TRAINED, "--out", folder], "already holds" if mine.endswith("tensors") else
+                 "holds a training run", "choose another --out")
+    assert_unchanged(before)
+    assert sorted(p.name for p in folder.iterdir()) == [mine]
+
+
+def test_export_with_an_empty_out_writes_nothing_into_the_current_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"my own weights")
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["export", TRAINED, "--out", ""], "--out is empty: pass a path")
+    expect_error(capsys, ["export", TRAINED, "--out", "  "], "--out is empty")
+    assert_unchanged(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_export_onto_a_file(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    expect_error(capsys, ["export", TRAINED, "--out", path], "notes.txt is a file, not a directory")
+    assert path.read_text() == "mine"
+
+
+def _image_classes(root: Path, per_class: dict[str, int]) -> Path:
+    for name, n in per_class.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("link", ["dog/up -> ..", "cat/up -> .. (the other order)", "dog/x.png -> ../cat/0.png"])
+def test_prepare_refuses_an_image_reachable_under_two_classes(link, tmp_path, capsys, deadline):
+    """Item 3: `ln -s .. dog/up` used to count the other classes' images again under dog's label."""
+    from sddit.data.image_folder import scan_image_folder
+
+    images = _image_classes(tmp_path / "images", {"cat": 3, "dog": 3})
+    where, _, target = link.partition(" -> ")
+    os.symlink(target.split(" ")[0], images / where)
+    before = snapshot(images)
+    line = expect_error(capsys, ["prepare", images, tmp_path / "out", "--vae", tmp_path / "no-vae", "--device", "cpu",
+                                 "--no-progress"], "reached again (through a link)", "(class 'cat')", "(class 'dog')",
+                        "would count under both classes", "an image belongs to one class; remove the link")
+    assert str(images / where) in line or str(images / where.split("/")[0] / "up") in line, line
+    assert_unchanged(before)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(Exception, match="through a link"):
+        scan_image_folder(images)
+
+
+def test_prepare_counts_a_real_folder_once_within_its_class(tmp_path):
+    from sddit.data.image_folder import scan_image_folder
+
+    images = _image_classes(tmp_path / "images", {"cat": 2, "dog": 3})
+    os.symlink(".", images / "dog" / "loop")
+    os.symlink("0.png", images / "dog" / "again.png")  # the same image twice in its own class: once
+    files, labels, classes = scan_image_folder(images)
+    assert classes == ["cat", "dog"] and labels == [0, 0, 1, 1, 1]
+
+
+OUTPUT_CASES = {
+    # id: (argv given tmp_path, what the line must say)
+    "sample --out an existing directory": (lambda t: ["sample", TRAINED, "--out", t],
+                                           ["--out {t} is a directory", "pass a file path, e.g. {t}/result.png"]),
+    "sample --out without an image suffix": (lambda t: ["sample", TRAINED, "--out", t / "grid"],
+                                             ["--out {t}/grid must end in .png or .jpg or .jpeg"]),
+    "sample --out ''": (lambda t: ["sample", TRAINED, "--out", ""], ["--out is empty: pass a path"]),
+    "generate --out '' (wrote into the current directory)": (
+        lambda t: ["generate", TRAINED, "--out", " ", "--num-samples", "2"], ["--out is empty: pass a path"]),
+    "eval --json ''": (lambda t: ["eval", TRAINED, "--json", ""], ["--json is empty: pass a path"]),
+    "sample ''": (lambda t: ["sample", ""], ["CHECKPOINT is empty: pass a path"]),
+    "prepare ROOT ''": (lambda t: ["prepare", t, ""], ["OUT is empty: pass a path"]),
+    "eval --json a directory": (lambda t: ["eval", TRAINED, "--json", t], ["--json {t} is a directory",
+                                                                        "pass a file path, e.g. {t}/result.json"]),
+    "train --run-dir of 300 characters": (lambda t: TRAIN + ["--run-dir", t / ("r" * 300)],
+                                          ["cannot create the run directory", "(File name too long)",
+                                           "too long for the file system: choose a shorter one", "another --run-dir"]),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_output_paths_that_cannot_be_written(case, tmp_path, capsys, monkeypatch):
+    """Item 5: these used to end in a traceback after the work was done (or before it), or, empty,
+    wrote into the current directory."""
+    make, says = OUTPUT_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    expect_error(capsys, make(tmp_path), *(s.format(t=tmp_path) for s in says))
+    assert_unchanged(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 274877906944 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+])
+def test_out_of_memory_is_one_line(error, tmp_path, capsys, monkeypatch):
+    """Item 5: a model too large for the machine (hidden_size=8192 under ulimit -v 8G)."""
+    def allocate(*a, **k):
+        raise error
+
+    monkeypatch.setattr("sddit.train.trainer.build_model", allocate)
+    expect_error(capsys, TRAIN + ["--run-dir", tmp_path / "run", "--set", "model.hidden_size=8192"],
+                 "out of memory during `sddit train`", "lower train.batch_size", "or the model size",
+                 "a machine with more memory")
+
+
+def test_a_runtime_error_that_is_not_memory_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    """A fault of the code is not dressed up as the user's: it still raises."""
+    def bug(*a, **k):
+        raise RuntimeError("shape mismatch in a bug")
+
+    monkeypatch.setattr("sddit.train.trainer.build_model", bug)
+    with pytest.raises(RuntimeError, match="bug"):
+        main([str(a) for a in TRAIN + ["--run-dir", tmp_path / "run"]])
+
+
+# Sends this process SIGINT while `import torch` runs (the first seconds of every command).
+CTRL_C_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+from sddit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_modules_import(tmp_path):
+    """Item 5: Ctrl-C in the first seconds (torch importing) is one line and exit 130."""
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_IMPORTING, *TRAIN, "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    line = error_line(proc.stderr)
+    assert line.startswith("error: interrupted during `sddit") and "run the same command again" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_importing_the_cli_does_not_import_torch():
+    """What makes the case above hold: the entry point's module imports torch only inside main()."""
+    proc = subprocess.run([sys.executable, "-c", "import sys, sddit.cli; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
+def _nan_ema(path: Path) -> Path:
+    state = _ckpt_state(20)
+    state["ema"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["ema"].items()}
+    torch.save(state, path)
+    return path
+
+
+NAN_CASES = {
+    "sample a checkpoint whose EMA is NaN": lambda t: ["sample", _nan_ema(t / "ckpt-0000020.pt"), "--out", t / "g.png"],
+    "eval it": lambda t: ["eval", _nan_ema(t / "ckpt-0000020.pt"), "--num-samples", "2", "--steps", "1"],
+    "export it": lambda t: ["export", _nan_ema(t / "ckpt-0000020.pt"), "--out", t / "release"],
+}
+
+
+@pytest.mark.parametrize("case", NAN_CASES)
+def test_non_finite_weights_are_refused(case, tmp_path, capsys):
+    """Item 6: they used to sample an all-black grid with exit 0."""
+    argv = NAN_CASES[case](tmp_path)
+    before = snapshot(tmp_path)
+    expect_error(capsys, argv, "ckpt-0000020.pt: the sampling EMA weights hold NaN or inf", "the run diverged",
+                 "use an earlier checkpoint")
+    assert_unchanged(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000020.pt"]
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["sample", "{run}", "--cfg-scale", "nan", "--out", "{t}/g.png"], "--cfg-scale nan is not valid"),
+    (["sample", "{run}", "--cfg-scale", "inf", "--out", "{t}/g.png"], "--cfg-scale inf is not valid"),
+    (["eval", "{run}", "--cfg-scale", "nan"], "--cfg-scale nan is not valid"),
+    (["generate", "{run}", "--out", "{t}/gen", "--num-samples", "2", "--cfg-scale=-inf"],
+     "--cfg-scale -inf is not valid"),
+    (["export", "{run}", "--out", "{t}/rel", "--scale-factor", "nan"], "--scale-factor nan is not valid"),
+])
+def test_non_finite_flags_are_refused(argv, says, tmp_path, capsys):
+    expect_error(capsys, [a.format(run=TRAINED, t=tmp_path) for a in argv], says, "it must be a finite number")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _two_class_latents(root: Path) -> Path:
+    """A `sddit prepare` folder of random moments, labels 0 and 1."""
+    from sddit.data.latent_format import FORMAT, FORMAT_VERSION, MANIFEST, shard_name
+
+    root.mkdir(parents=True)
+    moments = np.random.default_rng(0).standard_normal((16, 8, 4, 4)).astype(np.float16)
+    np.savez(root / shard_name(0, 0), moments=moments, labels=np.arange(16) % 2, flips=np.zeros(16, bool),
+             source=np.arange(16), meta=np.array("{}"))
+    (root / MANIFEST).write_text(json.dumps({
+        "format": FORMAT, "version": FORMAT_VERSION, "latent_shape": [4, 4, 4], "resolution": 32,
+        "class_names": ["a", "b"], "scale_factor": 0.18215, "vae": "unused", "counts": {"entries": 16},
+        "shards": [{"file": shard_name(0, 0), "entries": 16, "rank": 0}]}))
+    return root
+
+
+@pytest.mark.parametrize("data,k,says", [
+    ("digits", 5, "the data has labels 0..9 but model.num_classes=5"),
+    ("latents", 1, "the data has labels 0..1 but model.num_classes=1"),
+])
+def test_labels_outside_num_classes_stop_before_training(data, k, says, tmp_path, capsys):
+    """Item 7: num_classes=5 on 10 labels was an IndexError deep in the embedding; num_classes=1 on two
+    classes silently trained class 1 as the CFG null class."""
+    argv = TRAIN + ["--run-dir", tmp_path / "run", "--set", f"model.num_classes={k}"]
+    if data == "latents":
+        argv += ["--set", "data.dataset=latents", "--set", f"data.root={_two_class_latents(tmp_path / 'lat')}",
+                 "--set", "model.in_channels=4", "--set", "model.input_size=4", "--set", "data.hflip=false"]
+    expect_error(capsys, argv, says, f"labels must lie in [0, {k})", "null class",
+                 f"set model.num_classes={10 if data == 'digits' else 2}")
+    assert not list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_reference_statistics_that_are_not_a_covariance(tmp_path, capsys):
+    """Item 8: a non-positive-semidefinite sigma printed `FID = -1659`."""
+    sigma = np.eye(2048)
+    sigma[0, 0] = -5000.0
+    np.savez(tmp_path / "r.npz", mu=np.zeros(2048), sigma=sigma)
+    _pngs(tmp_path / "s", 4)
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["eval", "--samples", tmp_path / "s", "--ref", tmp_path / "r.npz", "--batch-size", "4"],
+                 "r.npz: sigma is not a covariance matrix", "not positive semi-definite", "smallest eigenvalue is -5e+03",
+                 "recompute the reference statistics")
+    assert_unchanged(before)
+
+
+def test_covariance_check_accepts_real_statistics_and_rounding():
+    from sddit.eval.files import _not_a_covariance
+
+    feats = np.random.default_rng(0).standard_normal((50, 64))
+    cov = np.cov(feats, rowvar=False)  # rank 49 < 64: singular, PSD up to rounding
+    assert _not_a_covariance(cov) is None
+    assert _not_a_covariance(cov.astype(np.float16).astype(np.float64)) is None  # stored in half precision
+    skew = cov.copy()
+    skew[0, 1] += 1.0
+    assert "not symmetric" in _not_a_covariance(skew)
+
+
+@pytest.mark.parametrize("text,says", [
+    ("train:\n  lr: 1.0e-3\n  batch_size: 8\n  lr: 5.0e-3\n", "duplicate key 'lr' (first at line 2) at line 4"),
+    ("objective: dit\ntrain:\n  lr: 1.0e-3\nobjective: sddit\n", "duplicate key 'objective' (first at line 1) at line 4"),
+    ("train: {lr: 1.0e-3, lr: 2.0e-3}\n", "duplicate key 'lr' (first at line 1)"),
+])
+def test_duplicate_keys_in_a_yaml_config(text, says, tmp_path, capsys):
+    """Item 8: the last one used to win silently."""
+    config = _yaml(tmp_path, "mine", text)
+    before = snapshot(tmp_path)
+    expect_error(capsys, ["train", "--config", config, "--run-dir", tmp_path / "run", "--device", "cpu"],
+                 "mine.yaml is not valid YAML", says, "fix the file")
+    assert_unchanged(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]

@@ -63,8 +63,8 @@ KILL_AFTER_CHECKPOINT = """
 import os, signal, sys
 import sddit.train.trainer as trainer
 real = trainer.save_checkpoint
-def save_then_die(state, run_dir, step, keep_last=2):
-    path = real(state, run_dir, step, keep_last)
+def save_then_die(state, run_dir, step, keep_last=2, **kw):
+    path = real(state, run_dir, step, keep_last, **kw)
     if step == int(os.environ["KILL_AT"]):
         os.kill(os.getpid(), signal.SIGKILL)
     return path
@@ -112,8 +112,8 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path, capsys):
     newest.write_bytes(newest.read_bytes()[:1000])  # a crash mid-copy, a bad disk, ...
     capsys.readouterr()
     assert main(args + ["--max-steps", "25"]) == 0
-    out = capsys.readouterr().out
-    assert "ckpt-0000020.pt is unreadable" in out and "falling back" in out and "at step 10" in out
+    out, err = capsys.readouterr()
+    assert "ckpt-0000020.pt is unreadable" in err and "falling back" in err and "at step 10" in out  # warnings: stderr
     assert final_state(run)["step"] == 25
 
 
@@ -132,7 +132,7 @@ def test_nonfinite_loss_skips_steps_then_stops(tmp_path, monkeypatch, capsys):
                  "--max-steps", "30"]) == 2
     out, err = capsys.readouterr()
     assert re.search("non-finite for 5 steps in a row.*last good checkpoint is .*ckpt-0000010.pt", err), err
-    assert "non-finite loss at step 3; step skipped (1 in a row)" in out
+    assert "non-finite loss at step 3; step skipped (1 in a row)" in err
     state = final_state(run)
     assert state["step"] == 10 and all(torch.isfinite(v).all() for v in state["model"].values())
 

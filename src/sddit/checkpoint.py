@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
-from .runtime import atomic_write
+from .runtime import atomic_write, warn as warn_stderr
 from .seeding import numpy_state_from_tuple
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -102,12 +102,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_last: int = 2) -> Path:
+def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_last: int = 2,
+                    warn: Callable[[str], Any] = warn_stderr) -> Path:
     """Atomic write (temp file, fsync, rename), then prune the OLDER checkpoints to `keep_last` in all.
 
     Only checkpoints with a lower step than the one just written are pruned: a file with a higher
-    step is never deleted for a lower one (unreadable files were moved away on resume, so every
-    file counted here was written by this run or resumed from).
+    step is never deleted for a lower one. An older-named file is deleted only when the step it
+    holds is the one its name says; any other (renamed, edited, unreadable) moves to
+    checkpoints/unreadable/ instead, since its real step may be at or above the resumed one.
     """
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -117,8 +119,26 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_
     if keep_last > 0:
         older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
         for old in older[: max(0, len(older) - (keep_last - 1))]:
-            old.unlink(missing_ok=True)
+            held = stored_step(old)
+            if held == checkpoint_step(old):
+                old.unlink(missing_ok=True)
+            elif old.exists():  # its real step is unknown or not its name's: it may be newer; keep it
+                warn(f"warning: {old.name} {'is unreadable' if held is None else f'holds step {held}'}, not the step of "
+                     f"its name: moved it to {quarantine(old)} instead of deleting it")
     return final
+
+
+def stored_step(path: Path) -> int | None:
+    """The step a checkpoint file holds (None when unreadable), read without loading its tensors
+    (memory-mapped, weights-only), so pruning can check what it deletes at any checkpoint size."""
+    try:
+        with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable, for whatever reason
+        return None
+    step = state.get("step") if isinstance(state, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def _refused_global(message: str) -> str | None:
@@ -164,7 +184,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                       ("step", int)):
         if key in state and not isinstance(state[key], kind):
             raise _not_ours(path, f"its {key!r} is a {type(state[key]).__name__}, not a {kind.__name__}")
+    if "step" in state:
+        _check_step(path, state)
     return upgrade(state)
+
+
+def _check_step(path: Path, state: dict[str, Any]) -> None:
+    """A checkpoint's step must lie in [0, train.max_steps of its own config] and match its file name.
+
+    Training resumes at the stored step and prunes by the names, so a file that disagrees (a renamed
+    or edited file) would rewind a run or let it overwrite and delete the real later checkpoints.
+    It is treated as unreadable: skipped, and on resume moved to checkpoints/unreadable/.
+    """
+    step = state["step"]
+    train = state["config"].get("train") if isinstance(state.get("config"), dict) else None
+    max_steps = train.get("max_steps") if isinstance(train, dict) else None
+    named = CKPT_RE.match(path.name)
+    if step < 0 or (isinstance(max_steps, int) and step > max_steps):
+        limit = f"[0, {max_steps}] (train.max_steps of its own config)" if isinstance(max_steps, int) else "[0, ...)"
+        reason = f"it holds step {step}, outside {limit}"
+    elif named and int(named.group(1)) != step:
+        reason = f"it holds step {step} but is named for step {int(named.group(1))}"
+    else:
+        return
+    err = CheckpointError(f"{path} cannot be trusted ({reason}): it was renamed or edited; use another "
+                          "checkpoint")
+    err.reason = reason  # type: ignore[attr-defined]
+    raise err
 
 
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
@@ -195,7 +241,7 @@ def quarantine(path: Path) -> Path:
     return dest
 
 
-def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu", warn: Callable[[str], Any] = print,
+def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu", warn: Callable[[str], Any] = warn_stderr,
                 need: tuple[str, ...] = RESUME_KEYS, move_unreadable: bool = False) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run (with its path as `_path`), or None when there is none.
 
@@ -247,7 +293,7 @@ def resolve_checkpoint(path_or_run_dir: str | Path) -> Path:
 
 
 def open_checkpoint(path_or_run_dir: str | Path, map_location: str | torch.device = "cpu",
-                    warn: Callable[[str], Any] = print) -> tuple[Path, dict[str, Any]]:
+                    warn: Callable[[str], Any] = warn_stderr) -> tuple[Path, dict[str, Any]]:
     """(path, state) of a checkpoint file, or of the newest READABLE checkpoint of a run directory
     (unreadable newer files are reported and left where they are: sampling never moves files)."""
     p = Path(path_or_run_dir)

@@ -7,18 +7,23 @@ this machine, writes a class grid and prints the FID of the sampling EMA against
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+# Only light modules here: torch and what imports it load inside `main`, where a Ctrl-C in the
+# seconds they take is one line, not a traceback.
 from .config import DEFAULT_CONFIG, load_config
-from .data.latent_format import MANIFEST, SD_SCALE_FACTOR
-from .errors import ConfigError, SdditError
-from .models.vae import DEFAULT_VAE, vae_reference
-from .runtime import resolve_device
+from . import cli_args
+from .errors import ConfigError, one_line
+
+
+def _device(name: str):
+    from .runtime import resolve_device
+
+    return resolve_device(name)
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -138,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "unpickles nothing.")
     x.add_argument("checkpoint", help="checkpoint file or run directory (newest checkpoint)")
     x.add_argument("--out", required=True, help="release directory to write")
+    x.add_argument("--force", action="store_true", help="replace a release (model.safetensors, config.json) in --out")
     _vae_args(x)
 
     add_prepare_parser(sub)
@@ -145,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .models.vae import vae_reference
     from .train import train
 
     overrides = list(args.set)
@@ -156,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     if args.vae is not None:
         overrides.append(f"eval.vae={vae_reference(args.vae)}")  # recorded in the checkpoints: absolute
-    cfg = load_config(_train_config(args), overrides)
+    cfg = load_config(cli_args.train_config(args), overrides)
     t0 = time.perf_counter()
     trainer = train(cfg, evaluate=not args.no_eval,  # the grid/FID needs (VAE, Inception, reference) load first
                     allow_config_change=args.allow_config_change)
@@ -164,16 +171,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _after_training(args, cfg, trainer, t0)
     finally:
         trainer.close()  # release the run directory
-
-
-def _train_config(args: argparse.Namespace) -> str:
-    """--config, else the config.json of an existing --run-dir (`sddit train --run-dir RUN` resumes RUN
-    with the config it was trained with, as DiT/fast-DiT users resume by naming the run), else the default."""
-    from .train.run_dir import CONFIG_NAME
-
-    if args.config is None and args.run_dir is not None and (Path(args.run_dir).expanduser() / CONFIG_NAME).is_file():
-        return str(Path(args.run_dir).expanduser() / CONFIG_NAME)
-    return args.config or DEFAULT_CONFIG
 
 
 def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:
@@ -199,25 +196,6 @@ def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:
     return 0
 
 
-def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
-    """Flags that must be >= minimum when given: a one-line error before any work."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < minimum:
-            raise ConfigError(f"--{name.replace('_', '-')} {value} is not valid: it must be >= {minimum}")
-
-
-def _writable_parent(path: str | None, flag: str) -> None:
-    """Fail before a long evaluation, not after it, when its output file cannot be created."""
-    if path is None:
-        return
-    parent = Path(path).expanduser().parent
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: the folder {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
-
-
 def _load_decoder(source, args: argparse.Namespace, device):
     """The VAE decoder of a latent sampling source (None for pixel models)."""
     from .sampling import load_decoder
@@ -240,8 +218,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import class_grid
     from .sampling.sources import load_source
 
-    _at_least(args, 1, "per_class", "steps")
-    device = resolve_device(args.device or "auto")
+    cli_args.at_least(args, 1, "per_class", "steps")
+    cli_args.output_file(args.out, "--out", (".png", ".jpg", ".jpeg"))
+    device = _device(args.device or "auto")
     source = load_source(args.checkpoint, device)
     classes = None
     if args.classes:
@@ -264,8 +243,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    _at_least(args, 1, "steps", "batch_size")
-    _writable_parent(args.json, "--json")
+    cli_args.at_least(args, 1, "steps", "batch_size")
+    cli_args.writable_parent(args.json, "--json")
     if args.samples is not None:
         return _eval_files(args)
     if args.checkpoint is None:
@@ -275,8 +254,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_generator
     from .sampling.sources import load_source
 
-    _at_least(args, 2, "num_samples")  # FID needs two samples at least
-    device = resolve_device(args.device or "auto")
+    cli_args.at_least(args, 2, "num_samples")  # FID needs two samples at least
+    device = _device(args.device or "auto")
     source = load_source(args.checkpoint, device)
     cfg = source.config
     if args.inception:
@@ -309,7 +288,7 @@ def _eval_files(args: argparse.Namespace) -> int:
         raise ConfigError("file evaluation needs both --samples PATH and --ref PATH")
     if args.checkpoint is not None:
         raise ConfigError("pass either a checkpoint or --samples/--ref, not both")
-    device = resolve_device(args.device or "auto")
+    device = _device(args.device or "auto")
     cache = None
     if args.cache_ref is not None:
         cache = default_ref_cache_path(args.ref) if args.cache_ref == "auto" else Path(args.cache_ref)
@@ -354,8 +333,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.official_dit is None):
         raise ConfigError("sddit generate needs a checkpoint (CKPT_OR_RUN_DIR) or --official-dit PATH (one of them)")
-    _at_least(args, 1, "num_samples", "steps", "batch_size")
-    device = resolve_device(args.device or "auto")
+    cli_args.at_least(args, 1, "num_samples", "steps", "batch_size")
+    device = _device(args.device or "auto")
     started = not dist.is_dist()
     rank, world, _ = dist.init_from_env(str(device))
     if device.type == "cuda" and world > 1:
@@ -385,9 +364,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, resolve_checkpoint
     from .config import config_from_dict
-    from .pretrained import WEIGHTS_FILE, export_pretrained
+    from .pretrained import WEIGHTS_FILE, check_release_dir, export_pretrained
     from .sampling import find_vae
 
+    check_release_dir(args.out, args.force)  # before loading anything
     ckpt = resolve_checkpoint(args.checkpoint)
     state = load_checkpoint(ckpt, map_location="cpu")
     state["_path"] = str(ckpt)
@@ -396,7 +376,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.data.dataset == "latents":
         vae, scale, origin = find_vae(cfg.data.root, args.vae, args.scale_factor, recorded_vae=cfg.eval.vae or None,
                                       what=str(ckpt))
-    meta = export_pretrained(state, args.out, vae, scale)
+    meta = export_pretrained(state, args.out, vae, scale, overwrite=args.force)
     out = Path(args.out)
     size = (out / WEIGHTS_FILE).stat().st_size / 2**20
     print(f"wrote {out / WEIGHTS_FILE} ({size:.1f} MB: the sampling EMA of {ckpt.name}, step {meta['step']}) and "
@@ -405,6 +385,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
+    from .data.latent_format import SD_SCALE_FACTOR
+    from .models.vae import DEFAULT_VAE
+
     p = subparsers.add_parser(
         "prepare", help="encode an image folder (one sub-folder per class) to SD-VAE latent moments",
         description="Centre-crop (ADM) every image of ROOT/<class>/, encode it and its mirror with the VAE and "
@@ -443,7 +426,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     env_world = int(os.environ.get("WORLD_SIZE", 1))
     rank = args.rank if args.rank is not None else int(os.environ.get("RANK", 0))
     world = args.world_size if args.world_size is not None else env_world
-    device = str(resolve_device(args.device))
+    device = str(_device(args.device))
     if device == "cuda" and world > 1 and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.rank is None
@@ -463,6 +446,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _describe(m: dict, out: Path) -> str:
+    from .data.latent_format import MANIFEST
+
     c = m["counts"]
     return (f"wrote {out / MANIFEST}: {c['entries']} entries ({c['images']} images + {c['flips']} flips) of "
             f"{m['num_classes']} classes, latents {tuple(m['latent_shape'])} at {m['resolution']}px, VAE {m['vae']}, "
@@ -470,30 +455,24 @@ def _describe(m: dict, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import torch
-
-    # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.
-    torch.set_flush_denormal(True)
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
-                "prepare": cmd_prepare, "export": cmd_export}
+    command = ""  # known once the arguments are parsed (a Ctrl-C may come while modules import)
     try:
-        return commands[args.command](args)
-    except SdditError as e:
-        return _fail(str(e), e.exit_status)
-    except KeyboardInterrupt:  # outside the training loop's clean stop, or a second Ctrl-C
-        return _fail(f"interrupted during `sddit {args.command}`; files are written atomically, so what was saved is "
-                     "intact: run the same command again (generate: add --resume)", 130)
-    except OSError as e:
-        if e.errno not in DISK_ERRNOS:
+        args = build_parser().parse_args(argv)  # imports torch (through the prepare parser's defaults)
+        command = args.command
+        import torch
+
+        # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.
+        torch.set_flush_denormal(True)
+        cli_args.finite_numbers(args)
+        cli_args.no_empty_paths(args)
+        commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
+                    "prepare": cmd_prepare, "export": cmd_export}
+        return commands[command](args)
+    except BaseException as e:  # noqa: BLE001 - what is the user's to fix becomes one line; the rest raises
+        reported = one_line(e, command)
+        if reported is None:
             raise
-        again = " (training resumes from its newest checkpoint)" if args.command == "train" else ""
-        return _fail(f"cannot write {e.filename or 'a file'} ({e.strerror}): free space or choose a writable location, "
-                     f"then run the same command again{again}", 2)
-
-
-# Full, read-only or forbidden storage: the user's to fix, so one line, not a traceback.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+        return _fail(*reported)
 
 
 def _fail(message: str, status: int) -> int:

@@ -9,7 +9,6 @@ Every default that SPEC.md marks [choice] is a field here, with a comment saying
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import types
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .config_files import read_config_file, safe_load, yaml_problem
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -386,24 +386,6 @@ def resolve_config_path(name: str) -> Path:
     raise ConfigError(f"config '{name}' not found: pass a YAML or JSON path or one of the presets: {presets}")
 
 
-def _read_yaml(path: Path) -> Any:
-    """A config file's mapping; JSON files are read as JSON (for its error messages), the rest as YAML."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config {path} ({getattr(e, 'strerror', None) or e}): pass a readable YAML "
-                          "or JSON file") from None
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}): fix the file") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)}): fix the file") from None
-
-
 def _dotted(data: dict, prefix: str = "") -> set[str]:
     """The dotted keys a (nested) mapping of config values sets."""
     out: set[str] = set()
@@ -432,13 +414,6 @@ def _lookup(d: dict, dotted: str) -> Any:
     return d
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """One line out of PyYAML's multi-line message: the problem and where."""
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
-
-
 def load_config(name: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML preset (which may name a `base:` preset) <- `key=value` overrides."""
     cfg = Config()
@@ -452,7 +427,7 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
             names = " -> ".join(p.stem for p in [*seen, path.resolve()])
             raise ConfigError(f"config {path} has a base: cycle ({names}): remove the base: key that closes it")
         seen.append(path.resolve())
-        data = _read_yaml(path) or {}
+        data = read_config_file(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of keys to values")
         current = data.pop("base", None)
@@ -469,9 +444,9 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' must look like key=value (e.g. train.lr=2e-4)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(e)}); quote it") from None
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({yaml_problem(e)}); quote it") from None
         _set(cfg, key.strip(), value)
         explicit |= _dotted({key.strip(): value})
     cfg._explicit_keys = frozenset(explicit)  # see explicit_keys()

@@ -28,7 +28,7 @@ from .diffusion import EDMPrecond
 from .errors import CheckpointError, ConfigError, DataError
 from .models import build_model
 from .models.vae import vae_reference
-from .runtime import atomic_write
+from .runtime import atomic_path, atomic_write, warn as warn_stderr
 
 EXPORT_FORMAT = "sddit-pretrained"
 EXPORT_VERSION = 1
@@ -60,13 +60,19 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _build(cfg: Config, weights: dict[str, torch.Tensor], where: str, device) -> EDMPrecond:
+def _build(cfg: Config, weights: dict[str, torch.Tensor], where: str, device, what: str = "sampling EMA") -> EDMPrecond:
+    """The denoiser of `weights`; CheckpointError when they do not fit the config or are not finite
+    (a NaN network samples an all-black grid, and exits 0, if let through)."""
     net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
     try:
         net.model.load_state_dict(weights)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{where}: weights do not match the config stored with them "
-                              f"({str(e).strip().splitlines()[0]})") from None
+                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    bad = [name for name, t in net.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{where}: the {what} weights hold NaN or inf ({len(bad)} tensor(s), e.g. {bad[0]}): the "
+                              "run diverged before this checkpoint; use an earlier checkpoint")
     return net.to(device).eval().requires_grad_(False)
 
 
@@ -90,7 +96,7 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
 
 
 def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                             warn=print, weights: str = "ema") -> tuple[Path, Config, EDMPrecond]:
+                             warn=warn_stderr, weights: str = "ema") -> tuple[Path, Config, EDMPrecond]:
     """(checkpoint file, config, denoiser) of a checkpoint file or run directory (its newest readable
     checkpoint). `weights` is "ema" (the sampling EMA, what every FID here uses) or "raw" (the trained
     weights, to measure what the EMA adds). Loading runs no code from the file (weights-only unpickling)."""
@@ -103,13 +109,8 @@ def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu
         cfg = config_from_dict(state["config"])
     except ConfigError as e:
         raise CheckpointError(f"{ckpt}: the config stored in it is not valid here ({e})") from None
-    net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
-    try:
-        net.model.load_state_dict(state["ema" if weights == "ema" else "model"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{ckpt}: weights do not match the config stored with them "
-                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
-    return ckpt, cfg, net.to(device).eval().requires_grad_(False)
+    return ckpt, cfg, _build(cfg, state["ema" if weights == "ema" else "model"], str(ckpt), device,
+                             "sampling EMA" if weights == "ema" else "trained")
 
 
 def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, EDMPrecond]:
@@ -122,16 +123,36 @@ def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> t
     return cfg, net
 
 
+def check_release_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """The directory a release may be written to, checked before any work: never a training run, a
+    file, the current directory by an empty name, nor (without `overwrite`) files already there."""
+    if not str(out).strip():
+        raise ConfigError("--out is empty: pass the release directory to write, e.g. --out releases/my-run")
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory: pass the release directory to write")
+    if (out / CONFIG_FILE).exists() and not is_export(out) or (out / "checkpoints").exists():
+        raise DataError(f"{out} holds a training run (config.json or checkpoints/), not a release: choose another --out")
+    there = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (out / name).exists()]
+    if there and not overwrite:
+        what = "a release" if is_export(out) else " and ".join(there)
+        raise DataError(f"{out} already holds {what}: pass --force to replace it, or choose another --out")
+    return out
+
+
 def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | None = None,
-                      scale_factor: float | None = None) -> dict[str, Any]:
+                      scale_factor: float | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write the sampling EMA of a checkpoint (a file, a run directory's newest, or one already
     loaded with `checkpoint.open_checkpoint`) as a release in `out`.
 
     `vae` / `scale_factor` are recorded for latent models (resolved by the caller: `sddit export`
-    takes them from `--vae`, the run's eval.vae or the latent manifest). Returns the config.json written.
+    takes them from `--vae`, the run's eval.vae or the latent manifest). An existing release (or any
+    model.safetensors / config.json) in `out` is replaced only with `overwrite` (`--force`): it may
+    be another run's. Returns the config.json written.
     """
+    out = check_release_dir(out, overwrite)
     try:
-        from safetensors.torch import save
+        from safetensors.torch import save_file
     except ImportError:
         raise DataError("writing a release needs safetensors: pip install safetensors") from None
     if isinstance(source, dict):
@@ -145,9 +166,6 @@ def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | Non
     _build(cfg, state["ema"], str(ckpt), "cpu")  # refuse weights that would not load back
     # clone: safetensors refuses tensors that share memory; the key names are the DiT / SplitDiT ones
     weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in state["ema"].items()}
-    out = Path(out).expanduser()
-    if (out / CONFIG_FILE).exists() and not is_export(out) or (out / "checkpoints").exists():
-        raise DataError(f"{out} holds a training run (config.json or checkpoints/), not a release: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "weights": WEIGHTS_FILE,
@@ -158,8 +176,9 @@ def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | Non
         "latent": latent, "vae": vae_reference(vae) if latent else None, "scale_factor": float(scale_factor) if latent else None,
         "config": config_to_dict(cfg),
     }
-    with atomic_write(out / WEIGHTS_FILE) as f:  # never a half-written release; the umask's mode, not 0600
-        f.write(save(weights, metadata={"format": "pt", "sddit": EXPORT_FORMAT}))
+    # never a half-written release; the umask's mode, not 0600; a full disk is an OSError naming the file
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(weights, str(tmp), metadata={"format": "pt", "sddit": EXPORT_FORMAT})
     with atomic_write(out / CONFIG_FILE, "w") as f:
         f.write(json.dumps(meta, indent=2))
     return meta

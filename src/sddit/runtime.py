@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, underlying_os_error
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -50,23 +51,43 @@ def _mps_available() -> bool:
     return mps is not None and mps.is_available()
 
 
+def warn(message: str) -> None:
+    """A warning line on stderr (not stdout, where results go), above any progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
+    """Temporary files `atomic_path` left for files named like `name` in `folder`: only a killed
+    process (kill -9, a node crash) leaves them, since any other failure removes its own."""
+    return sorted(p for p in Path(folder).glob(f".{name}.*.tmp") if p.is_file())
+
+
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", fsync: bool = False) -> Iterator[IO[Any]]:
-    """Write `path` through a temporary file in the same folder, renamed over it on success.
+def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
+    """A temporary path in `path`'s folder to write to, renamed over `path` on success.
 
     Readers never see a half-written file, and a failed write (full disk, crash, exception) leaves
     the previous file intact and no temporary behind. `fsync` also flushes the file and the folder
     to disk, for files a crash must not lose (checkpoints). The file gets the mode `open()` would
     give it (0644 under umask 0022), not mkstemp's private 0600, so a team shares what a run writes.
+    A write that fails for a reason of the disk (full, read-only, ...) is re-raised as the OSError
+    it is, naming `path` rather than the temporary file, whatever the writer raised (torch's zip
+    writer and safetensors wrap it), so every caller reports it the same way (`errors.file_problem`).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())
-            yield f
-            if fsync:
-                f.flush()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        # after the writer: some (safetensors) replace the file rather than write into it
+        os.chmod(tmp, 0o666 & ~current_umask())
+        if fsync:
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if fsync:
@@ -75,10 +96,21 @@ def atomic_write(path: str | Path, mode: str = "wb", fsync: bool = False) -> Ite
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        failed = underlying_os_error(e, str(path), tmp) if isinstance(e, Exception) else None
+        if failed is None:
+            raise
+        raise failed from None
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", fsync: bool = False) -> Iterator[IO[Any]]:
+    """`atomic_path` as an open file (`mode`): what it promises, for writers that take a file object."""
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
 
 
 def current_umask() -> int:

@@ -54,22 +54,35 @@ def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
                         f"with extensions {exts}")
     files: list[Path] = []
     labels: list[int] = []
+    # Symlinked folders are followed (datasets are often assembled from links), each real folder and
+    # each real file once across ALL classes: a link back up the tree (`ln -s . loop`, `ln -s .. up`)
+    # would otherwise count images again (two such links never end), and under another class's
+    # label. Reached again within its class it is skipped; reached from another class it is an error.
+    seen: dict[tuple[int, int], tuple[int, Path]] = {}  # (device, inode) -> (class, first path)
+
+    def first_visit(path: Path, label: int, what: str) -> bool:
+        st = os.stat(path)
+        first = seen.setdefault((st.st_dev, st.st_ino), (label, path))
+        if first[0] != label:
+            raise DataError(f"image folder {root}: the {what} {path} (class {classes[label]!r}) is {first[1]} "
+                            f"(class {classes[first[0]]!r}) reached again (through a link), so its images would count "
+                            "under both classes: an image belongs to one class; remove the link")
+        return first[1] == path
+
     for label, name in enumerate(classes):
-        # Symlinked folders are followed (datasets are often assembled from links), each real folder
-        # once: a link back up the tree (`ln -s . loop`) would otherwise count images again and again,
-        # and two such links never end.
-        seen: set[tuple[int, int]] = set()
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            st = os.stat(dirpath)
-            if (st.st_dev, st.st_ino) in seen:
+            if not first_visit(Path(dirpath), label, "folder"):
                 dirnames[:] = []
                 continue
-            seen.add((st.st_dev, st.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
-                if not fn.startswith(".") and fn.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(Path(dirpath) / fn)
-                    labels.append(label)
+                path = Path(dirpath) / fn
+                if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                if path.exists() and not first_visit(path, label, "image"):  # a dangling link is counted as bad
+                    continue
+                files.append(path)
+                labels.append(label)
     if not files:
         raise DataError(f"image folder {root} has {len(classes)} class sub-folders but no images "
                         f"(extensions accepted: {exts})")

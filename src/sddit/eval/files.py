@@ -248,6 +248,10 @@ class Reference:
             if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
                 raise DataError(f"{self.path}: {mu_key}/{sigma_key} contain NaN or inf, so FID would be NaN: recompute the "
                                 "reference statistics")
+            problem = _not_a_covariance(sigma)
+            if problem:
+                raise DataError(f"{self.path}: {sigma_key} is not a covariance matrix ({problem}), so FID would be "
+                                "meaningless (e.g. negative): recompute the reference statistics")
 
     def describe(self) -> str:
         parts = []
@@ -444,3 +448,18 @@ def evaluate_sample_files(
         "samples": str(sample_set.path), "ref": str(reference.path), "inception": str(weights),
         "resize": extractor.resize, "k": k, "notes": notes, "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def _not_a_covariance(sigma: np.ndarray, rtol: float = 1e-3) -> str | None:
+    """What stops `sigma` being a covariance (symmetric, positive semi-definite), up to the rounding
+    of statistics stored in low precision (`rtol` of its largest eigenvalue); None when it is one."""
+    s = torch.from_numpy(np.asarray(sigma, dtype=np.float64))
+    scale = float(s.abs().max()) or 1.0
+    asym = float((s - s.T).abs().max())
+    if asym > rtol * scale:
+        return f"not symmetric: entries differ from their transpose by up to {asym:.3g}"
+    eig = torch.linalg.eigvalsh((s + s.T) / 2)
+    lowest, highest = float(eig[0]), float(eig[-1])
+    if lowest < -rtol * max(highest, 0.0):
+        return f"not positive semi-definite: its smallest eigenvalue is {lowest:.3g}"
+    return None

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import config_from_dict, config_to_dict
-from ..errors import CheckpointError, ConfigError, RunError, SdditError
-from ..runtime import atomic_write
+from ..errors import CheckpointError, ConfigError, RunError, SdditError, file_fix
+from ..runtime import atomic_write, stale_temporaries
 
 LOCK_NAME = "train.lock"
 METRICS_NAME = "metrics.jsonl"
@@ -63,16 +63,20 @@ def make_run_dir(run_dir: Path) -> None:
     """Create the run directory, or a one-line error for a path that cannot be one."""
     if not str(run_dir).strip():
         raise ConfigError("the run directory is empty: pass --run-dir DIR")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} is a file, not a directory: pass another --run-dir")
     try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"run directory {run_dir} is a file, not a directory: pass another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"run directory {run_dir} cannot be created (a part of its path is a file): pass another "
                           "--run-dir") from None
-    except OSError as e:
-        raise RunError(f"cannot create the run directory {run_dir} ({e.strerror or e}): make its parent writable "
-                       "(or free space), or choose another --run-dir") from None
+    except OSError as e:  # e.g. ENAMETOOLONG, EACCES, ENOSPC: the fix depends on which
+        raise RunError(_cannot(e, run_dir, "cannot create the run directory")) from None
+
+
+def _cannot(e: OSError, run_dir: Path, what: str) -> str:
+    """`what RUN_DIR (cause): the fix for that cause, or another --run-dir`."""
+    return f"{what} {run_dir} ({e.strerror or e}): {file_fix(e) or 'check that disk'}, or pass another --run-dir"
 
 
 # Locks this process holds, by resolved lock path: a second Trainer on the same directory in the same
@@ -102,8 +106,7 @@ class RunDirLock:
         try:
             f = open(self.path, "a+")  # a+ creates the file but keeps the holder's line readable
         except OSError as e:
-            raise RunError(f"cannot write in the run directory {self.run_dir} ({e.strerror or e}): make it writable "
-                           "(or free space), or choose another --run-dir") from None
+            raise RunError(_cannot(e, self.run_dir, "cannot write in the run directory")) from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -125,8 +128,7 @@ class RunDirLock:
             f.flush()
         except OSError as e:
             f.close()
-            raise RunError(f"cannot write in the run directory {self.run_dir} ({e.strerror or e}): make it writable "
-                           "(or free space), or choose another --run-dir") from None
+            raise RunError(_cannot(e, self.run_dir, "cannot write in the run directory")) from None
         self._file = f
         _HELD[self.path.resolve()] = self
         return self
@@ -150,6 +152,18 @@ class RunDirLock:
     @property
     def held(self) -> bool:
         return self._file is not None
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what writes killed mid-way left (checkpoints, config.json, metrics.jsonl temporaries):
+    at ImageNet size each is a multi-GB partial checkpoint. Safe only under the lock, when no other
+    process is writing there. Returns what was removed."""
+    found = stale_temporaries(run_dir / "checkpoints", "ckpt-*.pt")
+    for name in (CONFIG_NAME, METRICS_NAME):
+        found += stale_temporaries(run_dir, name)
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -25,10 +25,10 @@ from ..checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_latest, save
 from ..config import Config, config_to_dict, explicit_keys
 from ..data import EpochSampler, ImageDataset, build_dataset
 from ..diffusion import EDMPrecond
-from ..errors import CheckpointError, ConfigError, Interrupted, RunError
+from ..errors import CheckpointError, ConfigError, Interrupted, RunError, file_problem
 from ..models import build_model
 from ..objectives import Terms, build_objective
-from ..runtime import resolve_device
+from ..runtime import resolve_device, warn as warn_stderr
 from . import run_dir as rundir
 from .amp import Precision
 from .ema import copy_for_ema, ema_decay, ema_update
@@ -43,11 +43,13 @@ from .stop import GracefulStop, signal_name
 class Trainer:
     """Holds the state of one run; `fit()` is the loop."""
 
-    def __init__(self, cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False):
+    def __init__(self, cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False,
+                 warn=warn_stderr):
         """`evaluate`: the caller will ask for a grid and FID after training (`sddit train`), so what
         they need is checked and loaded now, before training. `allow_config_change`: resume even if
-        the run directory's config differs in keys that change the computation (recorded)."""
-        self.cfg, self.log = cfg, log
+        the run directory's config differs in keys that change the computation (recorded). `log`
+        takes progress and notes (stdout), `warn` warnings (stderr)."""
+        self.cfg, self.log, self.warn = cfg, log, warn
         self.allow_config_change = allow_config_change  # resume even if the stored config differs (recorded)
         self.evaluate = evaluate  # load the final grid / FID's needs before training
         self.saved_step: int | None = None  # the step of the last checkpoint this process wrote
@@ -67,6 +69,9 @@ class Trainer:
         self.lock = rundir.RunDirLock(self.run_dir).acquire() if dist.is_main() else None
         if self.lock is not None and self.lock.stale_holder:
             self.log(f"note: took over the lock of {self.run_dir} left by a process that is gone ({self.lock.stale_holder})")
+        if self.lock is not None and (partial := rundir.remove_stale_temporaries(self.run_dir)):
+            self.log(f"note: removed {len(partial)} partial file(s) ({', '.join(p.name for p in partial[:3])}"
+                     f"{' ...' if len(partial) > 3 else ''}) left by a write that was killed")
         try:
             self._build()
         except BaseException:
@@ -84,6 +89,7 @@ class Trainer:
                 f"data is {tuple(self.dataset.shape)} but the model expects "
                 f"({cfg.model.in_channels}, {cfg.model.input_size}, {cfg.model.input_size}); set model.in_channels/model.input_size"
             )
+        self._check_labels()
         self.sampler = EpochSampler(len(self.dataset), cfg.train.batch_size, cfg.train.seed, self.rank, self.world)
         if (cfg.train.batch_size // self.world) % cfg.train.grad_accum:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} over {self.world} processes is "
@@ -141,6 +147,8 @@ class Trainer:
             if now == value:
                 continue
             if f"model.{name}" in chosen:
+                if name == "num_classes" and now < value:
+                    self._check_labels()  # labels past the embedding: that error, which names the null class
                 raise ConfigError(f"model.{name}={now} was set, but {where} has {name}={value}: "
                                   f"remove the setting (it is then taken from the data) or set model.{name}={value}")
             setattr(cfg.model, name, value)
@@ -148,6 +156,19 @@ class Trainer:
         if taken:
             cfg.validate()  # e.g. a patch size that does not divide the new input size
             self.log(f"note: from {where}: {', '.join(taken)}")
+
+    def _check_labels(self) -> None:
+        """Labels must lie in [0, model.num_classes): label num_classes is the CFG null class (it would
+        silently train as "unconditional") and larger ones index past the class embedding."""
+        labels, k = getattr(self.dataset, "labels", None), self.cfg.model.num_classes
+        if isinstance(labels, torch.Tensor) and len(labels):
+            lo, hi = int(labels.min()), int(labels.max())
+        else:  # latents: every label was checked against the manifest's classes when the shards opened
+            lo, hi = 0, self.dataset.num_classes - 1
+        if lo < 0 or hi >= k:
+            raise ConfigError(f"the data has labels {lo}..{hi} but model.num_classes={k}: labels must lie in [0, {k}) "
+                              f"(label {k} is the null class of classifier-free guidance); set "
+                              f"model.num_classes={max(hi + 1, self.dataset.num_classes)}")
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, rng_states: list[dict]) -> dict:
@@ -166,12 +187,14 @@ class Trainer:
         path = self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
         if dist.is_main():
             try:
-                path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last)
+                path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last,
+                                       warn=self.warn)
             except OSError as e:  # e.g. a full disk: the temp file is gone, older checkpoints are intact
                 kept = list_checkpoints(self.run_dir)
-                raise RunError(f"could not write the step-{self.step} checkpoint ({e.strerror or e}); "
+                problem = file_problem(e) or f"cannot write {e.filename or path} ({e.strerror or e})"
+                raise RunError(f"the step-{self.step} checkpoint was not saved: {problem}; "
                                f"{'the previous one, ' + str(kept[-1]) + ', is intact' if kept else 'no earlier checkpoint exists'}; "
-                               f"free space in {self.run_dir} and re-run the same command to resume") from None
+                               "then re-run the same command to resume") from None
             self.log(f"saved {path}")
         dist.barrier()
         self.saved_step = self.step
@@ -186,7 +209,7 @@ class Trainer:
 
     def _resume(self) -> None:
         # Unreadable newer checkpoints move to checkpoints/unreadable/; none readable is an error.
-        state = load_latest(self.run_dir, map_location=self.device, warn=self.log, move_unreadable=dist.is_main())
+        state = load_latest(self.run_dir, map_location=self.device, warn=self.warn, move_unreadable=dist.is_main())
         if state is None:
             self._drop_metrics_after(0)
             return
@@ -205,9 +228,10 @@ class Trainer:
         if self.rank in state["rng"]:
             seeding.set_rng_state(state["rng"][self.rank])
         else:
-            self.log(f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
+            self.warn(f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
                      f"{state.get('world_size', '?')} processes); this rank's flips/posterior samples restart from its seed")
         self.step = state["step"]
+        self.saved_step = self.step  # that checkpoint exists: a run with nothing left to train writes none
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.log(f"resumed from {state['_path']} at step {self.step}")
         if changes and dist.is_main():
@@ -268,7 +292,7 @@ class Trainer:
     def _skip_bad_step(self) -> None:
         """A NaN/inf loss skips its step (on every rank); too many in a row stop the run."""
         self.bad_steps += 1
-        self.log(f"warning: non-finite loss at step {self.step}; step skipped ({self.bad_steps} in a row)")
+        self.warn(f"warning: non-finite loss at step {self.step}; step skipped ({self.bad_steps} in a row)")
         if self.bad_steps >= self.cfg.train.max_bad_steps:
             last = list_checkpoints(self.run_dir)
             where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
@@ -348,7 +372,7 @@ class Trainer:
                 if dist.is_main():
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
                     for warning in self.objective.warnings(self.step, record):
-                        self.log(warning)
+                        self.warn(warning)
                 sums, count, seconds_last, step_last = {}, 0, self.train_seconds, self.step
             # a due checkpoint first: a grid or FID that fails (or is killed) loses no training
             if self.step == stop or tc.ckpt_every > 0 and self.step % tc.ckpt_every == 0:
@@ -358,7 +382,7 @@ class Trainer:
             if tc.fid_every > 0 and self.step % tc.fid_every == 0:
                 self.log_fid()
         bar.close()
-        if self.saved_step != self.step:  # no step trained (resumed at the end), or the last one was skipped
+        if self.saved_step != self.step:  # the last step was skipped, or none trained and none saved (a resume's is)
             self.save()
         if dist.is_main():
             plot_metrics(self.run_dir)
