@@ -271,10 +271,18 @@ def main() -> None:
         args.images = 60
     if not jobs:
         raise SystemExit("error: nothing to probe: give --sweep DIR --rows R --seeds S, or --runs DIR [DIR ...]")
-    missing = [str(path) for _, _, path in jobs
-               if not (path.is_file() or any((path / "checkpoints").glob("ckpt-*.pt")))]
-    if missing:
-        raise SystemExit(f"error: not found: {', '.join(missing)} (a sweep keeps weights only with --keep-weights)")
+    def has_weights(path: Path) -> bool:
+        return path.is_file() or any((path / "checkpoints").glob("ckpt-*.pt"))
+
+    if args.sweep:  # a grid may have rows that ran fewer seeds: probe what is there, say what is not
+        absent = [f"{row} seed {seed}" for row, seed, path in jobs if not path.exists()]
+        if absent:
+            print(f"note: not in the sweep (not run): {', '.join(absent)}", file=sys.stderr)
+        jobs = [j for j in jobs if j[2].exists()]
+    missing = [str(path) for _, _, path in jobs if not has_weights(path)]
+    if missing or not jobs:
+        raise SystemExit(f"error: no weights in: {', '.join(missing) or 'any run'} (a sweep keeps weights only with "
+                         "--keep-weights)")
     t0 = time.time()
     rows: dict[str, dict[int, dict]] = {}
     data, dataset = None, None
