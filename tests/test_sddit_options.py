@@ -212,7 +212,7 @@ def test_cls_teacher_is_one_vector_at_init_and_the_pooled_token_is_not():
 def test_pooled_image_token_is_the_mean_of_the_visible_patch_tokens():
     _, net, _ = make("sddit.image_token=mean")
     randomize_(net)
-    model = net.model
+    model = net.model.eval()  # no label dropout: both encodes below must see the same labels
     x, t, y = torch.randn(2, 1, 8, 8), torch.zeros(2), torch.tensor([1, 2])
     ids_keep = torch.tensor([[0, 5, 7], [1, 2, 3]])
     enc = model.encode(x, t, y, ids_keep=ids_keep)
