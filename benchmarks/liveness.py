@@ -21,12 +21,14 @@ from pathlib import Path
 
 from common import write_result
 
+from sddit.train.plots import read_metrics
+
 TERMS = ("image", "patch")
 
 
 def read(run: Path) -> tuple[list[dict], float]:
     """The loss records of a run and its ln K."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run)
     k = json.loads((run / "config.json").read_text())["model"]["head_dim"]
     return [r for r in records if "loss" in r], math.log(k)
 
