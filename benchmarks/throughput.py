@@ -19,7 +19,15 @@ the same pieces the trainer uses (EDMPrecond, the objective with its teacher, Ad
 
     python benchmarks/throughput.py                       # CPU defaults: S and B, patch 4 and 2, batch 8
     python benchmarks/throughput.py --sizes XL --patches 2 --batches 32,64,128,256 --device cuda --compile regional
+    python benchmarks/throughput.py --config fmnist_{objective} --sizes config --objectives dit --batches 32 \
+        --compile full --steps 50 --warmup 10     # the default run's own model and step, vs this CPU's peak
     python benchmarks/throughput.py --smoke --json /tmp/t.json   # seconds-long check (used by the tests)
+
+`--sizes config` keeps the model of the config (no DiT preset). On a CPU the utilisation is against
+the bf16 matmul rate this process reaches on a large square GEMM with the same threads (measured
+at start, `cpu_peak_tflops`): the practical ceiling, since CPUs publish no bf16 peak. The gap
+between that and the step's TFLOP/s is what small matrices, attention, norms, the optimiser and
+Python overhead cost.
 """
 
 from __future__ import annotations
@@ -39,6 +47,22 @@ PRESET = {"dit": "DiT-{size}/{patch}", "maskdit": "MaskDiT-{size}/{patch}", "sdd
 # Dense bf16 peaks (no sparsity), most specific name first: the first name contained in the card's name wins.
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0,
                     "L40S": 362.0, "A10G": 70.0, "A10": 125.0}
+
+
+def cpu_gemm_tflops(n: int = 2048, reps: int = 10) -> float:
+    """bf16 TFLOP/s of an n x n x n matmul on this CPU with the current threads (best of `reps`)."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b  # warm-up
+    best = min(_seconds(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e12
+
+
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def peak_tflops(device_name: str, override: float) -> float | None:
@@ -182,12 +206,15 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
+    own = args.size == "config"  # the config's own model, no DiT preset
     preset = PRESET[args.objective].format(size=args.size, patch=args.patch)
     cfg = load_config(args.config.format(objective=args.objective),
-                      [f"model.preset={preset}", *args.set])
+                      ([] if own else [f"model.preset={preset}"]) + args.set)
+    if own:
+        preset = f"{args.config.format(objective=args.objective)} (depth {cfg.model.depth}, width {cfg.model.hidden_size})"
     if args.smoke:  # the tiny explicit sizes of --set instead of the preset
         cfg.model.input_size, cfg.model.preset = 8, ""
-    patch = args.patch if cfg.model.preset else cfg.model.patch_size
+    patch = args.patch if cfg.model.preset and not own else cfg.model.patch_size
     ctx = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION) if args.flash else None
     row = {"objective": args.objective, "preset": preset if not args.smoke else f"tiny {args.objective}",
            "size": args.size, "patch": patch,
@@ -204,7 +231,11 @@ def measure(args: argparse.Namespace) -> dict:
         row["sample_img_per_s"] = time_sampling(net, cfg, device, args.sample_batch, args.heun_steps)
         row["sample_batch"], row["heun_steps"] = args.sample_batch, args.heun_steps
     train_net = compile_modules(net, objective, args.compile)
-    peak = peak_tflops(row["device"], args.peak_tflops) if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak = peak_tflops(row["device"], args.peak_tflops)
+    else:
+        row["cpu_peak_tflops"] = cpu_gemm_tflops()
+        peak = args.peak_tflops or row["cpu_peak_tflops"]
     for batch in [int(b) for b in args.batches.split(",")]:
         try:
             r = time_training(net, train_net, objective, opt, cfg, device, batch, args.steps, args.warmup)
@@ -247,6 +278,15 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _peak_words(rows: list[dict], args: argparse.Namespace) -> str:
+    if args.peak_tflops:
+        return f"{args.peak_tflops} TFLOP/s (--peak-tflops)"
+    cpu = [r["cpu_peak_tflops"] for r in rows if "cpu_peak_tflops" in r]
+    if cpu:
+        return f"this CPU's bf16 2048^3 matmul rate ({min(cpu):.3f}-{max(cpu):.3f} TFLOP/s over the rows)"
+    return "the card's dense bf16 peak"
+
+
 def write(rows: list[dict], official: str | None, args: argparse.Namespace) -> None:
     """The JSON (every figure + command, commit, machine, date) and the markdown table with its header."""
     prov = provenance(sys.argv)
@@ -255,7 +295,7 @@ def write(rows: list[dict], official: str | None, args: argparse.Namespace) -> N
     if args.md:
         Path(args.md).write_text(
             f"Measured on {prov['machine']}, {prov['date']}, commit {prov['git_commit']}; compile {args.compile}, "
-            f"flash {args.flash}, bf16 autocast, {args.steps} timed steps after {args.warmup} warm-up; sampling: "
+            f"flash {args.flash}, bf16 autocast, MFU against {_peak_words(rows, args)}, {args.steps} timed steps after {args.warmup} warm-up; sampling: "
             f"{args.sample_batch} images, {args.heun_steps} Heun steps, no CFG, eager bf16.\n"
             f"Command: `{prov['command']}`\n\n" + markdown(rows, args)
             + (f"\nOur DiT step vs the official computation (fp32 eager), {official}" if official else ""))
@@ -266,7 +306,7 @@ def main() -> None:
     p.add_argument("--config", default="imagenet256_{objective}_xl2",
                    help="preset or YAML per objective ('{objective}' is replaced); model.preset is set per size")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--sizes", default="S,B", help="DiT sizes: S, B, L, XL")
+    p.add_argument("--sizes", default="S,B", help="DiT sizes: S, B, L, XL, or config (the config's own model)")
     p.add_argument("--patches", default="4,2", help="patch sizes (4 -> 64 tokens, 2 -> 256 tokens on 32x32 latents)")
     p.add_argument("--objectives", default="dit,maskdit,sddit")
     p.add_argument("--batches", default="8", help="training batch sizes, comma-separated")
@@ -299,7 +339,7 @@ def main() -> None:
 
     rows = []
     for size in args.sizes.split(","):
-        for patch in [int(x) for x in args.patches.split(",")]:
+        for patch in [0] if size == "config" else [int(x) for x in args.patches.split(",")]:
             for objective in args.objectives.split(","):
                 cmd = [sys.executable, __file__, "--objective", objective, "--size", size, "--patch", str(patch),
                        "--config", args.config, "--batches", args.batches, "--steps", str(args.steps),

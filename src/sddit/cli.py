@@ -164,6 +164,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.vae is not None:
         overrides.append(f"eval.vae={vae_reference(args.vae)}")  # recorded in the checkpoints: absolute
     cfg = load_config(cli_args.train_config(args), overrides)
+    from . import distributed as dist
+    from .runtime import resolve_device
+
+    procs = dist.local_procs(cfg.train.cpu_procs, resolve_device(cfg.device))
+    if procs > 1:  # train.cpu_procs: this process only launches and waits
+        return dist.launch_local(args.argv, procs)
     t0 = time.perf_counter()
     trainer = train(cfg, evaluate=not args.no_eval,  # the grid/FID needs (VAE, Inception, reference) load first
                     allow_config_change=args.allow_config_change)
@@ -182,6 +188,11 @@ def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:
         trainer.close()
         return 0
     run_dir = Path(cfg.run_dir)
+    with dist.all_cores():  # the other ranks of a `train.cpu_procs` launch are done
+        return _grid_and_fid(cfg, trainer, run_dir, train_s, t0)
+
+
+def _grid_and_fid(cfg, trainer, run_dir: Path, train_s: float, t0: float) -> int:
     grid = trainer.monitor.grid(trainer.ema, run_dir / "samples.png", per_class=10)
     print(f"class grid (EMA, {cfg.eval.grid_steps} Heun steps, cfg {cfg.eval.grid_cfg_scale}): {grid}")
     if cfg.eval.num_samples > 0:
@@ -459,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)  # imports torch (through the prepare parser's defaults)
         command = args.command
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train.cpu_procs` relaunches
         import torch
 
         # Flush denormals to zero: tiny Adam moments and near-zero weights otherwise slow CPU math ~20x.

@@ -150,6 +150,7 @@ class TrainConfig:
     loggers: tuple[str, ...] = ("jsonl",)  # jsonl (metrics.jsonl, always written) | tensorboard | wandb
     wandb_project: str = "sddit"  # wandb project of train.loggers=[...,wandb]
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    cpu_procs: int = 1  # data-parallel processes `sddit train` starts itself on a CPU (0 = auto: 2 on >= 2 cores)
 
 
 @dataclass
@@ -283,7 +284,7 @@ _RANGES = {
     "sddit.teacher_time_shift": _UNIT, "sddit.disc_sigma_max": _NONNEG,
     **{f"train.{k}": _POS_INT for k in ("batch_size", "log_every", "max_bad_steps", "fid_samples")},
     **{f"train.{k}": _NONNEG_INT for k in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "fid_every",
-                                           "num_threads")},
+                                           "num_threads", "cpu_procs")},
     "train.lr": _POS, "train.betas": _UNIT_OPEN, "train.ema_decay": _UNIT,
     **{f"train.{k}": _NONNEG for k in ("weight_decay", "lr_final", "grad_clip")},
     **{f"eval.{k}": _POS_INT for k in ("steps", "batch_size", "grid_steps")},

@@ -16,6 +16,7 @@ from ..data import build_dataset
 from ..errors import ConfigError
 from ..sampling import decoder_for_config, generate, quantize
 from ..seeding import reference_subset
+from . import shipped
 from .files import reference_statistics
 from .inception import InceptionFeatures, find_inception_weights, load_inception
 from .metrics import feature_stats, frechet_distance, load_stats, save_stats
@@ -75,8 +76,11 @@ def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path,
     if path.exists():
         mu, sigma = load_stats(path)
         return mu, sigma, num
-    idx = reference_subset(len(ds), num)
-    mu, sigma = feature_stats(extractor(ds.images[idx]))
+    feats = shipped.load(shipped.path_for(cfg.data.dataset, cfg.data.resolution, split), ds.images, num, extractor,
+                         weights)  # the default run's reference ships with the package
+    if feats is None:
+        feats = extractor(ds.images[reference_subset(len(ds), num)])
+    mu, sigma = feature_stats(feats)
     save_stats(path, mu, sigma)
     return mu, sigma, num
 

@@ -41,7 +41,7 @@ CHANGES_NAME = "config_changes.jsonl"
 # scores itself, threads, evaluation after training) or change only its speed (compilation, TF32
 # matmuls, gradient checkpointing: the same function, rounded differently at most): they may differ
 # on resume without a word.
-FREE_KEYS = ("run_dir", "device", "train.num_threads", "train.log_every", "train.ckpt_every", "train.keep_last",
+FREE_KEYS = ("run_dir", "device", "train.num_threads", "train.cpu_procs", "train.log_every", "train.ckpt_every", "train.keep_last",
              "train.fid_every", "train.fid_samples", "train.fid_ref", "train.sample_every", "train.sample_classes",
              "train.sample_per_class", "train.loggers", "train.wandb_project", "train.gradnorm_every",
              "train.compile", "train.tf32", "model.grad_checkpointing")

@@ -119,8 +119,9 @@ class Trainer:
         if dist.is_main():
             fid_sizes = [tc.fid_samples] * (tc.fid_every > 0) + [cfg.eval.num_samples] * (self.evaluate and
                                                                                           cfg.eval.num_samples > 0)
-            self.monitor = Monitor(cfg, self.device, grids=tc.sample_every > 0 or self.evaluate, fid_sizes=fid_sizes,
-                                   log=self.log)
+            with dist.all_cores():  # the other ranks wait in DDP's first broadcast
+                self.monitor = Monitor(cfg, self.device, grids=tc.sample_every > 0 or self.evaluate,
+                                       fid_sizes=fid_sizes, log=self.log)
 
         self.train_net: nn.Module = self.net
         self.ddp = None
@@ -415,8 +416,9 @@ class Trainer:
         """A class grid of the sampling EMA (decoded through the VAE for latent runs) as
         `samples/step-N.png`, also sent to the loggers (rank 0; others wait)."""
         if dist.is_main():
-            path = self.monitor.grid(self.ema, self.run_dir / "samples" / f"step-{self.step:07d}.png",
-                                     self.cfg.train.sample_per_class)
+            with dist.all_cores():
+                path = self.monitor.grid(self.ema, self.run_dir / "samples" / f"step-{self.step:07d}.png",
+                                         self.cfg.train.sample_per_class)
             self.loggers.image(self.step, "samples", path)
         dist.barrier()
 
@@ -429,7 +431,8 @@ class Trainer:
     def log_fid(self) -> None:
         """In-training FID of the sampling EMA on `train.fid_samples` samples (rank 0; others wait)."""
         if dist.is_main():
-            r = self.monitor.fid(self.ema, self.cfg.train.fid_samples)
+            with dist.all_cores():
+                r = self.monitor.fid(self.ema, self.cfg.train.fid_samples)
             self.loggers.log(self.step, {"fid": r["fid"], "fid_samples": r["num_samples"], "fid_steps": r["steps"],
                                          "fid_cfg_scale": r["cfg_scale"]})
             self.log(f"step {self.step}: FID-{r['num_samples']} = {r['fid']:.2f}")
