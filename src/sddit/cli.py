@@ -17,12 +17,12 @@ from pathlib import Path
 # seconds they take is one line, not a traceback.
 from .config import DEFAULT_CONFIG, load_config
 from . import cli_args
+from . import distributed as dist
+from .runtime import resolve_device
 from .errors import ConfigError, one_line
 
 
 def _device(name: str):
-    from .runtime import resolve_device
-
     return resolve_device(name)
 
 
@@ -164,9 +164,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.vae is not None:
         overrides.append(f"eval.vae={vae_reference(args.vae)}")  # recorded in the checkpoints: absolute
     cfg = load_config(cli_args.train_config(args), overrides)
-    from . import distributed as dist
-    from .runtime import resolve_device
-
     procs = dist.local_procs(cfg.train.cpu_procs, resolve_device(cfg.device))
     if procs > 1:  # train.cpu_procs: this process only launches and waits
         return dist.launch_local(args.argv, procs)
@@ -182,8 +179,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _after_training(args: argparse.Namespace, cfg, trainer, t0: float) -> int:
     """The class grid and FID of the sampling EMA, written into the (still locked) run directory."""
     train_s = time.perf_counter() - t0
-    from . import distributed as dist
-
     if args.no_eval or not dist.is_main():
         trainer.close()
         return 0
@@ -338,7 +333,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """`sddit generate`: under torchrun each rank samples its share; rank 0 packs the .npz."""
     import torch
 
-    from . import distributed as dist
     from .sampling.sources import load_official_source, load_source
     from .sampling.to_files import NPZ_NAME, generate_samples
 
