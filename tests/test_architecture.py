@@ -21,7 +21,7 @@ LAYERS = [
     {"sampling"},
     {"eval"},
     {"train"},
-    {"cli", "cli_args", "api", "__init__"},
+    {"cli", "cli_args", "cli_parser", "api", "__init__"},
 ]
 MAX_LINES = 500
 

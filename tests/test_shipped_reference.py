@@ -75,9 +75,10 @@ def test_features_this_inception_does_not_reproduce_are_not_served(setup, tmp_pa
     assert shipped.load(bad, ds.images, 10, extractor, weights) is None
 
 
-def test_reference_stats_use_the_shipped_file(setup, monkeypatch):
+def test_reference_stats_use_the_shipped_file(setup, monkeypatch, tmp_path):
     cfg, weights, extractor, ds, path, meta = setup
     monkeypatch.setattr(shipped, "FOLDER", path.parent)
+    monkeypatch.setenv("SDDIT_CACHE", str(tmp_path))  # statistics cached by an earlier test would skip the file
     counting = Counting(extractor)
     mu, sigma, num = reference_stats(cfg, 20, counting, weights)
     assert num == 20 and counting.images == shipped.CHECK
