@@ -39,6 +39,20 @@ the machine; the recorded step times (docs/results/step_time_fmnist32_1t*.json, 
 are 1.91x eager and 1.50x compiled, DiT 971 -> 862 ms; "best" means the cheapest of the
 configurations that scored within the seed spread of each other.
 
+Third round (issue 23), the best live SD-DiT of docs/results/ablation_r3.md at the default run's
+recipe, written before it ran:
+
+    python benchmarks/convergence.py --methods dit,sddit --minutes 10 --points 2 --seeds 0,1 \
+        --name convergence_r3 --set sddit.disc_loss=align --set model.head_block=2 \
+        --set sddit.teacher_head_block=4 --set sddit.teacher_sigma=shift --set sddit.lambda_d=0.2
+
+(the `sddit.*` keys change only the sddit runs). It is SRA's alignment, the only live configuration
+level with DiT per update over 4 paired seeds (-0.1 +- 3.4 at 2,400 steps); every live DINO variant
+was 12-16 FID behind. Hypotheses: (e) at ~1.2x DiT's step cost it sees ~0.8x DiT's updates and ends
+behind DiT at equal time, by about what DiT's own curve loses over those updates; (f) it does not
+reach DiT's final FID in half DiT's time (the project's goal stays unmet); (g) per training image
+it stays level with DiT, as at 2,400 steps.
+
 Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
 against training images and against training minutes) and OUT/NAME.md (the table), rewritten after
 every finished run; finished runs are kept in RUNS/<method>-seed<k>.json, so a restart resumes.

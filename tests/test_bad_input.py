@@ -306,6 +306,8 @@ CONFIG_CASES = {
                                           "choose heads that divide the width"]),
     "--device tpu": (["--device", "tpu"], {}, ["device='tpu' is not valid", "use auto, cpu, cuda"]),
     '--run-dir ""': (["--run-dir", ""], {}, ["run_dir is empty", "pass --run-dir DIR"]),
+    "teacher block past the encoder": (["--set", "objective=sddit", "--set", "sddit.teacher_head_block=9"], {},
+                                       ["sddit.teacher_head_block=9 is past the encoder's", "set it to at most"]),
 }
 
 

@@ -237,6 +237,10 @@ class Config:
             if self.objective != "dit" and width % heads:
                 raise ConfigError(f"the decoder width {width} is not divisible by its {heads} heads: set "
                                   "model.decoder_hidden_size / model.decoder_num_heads so the heads divide the width")
+            blocks, teacher = m.depth - m.decoder_depth, self.sddit.teacher_head_block
+            if self.objective == "sddit" and teacher > blocks:  # caught here: before the run directory exists
+                raise ConfigError(f"sddit.teacher_head_block={teacher} is past the encoder's {blocks} blocks: "
+                                  f"set it to at most {blocks}")
         if self.diffusion.sigma_max <= self.diffusion.sigma_min:
             raise ConfigError(f"diffusion.sigma_max={self.diffusion.sigma_max} must exceed "
                               f"diffusion.sigma_min={self.diffusion.sigma_min}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
+from ..errors import ConfigError
 from ..diffusion import EDMPrecond, edm_loss, precond_coeffs
 from ..distributed import all_reduce_mean
 from ..models.tokens import gather_tokens, per_patch_mean
@@ -87,15 +88,15 @@ class SDDiTObjective(Objective):
         self.scfg = cfg.sddit
         student = unwrap(unwrap(net).model)
         if getattr(student, "head", None) is None:
-            raise ValueError("objective=sddit needs a model with a projection head (model.head_dim > 0)")
+            raise ConfigError("objective=sddit needs a model with a projection head: set model.head_dim > 0")
         # 1 when the head's tokens start with an image-level token ([CLS] or the pooled patches)
         self.n_img = int(bool(student.use_cls_token or student.head_pool))
         self.align = self.scfg.disc_loss == "align"
         self.teacher = student.make_teacher()
         if self.scfg.teacher_head_block:  # the teacher's tokens from another (e.g. deeper) block than the student's
             if self.scfg.teacher_head_block > student.encoder_depth:
-                raise ValueError(f"sddit.teacher_head_block={self.scfg.teacher_head_block} is past the encoder's "
-                                 f"{student.encoder_depth} blocks")
+                raise ConfigError(f"sddit.teacher_head_block={self.scfg.teacher_head_block} is past the encoder's "
+                                  f"{student.encoder_depth} blocks: set it to at most {student.encoder_depth}")
             self.teacher.head_block = self.scfg.teacher_head_block
         self.log_k = math.log(cfg.model.head_dim)
         self._uniform_since: dict[str, int | None] = {"image": None, "patch": None}  # see warnings()
