@@ -43,10 +43,11 @@ Third round (issue 23), the best live SD-DiT of docs/results/ablation_r3.md at t
 recipe, written before it ran:
 
     python benchmarks/convergence.py --methods dit,sddit --minutes 10 --points 2 --seeds 0,1 \
-        --name convergence_r3 --set sddit.disc_loss=align --set model.head_block=2 \
+        --name convergence_r3 --set sddit.disc_loss=align --set sddit.image_token=cls --set model.head_block=2 \
         --set sddit.teacher_head_block=4 --set sddit.teacher_sigma=shift --set sddit.lambda_d=0.2
 
-(the `sddit.*` keys change only the sddit runs). It is SRA's alignment, the only live configuration
+(the `sddit.*` keys change only the sddit runs; `image_token=cls` because the preset's `mean` is
+refused with the alignment, which reads patch tokens only: the first launch stopped on that). It is SRA's alignment, the only live configuration
 level with DiT per update over 4 paired seeds (-0.1 +- 3.4 at 2,400 steps); every live DINO variant
 was 12-16 FID behind. Hypotheses: (e) at ~1.2x DiT's step cost it sees ~0.8x DiT's updates and ends
 behind DiT at equal time, by about what DiT's own curve loses over those updates; (f) it does not
