@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sddit"
 # Bottom to top. A module may import modules of its own layer or below, never above.
 LAYERS = [
     {"errors", "seeding", "runtime", "distributed"},
-    {"config", "config_files", "checkpoint"},
+    {"config", "config_files", "config_values", "checkpoint"},
     {"models"},
     {"diffusion", "data"},
     {"objectives", "pretrained"},

@@ -22,6 +22,7 @@ from ..runtime import atomic_write
 from .inception import (POOL_DIM, SPATIAL_DIM, InceptionFeatures, find_inception_weights, inception_id,
                         inception_logit_weight, load_inception)
 from .metrics import feature_stats, frechet_distance, inception_score, precision_recall
+from .npz_files import corrupt, npz_array_info, npz_batches, npz_keys
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 1
@@ -51,7 +52,7 @@ class ImageSet:
         elif self.path.is_file():
             self.kind = "npz"
             self.files = []
-            self.count, self.image_shape = _npz_array_info(self.path, "arr_0")
+            self.count, self.image_shape = npz_array_info(self.path, "arr_0")
             if len(self.image_shape) != 3 or self.image_shape[-1] not in (1, 3):
                 raise DataError(f"{self.path}: arr_0 has shape {(self.count, *self.image_shape)}, expected "
                                 "(N, H, W, 3) uint8 images")
@@ -94,7 +95,7 @@ class ImageSet:
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """uint8 (b, H, W, C) numpy batches in order."""
         if self.kind == "npz":
-            yield from _npz_batches(self.path, "arr_0", batch_size)
+            yield from npz_batches(self.path, "arr_0", batch_size)
             return
         from PIL import Image
 
@@ -122,78 +123,6 @@ class ImageSet:
             yield np.stack(batch)
 
 
-def _npz_open_member(path: Path, key: str):
-    """(zipfile, open member, shape, fortran_order, dtype) of ``key`` in an ``.npz``, header read."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not an .npz file ({e})") from None
-    name = f"{key}.npy"
-    if name not in zf.namelist():
-        keys = [n.removesuffix(".npy") for n in zf.namelist()]
-        zf.close()
-        raise DataError(f"{path} has no {key!r} (it holds {keys}): expected arr_0 (N, H, W, 3) uint8 images")
-    try:
-        f = zf.open(name)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        zf.close()
-        raise _corrupt(path, e) from None
-    return zf, f, shape, fortran, dtype
-
-
-def _corrupt(path: Path, e: Exception) -> DataError:
-    return DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
-                     "regenerate or copy it again")
-
-
-def _npz_array_info(path: Path, key: str) -> tuple[int, tuple[int, ...]]:
-    zf, f, shape, _, dtype = _npz_open_member(path, key)
-    f.close()
-    zf.close()
-    if dtype != np.uint8 or len(shape) < 1:
-        raise DataError(f"{path}: {key} is {dtype} {shape}, expected uint8 (N, H, W, 3) images")
-    return int(shape[0]), tuple(int(s) for s in shape[1:])
-
-
-def _npz_batches(path: Path, key: str, batch_size: int) -> Iterator[np.ndarray]:
-    zf, f, shape, fortran, dtype = _npz_open_member(path, key)
-    try:
-        if fortran:  # rare; not streamable in row order
-            data = np.load(path)[key]
-            for start in range(0, len(data), batch_size):
-                yield np.ascontiguousarray(data[start : start + batch_size])
-            return
-        per_image = int(np.prod(shape[1:])) * dtype.itemsize
-        for start in range(0, shape[0], batch_size):
-            n = min(batch_size, shape[0] - start)
-            try:
-                raw = f.read(n * per_image)  # the zip's CRC is checked when the member's end is read
-            except (OSError, EOFError, zipfile.BadZipFile) as e:
-                raise _corrupt(path, e) from None
-            if len(raw) != n * per_image:
-                raise DataError(f"{path} is truncated: {key} declares {shape[0]} images but its data ends after "
-                                f"{start + len(raw) // per_image}; regenerate or copy it again")
-            yield np.frombuffer(bytearray(raw), dtype=dtype).reshape(n, *shape[1:])  # writable for torch
-    except (ValueError, zipfile.BadZipFile) as e:  # the non-streamed (Fortran-order) path
-        raise _corrupt(path, e) from None
-    finally:
-        f.close()
-        zf.close()
-
-
-def _npz_keys(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return [n.removesuffix(".npy") for n in zf.namelist()]
-    except (OSError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not an .npz file ({e})") from None
-
-
 class Reference:
     """What ``--ref`` gives: images (folder / ``arr_0``), precomputed statistics, or both.
 
@@ -215,7 +144,7 @@ class Reference:
         if self.path.is_dir():
             self.images = ImageSet(self.path, size)
             return
-        keys = _npz_keys(self.path)
+        keys = npz_keys(self.path)
         if "mu" in keys and "sigma" in keys:
             try:
                 with np.load(self.path) as data:
@@ -225,7 +154,7 @@ class Reference:
                     if "pool_features" in data.files:
                         self.features = data["pool_features"]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-                raise _corrupt(self.path, e) from None
+                raise corrupt(self.path, e) from None
             self._check_stats()
         if "arr_0" in keys:
             self.images = ImageSet(self.path)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .. import distributed as dist
 from .. import seeding
 from ..checkpoint import CHECKPOINT_VERSION, list_checkpoints, load_latest, save_checkpoint
-from ..config import Config, config_to_dict, explicit_keys
+from ..config import Config, config_to_dict
 from ..data import EpochSampler, ImageDataset, build_dataset
 from ..diffusion import EDMPrecond
 from ..errors import CheckpointError, ConfigError, Interrupted, RunError, file_problem
@@ -31,6 +31,7 @@ from ..objectives import Terms, build_objective
 from ..runtime import resolve_device, warn as warn_stderr
 from . import run_dir as rundir
 from .amp import Precision
+from .data_fit import fit_model_to_data
 from .ema import copy_for_ema, ema_decay, ema_update
 from .gradnorms import gradient_norms
 from .loggers import build_loggers, truncate_events
@@ -83,13 +84,7 @@ class Trainer:
         cfg = self.cfg
         # data
         self.dataset: ImageDataset = build_dataset(cfg.data.dataset, cfg.data.root, "train", cfg.data.resolution)
-        self._shapes_from_data()
-        if self.dataset.shape != (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size):
-            raise ConfigError(
-                f"data is {tuple(self.dataset.shape)} but the model expects "
-                f"({cfg.model.in_channels}, {cfg.model.input_size}, {cfg.model.input_size}); set model.in_channels/model.input_size"
-            )
-        self._check_labels()
+        fit_model_to_data(cfg, self.dataset, self.log)  # shapes and classes, each a one-line error
         self.sampler = EpochSampler(len(self.dataset), cfg.train.batch_size, cfg.train.seed, self.rank, self.world)
         if (cfg.train.batch_size // self.world) % cfg.train.grad_accum:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} over {self.world} processes is "
@@ -132,44 +127,6 @@ class Trainer:
             self.train_net = self.ddp = DDP(self.net, device_ids=ids)
         if cfg.train.compile:
             self.train_net = torch.compile(self.train_net)
-
-    def _shapes_from_data(self) -> None:
-        """Input channels, size and class count as the data has them (a latent manifest knows them)
-        wherever the user left the preset's or default values; a value they chose that disagrees is
-        a one-line error. Without this a 3-class folder trained a 1000-class model without a word."""
-        cfg, (c, h, w) = self.cfg, self.dataset.shape
-        data = {"in_channels": c, "input_size": h, "num_classes": len(self.dataset.class_names)}
-        if h != w:
-            return  # not square: the shape check below says so
-        chosen, taken = explicit_keys(cfg), []
-        where = f"the data in {cfg.data.root}" if cfg.data.dataset == "latents" else f"the {cfg.data.dataset} data"
-        for name, value in data.items():
-            now = getattr(cfg.model, name)
-            if now == value:
-                continue
-            if f"model.{name}" in chosen:
-                if name == "num_classes" and now < value:
-                    self._check_labels()  # labels past the embedding: that error, which names the null class
-                raise ConfigError(f"model.{name}={now} was set, but {where} has {name}={value}: "
-                                  f"remove the setting (it is then taken from the data) or set model.{name}={value}")
-            setattr(cfg.model, name, value)
-            taken.append(f"model.{name}={value} (the config had {now})")
-        if taken:
-            cfg.validate()  # e.g. a patch size that does not divide the new input size
-            self.log(f"note: from {where}: {', '.join(taken)}")
-
-    def _check_labels(self) -> None:
-        """Labels must lie in [0, model.num_classes): label num_classes is the CFG null class (it would
-        silently train as "unconditional") and larger ones index past the class embedding."""
-        labels, k = getattr(self.dataset, "labels", None), self.cfg.model.num_classes
-        if isinstance(labels, torch.Tensor) and len(labels):
-            lo, hi = int(labels.min()), int(labels.max())
-        else:  # latents: every label was checked against the manifest's classes when the shards opened
-            lo, hi = 0, self.dataset.num_classes - 1
-        if lo < 0 or hi >= k:
-            raise ConfigError(f"the data has labels {lo}..{hi} but model.num_classes={k}: labels must lie in [0, {k}) "
-                              f"(label {k} is the null class of classifier-free guidance); set "
-                              f"model.num_classes={max(hi + 1, self.dataset.num_classes)}")
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, rng_states: list[dict]) -> dict:
