@@ -105,8 +105,16 @@ from sweep import Row, parse_args, run_grid, select
 
 # the study's FID: no guidance; its lr and backbone: the Fashion-MNIST preset's when the study ran
 # (constant 1e-3; width 192, 6 heads, batch 64)
-COMMON = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "train.max_steps=1000",
-          "train.gradnorm_every=100", "eval.cfg_scale=1.0", "train.lr=1e-3", "train.lr_schedule=constant"]
+COMMON = [
+    "model.hidden_size=192",
+    "model.num_heads=6",
+    "train.batch_size=64",
+    "train.max_steps=1000",
+    "train.gradnorm_every=100",
+    "eval.cfg_scale=1.0",
+    "train.lr=1e-3",
+    "train.lr_schedule=constant",
+]
 # SD-DiT rows start from the paper's mask ratio (the fmnist_sddit preset trains unmasked since this study)
 SD = [*COMMON, "sddit.mask_ratio=0.2", "sddit.image_token=cls"]  # as they ran: the preset's token is mean since r3
 # the second round: the default run's recipe, pinned (recipe.py), a third of its steps; unmasked
@@ -115,16 +123,23 @@ ROWS = [
     Row("dit", [*COMMON, "objective=dit"], "DiT, the baseline (same depth and width, no split)", config="fmnist_dit"),
     Row("sddit", SD, "SD-DiT as specified: lambda_d 1, mask 0.2, teacher at sigma_min"),
     Row("lambda0", [*SD, "sddit.lambda_d=0"], "null: masking only, no discriminative loss"),
-    Row("split", [*COMMON, "objective=maskdit", "maskdit.mask_ratio=0", "maskdit.mae_loss_coef=0"],
-        "null: DiT's loss on the split backbone, no mask, no head", config="fmnist_maskdit"),
+    Row(
+        "split",
+        [*COMMON, "objective=maskdit", "maskdit.mask_ratio=0", "maskdit.mae_loss_coef=0"],
+        "null: DiT's loss on the split backbone, no mask, no head",
+        config="fmnist_maskdit",
+    ),
     Row("mask0", [*SD, "sddit.mask_ratio=0"], "null: discriminative loss, no masking"),
     Row("lambda0.1", [*SD, "sddit.lambda_d=0.1"], "lambda_d sweep"),
     Row("lambda0.01", [*SD, "sddit.lambda_d=0.01"], "lambda_d sweep"),
     Row("block2", [*SD, "model.head_block=2"], "head reads encoder block 2 of 4; teacher runs 2 blocks"),
     Row("cond", [*SD, "sddit.teacher_cond_sigma_min=0.027"], "teacher c_noise floored at exp(P_mean - 2 P_std)"),
     Row("clip1", [*SD, "train.grad_clip=1.0"], "gradient clipping at norm 1 (REPA)"),
-    Row("dino-head", [*SD, "model.head_last_init=pytorch", "sddit.freeze_last_layer_steps=100"],
-        "DINO's prototype init and last-layer freeze"),
+    Row(
+        "dino-head",
+        [*SD, "model.head_last_init=pytorch", "sddit.freeze_last_layer_steps=100"],
+        "DINO's prototype init and last-layer freeze",
+    ),
     Row("cls-temp", [*SD, "sddit.teacher_temp_cls=0.04"], "[CLS] teacher temperature fixed at 0.04 (iBOT)"),
     Row("cosine", [*SD, "train.lr_schedule=cosine"], "lr decays on a cosine, as DINO pairs with its momentum"),
     Row("zeros", [*SD, "model.mask_token=zeros"], "masked decoder positions filled with zeros"),
@@ -137,18 +152,40 @@ ROWS = [
     Row("r2-cond", [*R2, "sddit.teacher_cond_sigma_min=0.027"], "teacher c_noise floored at exp(P_mean - 2 P_std)"),
     # Third round: the same recipe, the fixes that make the discriminative loss carry signal
     Row("r3-dit", [*R2, "objective=dit"], "DiT, the baseline", config="fmnist_dit"),
-    Row("r3-sddit", [*R2, "sddit.image_token=cls"], "SD-DiT as the second round: [CLS] image term (dead), teacher at sigma_min"),
+    Row(
+        "r3-sddit",
+        [*R2, "sddit.image_token=cls"],
+        "SD-DiT as the second round: [CLS] image term (dead), teacher at sigma_min",
+    ),
     Row("r3-mean", [*R2, "sddit.image_token=mean"], "image-level token = mean of the patch tokens (alive from step 0)"),
-    Row("r3-shift", [*R2, "sddit.image_token=cls", "sddit.teacher_sigma=shift"],
-        "teacher at SRA's t_S - U(0, 0.2) on the linear path, not sigma_min"),
-    Row("r3-align", [*R2, "sddit.disc_loss=align", "model.head_block=2", "sddit.teacher_head_block=4",
-                     "sddit.teacher_sigma=shift", "sddit.lambda_d=0.2"],
-        "SRA's alignment: block-2 projector -> teacher's raw block-4 tokens, smooth-L1, weight 0.2"),
-    Row("r3-live", [*R2, "sddit.image_token=mean", "sddit.teacher_sigma=shift", "model.head_block=2"],
-        "all fixes: mean image token, shifted teacher, head on block 2"),
+    Row(
+        "r3-shift",
+        [*R2, "sddit.image_token=cls", "sddit.teacher_sigma=shift"],
+        "teacher at SRA's t_S - U(0, 0.2) on the linear path, not sigma_min",
+    ),
+    Row(
+        "r3-align",
+        [
+            *R2,
+            "sddit.disc_loss=align",
+            "model.head_block=2",
+            "sddit.teacher_head_block=4",
+            "sddit.teacher_sigma=shift",
+            "sddit.lambda_d=0.2",
+        ],
+        "SRA's alignment: block-2 projector -> teacher's raw block-4 tokens, smooth-L1, weight 0.2",
+    ),
+    Row(
+        "r3-live",
+        [*R2, "sddit.image_token=mean", "sddit.teacher_sigma=shift", "model.head_block=2"],
+        "all fixes: mean image token, shifted teacher, head on block 2",
+    ),
     # Fourth round: r3-mean's live image term at the alignment's weight
-    Row("r4-mean-l0.2", [*R2, "sddit.image_token=mean", "sddit.lambda_d=0.2"],
-        "mean image token (live) at lambda_d 0.2, a fifth of r3-mean's"),
+    Row(
+        "r4-mean-l0.2",
+        [*R2, "sddit.image_token=mean", "sddit.lambda_d=0.2"],
+        "mean image token (live) at lambda_d 0.2, a fifth of r3-mean's",
+    ),
 ]
 
 
@@ -160,11 +197,22 @@ def main() -> None:
         config, fid_samples = "digits_tiny", 20
         tiny = ["train.max_steps=4", "train.batch_size=16", "train.gradnorm_every=2"]
         rows = [Row("dit", [*tiny, "objective=dit"], "smoke"), Row("sddit", [*tiny, "objective=sddit"], "smoke")]
-    run_grid(rows, [int(s) for s in args.seeds.split(",")], config=config, out=Path(args.out), work=Path(args.work),
-             name="ablation", workers=args.workers, fid_samples=fid_samples, argv=sys.argv,
-             baseline=args.baseline or "dit",
-             title="SD-DiT ablation on Fashion-MNIST, FID-1k (each row's steps and batch in the table)", row_major=True,
-             summary_only=args.summary_only, keep_weights=args.keep_weights)
+    run_grid(
+        rows,
+        [int(s) for s in args.seeds.split(",")],
+        config=config,
+        out=Path(args.out),
+        work=Path(args.work),
+        name="ablation",
+        workers=args.workers,
+        fid_samples=fid_samples,
+        argv=sys.argv,
+        baseline=args.baseline or "dit",
+        title="SD-DiT ablation on Fashion-MNIST, FID-1k (each row's steps and batch in the table)",
+        row_major=True,
+        summary_only=args.summary_only,
+        keep_weights=args.keep_weights,
+    )
 
 
 if __name__ == "__main__":

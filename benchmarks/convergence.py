@@ -78,9 +78,18 @@ from common import REPO, provenance
 def method_config(spec: dict, run_dir: Path, max_steps: int, extra: tuple[str, ...] = ()):
     from sddit.config import load_config
 
-    overrides = [f"objective={spec['method']}", "train.compile=false", "train.ckpt_every=0", "eval.num_samples=0",
-                 "train.num_threads=1", *spec["set"], f"train.seed={spec['seed']}", f"run_dir={run_dir}",
-                 f"train.max_steps={max_steps}", *extra]
+    overrides = [
+        f"objective={spec['method']}",
+        "train.compile=false",
+        "train.ckpt_every=0",
+        "eval.num_samples=0",
+        "train.num_threads=1",
+        *spec["set"],
+        f"train.seed={spec['seed']}",
+        f"run_dir={run_dir}",
+        f"train.max_steps={max_steps}",
+        *extra,
+    ]
     return load_config(spec["config"].format(objective=spec["method"]), overrides)
 
 
@@ -89,8 +98,9 @@ def calibrate(spec: dict, extra: tuple[str, ...] = ()) -> float:
     from sddit.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = method_config(spec, Path(tmp), spec["calib_warmup"] + spec["calib_steps"],
-                            ("maskdit.unmask_finetune_steps=0", *extra))
+        cfg = method_config(
+            spec, Path(tmp), spec["calib_warmup"] + spec["calib_steps"], ("maskdit.unmask_finetune_steps=0", *extra)
+        )
         trainer = Trainer(cfg, log=lambda *_: None)
         trainer.fit(until=spec["calib_warmup"])
         t0 = trainer.train_seconds
@@ -113,8 +123,9 @@ def budget_steps(spec: dict) -> tuple[int, int, float, float]:
     return max(spec["points"], steps), round(f * steps), budget / steps, t_full / t_step
 
 
-def refit_budget(cfg, step: int, seconds: float, pace: float, budget_s: float, f: float, r: float,
-                 min_left: int) -> None:
+def refit_budget(
+    cfg, step: int, seconds: float, pace: float, budget_s: float, f: float, r: float, min_left: int
+) -> None:
     """Set train.max_steps (and MaskDiT's fine-tune steps) so that the run ends on the budget when the
     steps still to run go at `pace` (s/step, measured over the run's recent steps).
 
@@ -130,8 +141,11 @@ def refit_budget(cfg, step: int, seconds: float, pace: float, budget_s: float, f
         cfg.train.max_steps = max(step + min_left, step + round(left))
         m.unmask_finetune_steps = cfg.train.max_steps - begin
         return
-    n = max(step + min_left, round((left + step) / (1 + f * (r - 1)))) if tuning else max(step + min_left,
-                                                                                          step + round(left))
+    n = (
+        max(step + min_left, round((left + step) / (1 + f * (r - 1))))
+        if tuning
+        else max(step + min_left, step + round(left))
+    )
     cfg.train.max_steps = n  # schedules (lr decay, teacher momentum, MaskDiT's fine-tune) read it every step
     if tuning:
         m.unmask_finetune_steps = min(round(f * n), n - step)
@@ -176,8 +190,16 @@ def run_child(spec: dict) -> dict:
             pace = recent_pace(history, phase, window=10 * every)
             if pace is None:  # the fine-tune has just begun: its calibrated cost
                 pace = finetune_cost * recent_pace(history, 0, window=10 * every)
-            refit_budget(cfg, trainer.step, trainer.train_seconds, pace, budget_s, spec["maskdit_finetune"],
-                         finetune_cost, points - k + 1)
+            refit_budget(
+                cfg,
+                trainer.step,
+                trainer.train_seconds,
+                pace,
+                budget_s,
+                spec["maskdit_finetune"],
+                finetune_cost,
+                points - k + 1,
+            )
             if cfg.train.max_steps != plan[-1]:
                 plan.append(cfg.train.max_steps)
         if trainer.step < round(cfg.train.max_steps * k / points):
@@ -185,14 +207,32 @@ def run_child(spec: dict) -> dict:
         k += 1
         max_steps, finetune = cfg.train.max_steps, cfg.maskdit.unmask_finetune_steps
         t = time.perf_counter()
-        r = evaluate_generator(trainer.ema, cfg, spec["fid_samples"], trainer.device, steps=spec["fid_steps"],
-                               cfg_scale=spec["cfg_scale"], seed=0)
-        rows.append({"method": spec["method"], "seed": spec["seed"], "step": trainer.step, "max_steps": max_steps,
-                     "finetune_steps": finetune, "images_seen": trainer.step * cfg.train.batch_size,
-                     "train_seconds": round(trainer.train_seconds, 1), "fid": round(r["fid"], 3),
-                     "fid_samples": r["num_samples"], "fid_reference": r["num_reference"],
-                     "eval_seconds": round(time.perf_counter() - t, 1), "calibrated_s_per_step": t_step,
-                     "max_steps_plan": list(plan)})
+        r = evaluate_generator(
+            trainer.ema,
+            cfg,
+            spec["fid_samples"],
+            trainer.device,
+            steps=spec["fid_steps"],
+            cfg_scale=spec["cfg_scale"],
+            seed=0,
+        )
+        rows.append(
+            {
+                "method": spec["method"],
+                "seed": spec["seed"],
+                "step": trainer.step,
+                "max_steps": max_steps,
+                "finetune_steps": finetune,
+                "images_seen": trainer.step * cfg.train.batch_size,
+                "train_seconds": round(trainer.train_seconds, 1),
+                "fid": round(r["fid"], 3),
+                "fid_samples": r["num_samples"],
+                "fid_reference": r["num_reference"],
+                "eval_seconds": round(time.perf_counter() - t, 1),
+                "calibrated_s_per_step": t_step,
+                "max_steps_plan": list(plan),
+            }
+        )
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return {"rows": rows}
 
@@ -207,13 +247,18 @@ def curves(rows: list[dict]) -> dict[str, list[dict]]:
         for seed in dict.fromkeys(r["seed"] for r in mine):
             for i, r in enumerate([r for r in mine if r["seed"] == seed]):
                 by_index.setdefault(i, []).append(r)
-        out[method] = [{
-            "images_seen": statistics.mean(r["images_seen"] for r in rs),
-            "train_minutes": statistics.mean(r["train_seconds"] for r in rs) / 60,
-            "fid": statistics.mean(r["fid"] for r in rs), "fid_min": min(r["fid"] for r in rs),
-            "fid_max": max(r["fid"] for r in rs),
-            "fid_std": statistics.stdev([r["fid"] for r in rs]) if len(rs) > 1 else 0.0, "seeds": len(rs),
-        } for _, rs in sorted(by_index.items())]
+        out[method] = [
+            {
+                "images_seen": statistics.mean(r["images_seen"] for r in rs),
+                "train_minutes": statistics.mean(r["train_seconds"] for r in rs) / 60,
+                "fid": statistics.mean(r["fid"] for r in rs),
+                "fid_min": min(r["fid"] for r in rs),
+                "fid_max": max(r["fid"] for r in rs),
+                "fid_std": statistics.stdev([r["fid"] for r in rs]) if len(rs) > 1 else 0.0,
+                "seeds": len(rs),
+            }
+            for _, rs in sorted(by_index.items())
+        ]
     return out
 
 
@@ -244,20 +289,30 @@ def table(rows: list[dict], calib: dict[str, float], meta: dict) -> str:
         fids += ["—"] * (n_points - len(c))
         finals = [r for r in mine if r["step"] == r["max_steps"]]
         steps = "/".join(str(r["step"]) for r in finals) or str(mine[-1]["step"])
-        cells = [method, f"{1000 * calib[method]:.0f}", steps, f"{c[-1]['images_seen'] / 1e3:.0f}k",
-                 f"{c[-1]['train_minutes']:.1f}", *fids]
+        cells = [
+            method,
+            f"{1000 * calib[method]:.0f}",
+            steps,
+            f"{c[-1]['images_seen'] / 1e3:.0f}k",
+            f"{c[-1]['train_minutes']:.1f}",
+            *fids,
+        ]
         if dit_final is not None:
             t = minutes_to_reach(c, dit_final)
             cells.append("not reached" if t is None else f"{t:.1f} ({t / cs['dit'][-1]['train_minutes']:.2f}x dit)")
         lines.append("| " + " | ".join(cells) + " |")
     e = meta["eval"]
-    lines += ["", f"FID-{e['fid_samples']} vs {e['reference']} fixed test images, EDM Heun {e['fid_steps']} steps, "
-              f"CFG {e['cfg_scale']}, sampling EMA, seeds 0..{e['fid_samples'] - 1} for every method; "
-              f"{len(meta['seeds'])} training seed(s) {meta['seeds']}"
-              + (" (mean ± std)" if len(meta["seeds"]) > 1 else "") + f". Budget {meta['minutes']} min/method. "
-              f"{meta['provenance']['machine']}; {meta['provenance']['date']}; commit {meta['provenance']['git_commit'][:12]}.",
-              budget_spread(rows),
-              f"Command: `{meta['provenance']['command']}`"]
+    lines += [
+        "",
+        f"FID-{e['fid_samples']} vs {e['reference']} fixed test images, EDM Heun {e['fid_steps']} steps, "
+        f"CFG {e['cfg_scale']}, sampling EMA, seeds 0..{e['fid_samples'] - 1} for every method; "
+        f"{len(meta['seeds'])} training seed(s) {meta['seeds']}"
+        + (" (mean ± std)" if len(meta["seeds"]) > 1 else "")
+        + f". Budget {meta['minutes']} min/method. "
+        f"{meta['provenance']['machine']}; {meta['provenance']['date']}; commit {meta['provenance']['git_commit'][:12]}.",
+        budget_spread(rows),
+        f"Command: `{meta['provenance']['command']}`",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -267,8 +322,10 @@ def budget_spread(rows: list[dict]) -> str:
     if not finals:
         return ""
     lo, hi = min(finals), max(finals)
-    return (f"Training minutes of the {len(finals)} finished runs: {lo:.2f} to {hi:.2f} "
-            f"(max/min - 1 = {100 * (hi / lo - 1):.1f}%).")
+    return (
+        f"Training minutes of the {len(finals)} finished runs: {lo:.2f} to {hi:.2f} "
+        f"(max/min - 1 = {100 * (hi / lo - 1):.1f}%)."
+    )
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -298,8 +355,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="fmnist_{objective}",
-                   help="preset or YAML; '{objective}' becomes each method (default: its Fashion-MNIST preset)")
+    p.add_argument(
+        "--config",
+        default="fmnist_{objective}",
+        help="preset or YAML; '{objective}' becomes each method (default: its Fashion-MNIST preset)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every method")
     p.add_argument("--methods", default="dit,maskdit,sddit")
     p.add_argument("--minutes", type=float, default=24.0, help="training wall-clock budget per run (1 thread)")
@@ -308,8 +368,12 @@ def main() -> None:
     p.add_argument("--fid-samples", type=int, default=1000)
     p.add_argument("--fid-steps", type=int, default=18, help="Heun steps of the FID sampler")
     p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--maskdit-finetune", type=float, default=0.1,
-                   help="fraction of MaskDiT's steps trained unmasked at the end (0 = none)")
+    p.add_argument(
+        "--maskdit-finetune",
+        type=float,
+        default=0.1,
+        help="fraction of MaskDiT's steps trained unmasked at the end (0 = none)",
+    )
     p.add_argument("--calib-steps", type=int, default=60)
     p.add_argument("--calib-warmup", type=int, default=10)
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one torch thread each")
@@ -333,27 +397,56 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
-    meta = {"provenance": provenance(sys.argv), "minutes": args.minutes, "seeds": seeds, "config": args.config,
-            "set": args.set, "maskdit_finetune": args.maskdit_finetune,
-            "eval": {"fid_samples": args.fid_samples, "fid_steps": args.fid_steps, "cfg_scale": args.cfg_scale,
-                     "reference": args.fid_samples, "sampler": "edm_heun", "network": "sampling EMA"},
-            "protocol": f"each (method, seed) in its own 1-thread process, {args.workers} at a time on "
-                        f"{os.cpu_count()} cores; calibrated in that process; FID off the clock"}
+    meta = {
+        "provenance": provenance(sys.argv),
+        "minutes": args.minutes,
+        "seeds": seeds,
+        "config": args.config,
+        "set": args.set,
+        "maskdit_finetune": args.maskdit_finetune,
+        "eval": {
+            "fid_samples": args.fid_samples,
+            "fid_steps": args.fid_steps,
+            "cfg_scale": args.cfg_scale,
+            "reference": args.fid_samples,
+            "sampler": "edm_heun",
+            "network": "sampling EMA",
+        },
+        "protocol": f"each (method, seed) in its own 1-thread process, {args.workers} at a time on "
+        f"{os.cpu_count()} cores; calibrated in that process; FID off the clock",
+    }
     jobs = [(m, s) for s in seeds for m in methods]
 
     def record_path(m: str, s: int) -> Path:
         return runs / f"{m}-seed{s}.json"
 
     def save() -> list[dict]:
-        rows = [r for m, s in jobs if record_path(m, s).exists() for r in json.loads(record_path(m, s).read_text())["rows"]]
-        calib = {m: statistics.mean(r["calibrated_s_per_step"] for r in rows if r["method"] == m)
-                 for m in methods if any(r["method"] == m for r in rows)}
-        (out / f"{args.name}.json").write_text(json.dumps(
-            {**meta, "ms_per_step_calibrated": {m: round(1000 * v, 1) for m, v in calib.items()},
-             "rows": rows, "curves": curves(rows)}, indent=2))
+        rows = [
+            r for m, s in jobs if record_path(m, s).exists() for r in json.loads(record_path(m, s).read_text())["rows"]
+        ]
+        calib = {
+            m: statistics.mean(r["calibrated_s_per_step"] for r in rows if r["method"] == m)
+            for m in methods
+            if any(r["method"] == m for r in rows)
+        }
+        (out / f"{args.name}.json").write_text(
+            json.dumps(
+                {
+                    **meta,
+                    "ms_per_step_calibrated": {m: round(1000 * v, 1) for m, v in calib.items()},
+                    "rows": rows,
+                    "curves": curves(rows),
+                },
+                indent=2,
+            )
+        )
         if rows:
-            plot(rows, out / f"{args.name}.png", f"{args.config.format(objective='*')}: equal wall-clock "
-                 f"({args.minutes:g} min/run, 1 thread), FID-{args.fid_samples}, {meta['provenance']['machine'][:50]}")
+            plot(
+                rows,
+                out / f"{args.name}.png",
+                f"{args.config.format(objective='*')}: equal wall-clock "
+                f"({args.minutes:g} min/run, 1 thread), FID-{args.fid_samples}, {meta['provenance']['machine'][:50]}",
+            )
             (out / f"{args.name}.md").write_text(table(rows, calib, meta))
         return rows
 
@@ -363,14 +456,29 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < args.workers:
             m, s = pending.pop(0)
-            spec = {"method": m, "seed": s, "config": args.config, "set": args.set, "minutes": args.minutes,
-                    "points": args.points, "fid_samples": args.fid_samples, "fid_steps": args.fid_steps,
-                    "cfg_scale": args.cfg_scale, "maskdit_finetune": args.maskdit_finetune,
-                    "calib_steps": args.calib_steps, "calib_warmup": args.calib_warmup,
-                    "run_dir": str(runs / f"{m}-seed{s}")}
+            spec = {
+                "method": m,
+                "seed": s,
+                "config": args.config,
+                "set": args.set,
+                "minutes": args.minutes,
+                "points": args.points,
+                "fid_samples": args.fid_samples,
+                "fid_steps": args.fid_steps,
+                "cfg_scale": args.cfg_scale,
+                "maskdit_finetune": args.maskdit_finetune,
+                "calib_steps": args.calib_steps,
+                "calib_warmup": args.calib_warmup,
+                "run_dir": str(runs / f"{m}-seed{s}"),
+            }
             log = (runs / f"{m}-seed{s}.log").open("w")
-            proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
-                                    stderr=log, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--child", json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
             running.append((proc, m, s))
             print(f"[convergence] started {m} seed {s}", flush=True)
         time.sleep(2)
@@ -380,14 +488,19 @@ def main() -> None:
                 continue
             running.remove(item)
             if proc.returncode != 0:
-                print(f"[convergence] {m} seed {s} failed (exit {proc.returncode}); see {runs / f'{m}-seed{s}.log'}",
-                      flush=True)
+                print(
+                    f"[convergence] {m} seed {s} failed (exit {proc.returncode}); see {runs / f'{m}-seed{s}.log'}",
+                    flush=True,
+                )
                 continue
             result = json.loads(proc.stdout.read().strip().splitlines()[-1])
             record_path(m, s).write_text(json.dumps(result, indent=1))
             last = result["rows"][-1]
-            print(f"[convergence] {m} seed {s}: {last['step']} steps, {last['train_seconds'] / 60:.1f} train min, "
-                  f"FID-{last['fid_samples']} {last['fid']:.2f}", flush=True)
+            print(
+                f"[convergence] {m} seed {s}: {last['step']} steps, {last['train_seconds'] / 60:.1f} train min, "
+                f"FID-{last['fid_samples']} {last['fid']:.2f}",
+                flush=True,
+            )
             save()
     rows = save()
     if rows:
@@ -401,8 +514,9 @@ def _warm_reference_cache(args: argparse.Namespace, methods: list[str]) -> None:
 
     cfg = load_config(args.config.format(objective=methods[0]), [*args.set])
     weights = find_inception_weights(cfg.eval.inception or None)
-    extractor = InceptionFeatures(load_inception(weights), batch_size=50, progress=True,
-                                  precision=cfg.eval.inception_precision)
+    extractor = InceptionFeatures(
+        load_inception(weights), batch_size=50, progress=True, precision=cfg.eval.inception_precision
+    )
     reference_stats(cfg, args.fid_samples, extractor, weights)
 
 

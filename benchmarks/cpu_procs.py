@@ -26,8 +26,24 @@ from common import write_result
 
 def run(config: str, procs: int, steps: int, skip: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "sddit.cli", "train", "--config", config, "--run-dir", tmp, "--no-eval",
-               "--max-steps", str(steps), "--set", "train.ckpt_every=0", "--set", f"train.cpu_procs={procs}", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sddit.cli",
+            "train",
+            "--config",
+            config,
+            "--run-dir",
+            tmp,
+            "--no-eval",
+            "--max-steps",
+            str(steps),
+            "--set",
+            "train.ckpt_every=0",
+            "--set",
+            f"train.cpu_procs={procs}",
+            *extra,
+        ]
         t = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         wall = time.perf_counter() - t
@@ -56,16 +72,27 @@ def main() -> None:
     summary = {}
     for procs in arms:
         mine = [r for r in runs if r["procs"] == procs]
-        summary[procs] = {"img_per_s": statistics.mean(r["img_per_s"] for r in mine),
-                          "wall_s": statistics.mean(r["wall_s"] for r in mine)}
+        summary[procs] = {
+            "img_per_s": statistics.mean(r["img_per_s"] for r in mine),
+            "wall_s": statistics.mean(r["wall_s"] for r in mine),
+        }
     base = summary[arms[0]]
     for procs in arms:
         s = summary[procs]
-        print(f"{procs} process(es): {s['img_per_s']:.1f} img/s ({s['img_per_s'] / base['img_per_s']:.2f}x), "
-              f"{args.steps} steps in {s['wall_s']:.1f} s ({s['wall_s'] / base['wall_s']:.2f}x)")
+        print(
+            f"{procs} process(es): {s['img_per_s']:.1f} img/s ({s['img_per_s'] / base['img_per_s']:.2f}x), "
+            f"{args.steps} steps in {s['wall_s']:.1f} s ({s['wall_s'] / base['wall_s']:.2f}x)"
+        )
     if args.json:
-        write_result(args.json, sys.argv, config=args.config, steps=args.steps, skip=args.skip, runs=runs,
-                     summary={str(k): v for k, v in summary.items()})
+        write_result(
+            args.json,
+            sys.argv,
+            config=args.config,
+            steps=args.steps,
+            skip=args.skip,
+            runs=runs,
+            summary={str(k): v for k, v in summary.items()},
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ def measure(args: argparse.Namespace) -> dict:
         dit_module.Attention.forward = _PlainAttention.forward
     torch.manual_seed(0)
     kw = dict(input_size=args.input_size, in_channels=args.in_channels, num_classes=10, learn_sigma=True)
-    model = DiT_models[args.preset](**kw) if args.preset else DiT(
-        patch_size=args.patch, hidden_size=args.width, depth=args.depth, num_heads=args.heads, **kw)
+    model = (
+        DiT_models[args.preset](**kw)
+        if args.preset
+        else DiT(patch_size=args.patch, hidden_size=args.width, depth=args.depth, num_heads=args.heads, **kw)
+    )
     net = EDMPrecond(model)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x0 = torch.randn(args.batch, args.in_channels, args.input_size, args.input_size)
@@ -72,8 +75,12 @@ def measure(args: argparse.Namespace) -> dict:
         opt.step()
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
-    return {"variant": args.variant, "ms_per_step": 1000 * statistics.median(times),
-            "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "batch": args.batch}
+    return {
+        "variant": args.variant,
+        "ms_per_step": 1000 * statistics.median(times),
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "batch": args.batch,
+    }
 
 
 def main() -> None:

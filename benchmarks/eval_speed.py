@@ -52,15 +52,26 @@ def main() -> None:
         feats = [extractor(s) for s in sets]
         seconds = time.perf_counter() - t0
         fid = fid_from_features(*feats)
-        rows.append({"precision": precision, "fid": fid, "seconds": seconds, "ms_per_image": 1000 * seconds / (2 * num)})
-        print(f"{precision}: FID {fid:.3f}, {1000 * seconds / (2 * num):.1f} ms/image ({seconds:.0f} s for {2 * num})",
-              flush=True)
+        rows.append(
+            {"precision": precision, "fid": fid, "seconds": seconds, "ms_per_image": 1000 * seconds / (2 * num)}
+        )
+        print(
+            f"{precision}: FID {fid:.3f}, {1000 * seconds / (2 * num):.1f} ms/image ({seconds:.0f} s for {2 * num})",
+            flush=True,
+        )
     fp32, bf16 = rows
-    summary = {"images_per_set": num, "dataset": "digits" if args.smoke else "fashion_mnist test",
-               "threads": torch.get_num_threads(), "rows": rows, "speedup": fp32["seconds"] / bf16["seconds"],
-               "fid_rel_diff": (bf16["fid"] - fp32["fid"]) / fp32["fid"]}
-    print(f"bf16 is {summary['speedup']:.2f}x faster; FID differs by {100 * summary['fid_rel_diff']:+.2f}% "
-          f"(bar: within 0.5%)")
+    summary = {
+        "images_per_set": num,
+        "dataset": "digits" if args.smoke else "fashion_mnist test",
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "speedup": fp32["seconds"] / bf16["seconds"],
+        "fid_rel_diff": (bf16["fid"] - fp32["fid"]) / fp32["fid"],
+    }
+    print(
+        f"bf16 is {summary['speedup']:.2f}x faster; FID differs by {100 * summary['fid_rel_diff']:+.2f}% "
+        f"(bar: within 0.5%)"
+    )
     write_result(args.json, sys.argv, **summary)
 
 

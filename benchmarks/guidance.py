@@ -57,8 +57,14 @@ def score(checkpoint: str, settings: list[str], num: int, threads: int) -> list[
         if s["weights"] not in sources:
             sources[s["weights"]] = load_source(checkpoint, weights=s["weights"])
         source = sources[s["weights"]]
-        r = evaluate_generator(source.net, source.config, num_samples=num, cfg_scale=s["scale"],
-                               cfg_interval=s["interval"], steps=s["steps"])
+        r = evaluate_generator(
+            source.net,
+            source.config,
+            num_samples=num,
+            cfg_scale=s["scale"],
+            cfg_interval=s["interval"],
+            steps=s["steps"],
+        )
         kept = ("fid", "cfg_scale", "cfg_interval", "steps", "sample_seconds", "fid_seconds", "num_samples")
         out.append({"setting": text, "weights": s["weights"], **{k: r[k] for k in kept}})
         print(f"{text}: FID {r['fid']:.2f} (sampling {r['sample_seconds']:.0f} s)", file=sys.stderr)
@@ -93,8 +99,10 @@ def main() -> None:
         from sddit.train import Trainer
 
         run = Path(tempfile.mkdtemp()) / "run"
-        cfg = load_config("digits_tiny", ["train.max_steps=4", "train.batch_size=16", "train.compile=false",
-                                          "eval.num_samples=0", f"run_dir={run}"])
+        cfg = load_config(
+            "digits_tiny",
+            ["train.max_steps=4", "train.batch_size=16", "train.compile=false", "eval.num_samples=0", f"run_dir={run}"],
+        )
         Trainer(cfg, log=lambda *a: None).fit()
         checkpoint, num = str(run), 20
     if not checkpoint:
@@ -102,10 +110,22 @@ def main() -> None:
     if args.workers <= 1:
         results = score(checkpoint, settings, num, 2)
     else:
-        parts = [settings[i::args.workers] for i in range(args.workers)]
-        procs = [subprocess.Popen([sys.executable, __file__, "--child", json.dumps(
-            {"checkpoint": checkpoint, "settings": part, "num": num})], stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"}) for part in parts if part]
+        parts = [settings[i :: args.workers] for i in range(args.workers)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    json.dumps({"checkpoint": checkpoint, "settings": part, "num": num}),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+            for part in parts
+            if part
+        ]
         outs = [proc.communicate()[0] for proc in procs]
         if any(proc.returncode for proc in procs):
             raise SystemExit("error: a scoring process failed (its error is printed above)")
@@ -113,12 +133,18 @@ def main() -> None:
         results = [by_setting[s] for s in settings]
     write_result(args.json, sys.argv, checkpoint=str(checkpoint), results=results)
     prov = json.loads(Path(args.json).read_text())
-    lines = [f"`{prov['command']}` at commit {prov['git_commit']}, {prov['machine']}, {prov['date']}; checkpoint "
-             f"{checkpoint}; FID-{num}.", "",
-             "| setting | weights | cfg scale | interval (sigma) | Heun steps | FID | sampling s |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['setting']} | {r['weights']} | {r['cfg_scale']} | {tuple(r['cfg_interval'])} | "
-              f"{r['steps']} | {r['fid']:.2f} | {r['sample_seconds']:.0f} |" for r in results]
+    lines = [
+        f"`{prov['command']}` at commit {prov['git_commit']}, {prov['machine']}, {prov['date']}; checkpoint "
+        f"{checkpoint}; FID-{num}.",
+        "",
+        "| setting | weights | cfg scale | interval (sigma) | Heun steps | FID | sampling s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['setting']} | {r['weights']} | {r['cfg_scale']} | {tuple(r['cfg_interval'])} | "
+        f"{r['steps']} | {r['fid']:.2f} | {r['sample_seconds']:.0f} |"
+        for r in results
+    ]
     Path(args.json).with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

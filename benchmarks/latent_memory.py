@@ -42,15 +42,32 @@ def build_folder(root: Path, megabytes: float, shard_entries: int) -> dict:
         moments = rng.standard_normal((n, *ENTRY_SHAPE), dtype=np.float32).astype(np.float16)
         moments[:, 4:] = -4.0  # logvar
         name = shard_name(0, k)
-        np.savez(root / name, moments=moments, labels=rng.integers(0, 1000, n), flips=np.zeros(n, bool),
-                 source=np.arange(start, start + n), meta=np.array("{}"))
+        np.savez(
+            root / name,
+            moments=moments,
+            labels=rng.integers(0, 1000, n),
+            flips=np.zeros(n, bool),
+            source=np.arange(start, start + n),
+            meta=np.array("{}"),
+        )
         shards.append({"file": name, "entries": n, "rank": 0})
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "latent_shape": [4, 32, 32], "resolution": 256,
-                "class_names": [f"c{i}" for i in range(1000)], "scale_factor": 0.18215, "vae": "synthetic",
-                "shards": shards, "counts": {"entries": entries}}
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "latent_shape": [4, 32, 32],
+        "resolution": 256,
+        "class_names": [f"c{i}" for i in range(1000)],
+        "scale_factor": 0.18215,
+        "vae": "synthetic",
+        "shards": shards,
+        "counts": {"entries": entries},
+    }
     (root / MANIFEST).write_text(json.dumps(manifest))
-    return {"entries": entries, "shards": len(shards),
-            "dataset_mb": sum((root / s["file"]).stat().st_size for s in shards) / 2**20}
+    return {
+        "entries": entries,
+        "shards": len(shards),
+        "dataset_mb": sum((root / s["file"]).stat().st_size for s in shards) / 2**20,
+    }
 
 
 def rss() -> dict[str, float]:
@@ -96,12 +113,22 @@ def child(args: argparse.Namespace) -> dict:
         rows += len(z)
         now = rss()
         worst = {k: max(worst[k], now[k]) for k in worst}
-    return {"mode": args.mode, "rank": args.rank, "world_size": args.world_size, "global_batch": args.batch,
-            "batches": args.batches, "epochs": round(args.batches * args.batch / n, 2), "rows_read": rows, "seconds": round(time.perf_counter() - t0, 2),
-            "rss_start_mb": round(before["VmRSS"], 1), "rss_after_open_mb": round(opened["VmRSS"], 1),
-            "rss_max_while_iterating_mb": round(worst["VmRSS"], 1),
-            "anon_max_mb": round(worst["RssAnon"], 1), "file_max_mb": round(worst["RssFile"], 1),
-            "peak_mb": round(rss()["VmHWM"], 1)}
+    return {
+        "mode": args.mode,
+        "rank": args.rank,
+        "world_size": args.world_size,
+        "global_batch": args.batch,
+        "batches": args.batches,
+        "epochs": round(args.batches * args.batch / n, 2),
+        "rows_read": rows,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "rss_start_mb": round(before["VmRSS"], 1),
+        "rss_after_open_mb": round(opened["VmRSS"], 1),
+        "rss_max_while_iterating_mb": round(worst["VmRSS"], 1),
+        "anon_max_mb": round(worst["RssAnon"], 1),
+        "file_max_mb": round(worst["RssFile"], 1),
+        "peak_mb": round(rss()["VmHWM"], 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mb", default="100,400", help="dataset sizes in MiB, comma-separated (default 100,400)")
     p.add_argument("--shard-entries", type=int, default=2500, help="entries per shard (default 2500, ~40 MiB)")
     p.add_argument("--batch", type=int, default=256, help="global batch (default 256, the ImageNet recipe)")
-    p.add_argument("--batches", type=int, default=400,
-                   help="batches read per row (default 400: ~4 epochs of 100 MiB, one of 400 MiB at batch 256)")
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=400,
+        help="batches read per row (default 400: ~4 epochs of 100 MiB, one of 400 MiB at batch 256)",
+    )
     p.add_argument("--world-size", type=int, default=1, help="simulated ranks; this process reads rank --rank's rows")
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--in-memory", action="store_true", help="also measure the old in-memory loader")
@@ -140,22 +171,41 @@ def main(argv: list[str] | None = None) -> int:
             folder = tmp / f"latents-{mb:g}mb"
             info = build_folder(folder, mb, args.shard_entries)
             for mode in modes:
-                cmd = [sys.executable, __file__, "--child", mode, "--folder", str(folder), "--batch",
-                       str(args.batch), "--batches", str(args.batches), "--world-size", str(args.world_size),
-                       "--rank", str(args.rank)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    "--folder",
+                    str(folder),
+                    "--batch",
+                    str(args.batch),
+                    "--batches",
+                    str(args.batches),
+                    "--world-size",
+                    str(args.world_size),
+                    "--rank",
+                    str(args.rank),
+                ]
                 rows.append({**info, **run_child(cmd, f"{mode} iteration")})
             shutil.rmtree(folder)
     finally:
         if not args.dir:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{ENTRY_SHAPE} float16 moments per entry, {args.shard_entries} per shard; {args.batches} batches at global "
-          f"batch {args.batch} as rank {args.rank} of {args.world_size}; resident memory in MiB")
-    print("| dataset MiB | loader | epochs | rows read | RSS before | RSS max while iterating | of which anon / file | peak |")
+    print(
+        f"{ENTRY_SHAPE} float16 moments per entry, {args.shard_entries} per shard; {args.batches} batches at global "
+        f"batch {args.batch} as rank {args.rank} of {args.world_size}; resident memory in MiB"
+    )
+    print(
+        "| dataset MiB | loader | epochs | rows read | RSS before | RSS max while iterating | of which anon / file | peak |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset_mb']:.0f} | {r['mode']} | {r['epochs']:g} | {r['rows_read']} | {r['rss_start_mb']:.0f} | "
-              f"{r['rss_max_while_iterating_mb']:.0f} | {r['anon_max_mb']:.0f} / {r['file_max_mb']:.0f} | "
-              f"{r['peak_mb']:.0f} |")
+        print(
+            f"| {r['dataset_mb']:.0f} | {r['mode']} | {r['epochs']:g} | {r['rows_read']} | {r['rss_start_mb']:.0f} | "
+            f"{r['rss_max_while_iterating_mb']:.0f} | {r['anon_max_mb']:.0f} / {r['file_max_mb']:.0f} | "
+            f"{r['peak_mb']:.0f} |"
+        )
     if args.json:
         write_result(args.json, sys.argv, entry_shape=list(ENTRY_SHAPE), shard_entries=args.shard_entries, rows=rows)
     return 0

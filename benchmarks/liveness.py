@@ -42,12 +42,16 @@ def term_summary(records: list[dict], term: str, log_k: float, at: list[int]) ->
     by_step = {r["step"]: r for r in rows}
     pick = {s: by_step[s] for s in at if s in by_step}
     last = rows[-1]
-    return {"last_step_in_band": in_band[-1] if in_band else None, "logged_steps_in_band": len(in_band),
-            "entropy_over_ln_k": {str(s): r[key] / log_k for s, r in pick.items()},
-            "final_entropy": last[key], "final_entropy_over_ln_k": last[key] / log_k,
-            "final_prototypes_used": last.get(f"prototypes_used_{term}"),
-            "final_logit_std": last.get(f"teacher_logit_std_{term}"),
-            "curve": [(r["step"], r[key] / log_k) for r in rows]}
+    return {
+        "last_step_in_band": in_band[-1] if in_band else None,
+        "logged_steps_in_band": len(in_band),
+        "entropy_over_ln_k": {str(s): r[key] / log_k for s, r in pick.items()},
+        "final_entropy": last[key],
+        "final_entropy_over_ln_k": last[key] / log_k,
+        "final_prototypes_used": last.get(f"prototypes_used_{term}"),
+        "final_logit_std": last.get(f"teacher_logit_std_{term}"),
+        "curve": [(r["step"], r[key] / log_k) for r in rows],
+    }
 
 
 def main() -> None:
@@ -73,22 +77,35 @@ def main() -> None:
             if not per_seed:
                 continue
             finals = [t["final_entropy_over_ln_k"] for t in per_seed.values()]
-            table.append({"row": row, "term": term, "seeds": sorted(per_seed), "ln_k": log_k,
-                          "final_entropy_over_ln_k_mean": statistics.fmean(finals),
-                          "final_prototypes_used_mean": statistics.fmean(t["final_prototypes_used"]
-                                                                         for t in per_seed.values()),
-                          "last_step_in_band": [per_seed[s]["last_step_in_band"] for s in sorted(per_seed)],
-                          "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)}})
+            table.append(
+                {
+                    "row": row,
+                    "term": term,
+                    "seeds": sorted(per_seed),
+                    "ln_k": log_k,
+                    "final_entropy_over_ln_k_mean": statistics.fmean(finals),
+                    "final_prototypes_used_mean": statistics.fmean(
+                        t["final_prototypes_used"] for t in per_seed.values()
+                    ),
+                    "last_step_in_band": [per_seed[s]["last_step_in_band"] for s in sorted(per_seed)],
+                    "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)},
+                }
+            )
     out = Path(args.out)
     write_result(out / f"{args.name}.json", sys.argv, name=args.name, at=at, table=table)
     summary = json.loads((out / f"{args.name}.json").read_text())
-    lines = [f"# Liveness of SD-DiT's discriminative terms ({args.name})", "",
-             f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.", "",
-             "Teacher entropy / ln K (1 = uniform: the term carries no signal; the warning band is >= 0.99), mean "
-             "over seeds; 'last in band' is the last logged step with the entropy >= 0.99 ln K, per seed (- = never).",
-             "",
-             "| row | term | seeds | " + " | ".join(f"step {s}" for s in at) + " | end | prototypes used (end) "
-             "| last in band |", "|---|---|---|" + "---|" * (len(at) + 3)]
+    lines = [
+        f"# Liveness of SD-DiT's discriminative terms ({args.name})",
+        "",
+        f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.",
+        "",
+        "Teacher entropy / ln K (1 = uniform: the term carries no signal; the warning band is >= 0.99), mean "
+        "over seeds; 'last in band' is the last logged step with the entropy >= 0.99 ln K, per seed (- = never).",
+        "",
+        "| row | term | seeds | " + " | ".join(f"step {s}" for s in at) + " | end | prototypes used (end) "
+        "| last in band |",
+        "|---|---|---|" + "---|" * (len(at) + 3),
+    ]
     for t in table:
         cells = []
         for s in at:
@@ -96,8 +113,11 @@ def main() -> None:
             v = [x for x in v if x is not None]
             cells.append(f"{statistics.fmean(v):.3f}" if v else "")
         left = ", ".join("-" if x is None else str(x) for x in t["last_step_in_band"])
-        lines.append(f"| {t['row']} | {t['term']} | {len(t['seeds'])} | " + " | ".join(cells)
-                     + f" | {t['final_entropy_over_ln_k_mean']:.3f} | {t['final_prototypes_used_mean']:.0f} | {left} |")
+        lines.append(
+            f"| {t['row']} | {t['term']} | {len(t['seeds'])} | "
+            + " | ".join(cells)
+            + f" | {t['final_entropy_over_ln_k_mean']:.3f} | {t['final_prototypes_used_mean']:.0f} | {left} |"
+        )
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     plot(table, out / f"{args.name}.png")
     print("\n".join(lines))

@@ -37,8 +37,9 @@ REPORTED_SIGMA = 0.5
 
 
 @torch.no_grad()
-def block_features(net: torch.nn.Module, x: torch.Tensor, sigma: float, null_label: int, batch: int = 250
-                   ) -> list[torch.Tensor]:
+def block_features(
+    net: torch.nn.Module, x: torch.Tensor, sigma: float, null_label: int, batch: int = 250
+) -> list[torch.Tensor]:
     """Per block, the output tokens of every image: a list of (N, T, D) tensors (patch tokens only)."""
     model = net.model
     blocks = [*model.blocks, *(getattr(model, "decoder_blocks", None) or [])]
@@ -50,7 +51,7 @@ def block_features(net: torch.nn.Module, x: torch.Tensor, sigma: float, null_lab
     try:
         for i in range(0, len(x), batch):
             captured.clear()
-            xb = x[i:i + batch]
+            xb = x[i : i + batch]
             y = torch.full((len(xb),), null_label, dtype=torch.long)
             net(xb, torch.full((len(xb),), sigma), y)
             for k, o in enumerate(captured):
@@ -71,8 +72,9 @@ def _fit_score(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, y: np.nd
     return float(clf.score(scaler.transform(x), y))
 
 
-def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
-                   ) -> tuple[float, float]:
+def probe_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> tuple[float, float]:
     """(validation, test) accuracy of a standardised multinomial logistic regression: validation
     from a fit on the first 3/4 of the train features scored on the last 1/4 (it picks the best
     block without looking at the test set), test from a fit on all of them."""
@@ -117,8 +119,16 @@ def cached_probe(path: Path, src, data: tuple, sigmas: list[float], spatial: boo
     import json
 
     ckpt = Path(src.checkpoint)
-    key = json.dumps({"checkpoint": ckpt.name, "bytes": ckpt.stat().st_size, "mtime": ckpt.stat().st_mtime_ns,
-                      "images": len(data[0]), "sigmas": sigmas, "spatial": spatial})
+    key = json.dumps(
+        {
+            "checkpoint": ckpt.name,
+            "bytes": ckpt.stat().st_size,
+            "mtime": ckpt.stat().st_mtime_ns,
+            "images": len(data[0]),
+            "sigmas": sigmas,
+            "spatial": spatial,
+        }
+    )
     cache = (path if path.is_dir() else ckpt.parent) / "probe_cache.json"
     stored = json.loads(cache.read_text()) if cache.exists() else {}
     if key not in stored:
@@ -130,8 +140,12 @@ def cached_probe(path: Path, src, data: tuple, sigmas: list[float], spatial: boo
 def raw_pixels(data: tuple, sigmas: list[float]) -> dict[str, float]:
     """Test accuracy on the noisy pixels themselves (all of them: compare with the spatial probe)."""
     xtr, ytr, xte, yte, etr, ete = data
-    return {str(s): probe_accuracy((xtr + s * etr).flatten(1).numpy(), ytr.numpy(), (xte + s * ete).flatten(1).numpy(),
-                                   yte.numpy())[1] for s in sigmas}
+    return {
+        str(s): probe_accuracy(
+            (xtr + s * etr).flatten(1).numpy(), ytr.numpy(), (xte + s * ete).flatten(1).numpy(), yte.numpy()
+        )[1]
+        for s in sigmas
+    }
 
 
 def best(per_seed: dict, pool: str) -> tuple[float, int]:
@@ -148,18 +162,35 @@ def summarize(rows: dict[str, dict[int, dict]], raw: dict[str, float], sigmas: l
     for name, by_seed in rows.items():
         seeds = sorted(by_seed)
         acc, blocks = zip(*(best(by_seed[s][key], "mean") for s in seeds))
-        entry = {"row": name, "seeds": seeds, "sigma": REPORTED_SIGMA, "pooling": "mean", "probe_acc": list(acc),
-                 "probe_acc_mean": statistics.fmean(acc),
-                 "probe_acc_std": statistics.stdev(acc) if len(acc) > 1 else float("nan"),
-                 "best_block": list(blocks),
-                 "per_block": {str(sg): {p: [by_seed[s][str(sg)][p] for s in seeds] for p in by_seed[seeds[0]][str(sg)]}
-                               for sg in sigmas}}
+        entry = {
+            "row": name,
+            "seeds": seeds,
+            "sigma": REPORTED_SIGMA,
+            "pooling": "mean",
+            "probe_acc": list(acc),
+            "probe_acc_mean": statistics.fmean(acc),
+            "probe_acc_std": statistics.stdev(acc) if len(acc) > 1 else float("nan"),
+            "best_block": list(blocks),
+            "per_block": {
+                str(sg): {p: [by_seed[s][str(sg)][p] for s in seeds] for p in by_seed[seeds[0]][str(sg)]}
+                for sg in sigmas
+            },
+        }
         if "spatial" in by_seed[seeds[0]][key]:
             sp = [best(by_seed[s][key], "spatial")[0] for s in seeds]
             entry.update(probe_acc_spatial=sp, probe_acc_spatial_mean=statistics.fmean(sp))
         table.append(entry)
-    table.append({"row": "raw-pixels", "seeds": [], "sigma": REPORTED_SIGMA, "pooling": "none (all pixels)",
-                  "probe_acc": [raw[key]], "probe_acc_mean": raw[key], "per_sigma": raw})
+    table.append(
+        {
+            "row": "raw-pixels",
+            "seeds": [],
+            "sigma": REPORTED_SIGMA,
+            "pooling": "none (all pixels)",
+            "probe_acc": [raw[key]],
+            "probe_acc_mean": raw[key],
+            "per_sigma": raw,
+        }
+    )
     return table
 
 
@@ -180,28 +211,48 @@ def paired_vs(table: list[dict], baseline: str) -> None:
 
 
 def markdown(summary: dict) -> str:
-    lines = [f"# {summary['title']}", "",
-             f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.", "",
-             summary["protocol"], "",
-             f"| row | seeds | best block acc, mean pool (sigma {REPORTED_SIGMA}) | spatial (concat) | best block "
-             f"| paired vs {summary['baseline']} | spatial, paired |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {summary['title']}",
+        "",
+        f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.",
+        "",
+        summary["protocol"],
+        "",
+        f"| row | seeds | best block acc, mean pool (sigma {REPORTED_SIGMA}) | spatial (concat) | best block "
+        f"| paired vs {summary['baseline']} | spatial, paired |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in summary["table"]:
         acc = ", ".join(f"{100 * a:.1f}" for a in t["probe_acc"])
-        mean = f"{100 * t['probe_acc_mean']:.1f}" + (f" ± {100 * t['probe_acc_std']:.1f}" if t.get("probe_acc_std", 0)
-                                                     == t.get("probe_acc_std", 0) and len(t["probe_acc"]) > 1 else "")
+        mean = f"{100 * t['probe_acc_mean']:.1f}" + (
+            f" ± {100 * t['probe_acc_std']:.1f}"
+            if t.get("probe_acc_std", 0) == t.get("probe_acc_std", 0) and len(t["probe_acc"]) > 1
+            else ""
+        )
         sp = f"{100 * t['probe_acc_spatial_mean']:.1f}" if "probe_acc_spatial_mean" in t else ""
         if t["row"] == "raw-pixels":  # all pixels: the spatial probe's floor
             mean, acc, sp = "", "", f"{100 * t['probe_acc_mean']:.1f}"
-        paired, paired_sp = (f"{100 * v['mean']:+.1f} ± {100 * v['se']:.1f}{' yes' if v['beyond_2se'] else ''}"
-                             if (v := t.get(k)) else "" for k in ("paired_vs_baseline", "paired_vs_baseline_spatial"))
+        paired, paired_sp = (
+            f"{100 * v['mean']:+.1f} ± {100 * v['se']:.1f}{' yes' if v['beyond_2se'] else ''}"
+            if (v := t.get(k))
+            else ""
+            for k in ("paired_vs_baseline", "paired_vs_baseline_spatial")
+        )
         cell = f"{mean} ({acc})" if acc else "-"
-        lines.append(f"| {t['row']} | {len(t['seeds']) or '-'} | {cell} | {sp} | "
-                     f"{', '.join(map(str, t.get('best_block', []))) or '-'} | {paired} | {paired_sp} |")
+        lines.append(
+            f"| {t['row']} | {len(t['seeds']) or '-'} | {cell} | {sp} | "
+            f"{', '.join(map(str, t.get('best_block', []))) or '-'} | {paired} | {paired_sp} |"
+        )
     raw = next(t for t in summary["table"] if t["row"] == "raw-pixels")
-    lines += ["", "Raw noisy pixels by sigma: " + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in raw["per_sigma"].items()),
-              "", "The best block is the one with the best validation accuracy (a fit on the first 3/4 of the "
-              "train images scored on the last 1/4); its test accuracy is reported. Per-block test accuracy "
-              "(mean over seeds), by sigma and pooling:", ""]
+    lines += [
+        "",
+        "Raw noisy pixels by sigma: " + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in raw["per_sigma"].items()),
+        "",
+        "The best block is the one with the best validation accuracy (a fit on the first 3/4 of the "
+        "train images scored on the last 1/4); its test accuracy is reported. Per-block test accuracy "
+        "(mean over seeds), by sigma and pooling:",
+        "",
+    ]
     for t in summary["table"]:
         for sg, d in t.get("per_block", {}).items():
             for pool, per_seed in d.items():
@@ -271,6 +322,7 @@ def main() -> None:
         args.images = 60
     if not jobs:
         raise SystemExit("error: nothing to probe: give --sweep DIR --rows R --seeds S, or --runs DIR [DIR ...]")
+
     def has_weights(path: Path) -> bool:
         return path.is_file() or any((path / "checkpoints").glob("ckpt-*.pt"))
 
@@ -281,8 +333,9 @@ def main() -> None:
         jobs = [j for j in jobs if j[2].exists()]
     missing = [str(path) for _, _, path in jobs if not has_weights(path)]
     if missing or not jobs:
-        raise SystemExit(f"error: no weights in: {', '.join(missing) or 'any run'} (a sweep keeps weights only with "
-                         "--keep-weights)")
+        raise SystemExit(
+            f"error: no weights in: {', '.join(missing) or 'any run'} (a sweep keeps weights only with --keep-weights)"
+        )
     t0 = time.time()
     rows: dict[str, dict[int, dict]] = {}
     data, dataset = None, None
@@ -298,16 +351,24 @@ def main() -> None:
     raw = raw_pixels(data, sigmas)
     table = summarize(rows, raw, sigmas)
     paired_vs(table, args.baseline or table[0]["row"])
-    protocol = (f"{dataset[0]}, the first {args.images} train images fit a standardised logistic regression "
-                f"(sklearn, C=1, 500 iterations) on each block's features, scored on the first {args.images} test "
-                f"images; inputs x0 + sigma * eps with one fixed eps per image, the null label, the sampling EMA. "
-                f"Reported: per seed the test accuracy of the block with the best validation accuracy at sigma "
-                f"{REPORTED_SIGMA}, mean-pooled patch tokens; "
-                f"'spatial' concatenates the tokens. {time.time() - t0:.0f} s.")
+    protocol = (
+        f"{dataset[0]}, the first {args.images} train images fit a standardised logistic regression "
+        f"(sklearn, C=1, 500 iterations) on each block's features, scored on the first {args.images} test "
+        f"images; inputs x0 + sigma * eps with one fixed eps per image, the null label, the sampling EMA. "
+        f"Reported: per seed the test accuracy of the block with the best validation accuracy at sigma "
+        f"{REPORTED_SIGMA}, mean-pooled patch tokens; "
+        f"'spatial' concatenates the tokens. {time.time() - t0:.0f} s."
+    )
     out = Path(args.out)
-    summary = {"name": args.name, "title": f"Linear probe of the trained networks' blocks ({dataset[0]})",
-               "baseline": args.baseline or table[0]["row"], "protocol": protocol, "sigmas": sigmas,
-               "images": args.images, "table": table}
+    summary = {
+        "name": args.name,
+        "title": f"Linear probe of the trained networks' blocks ({dataset[0]})",
+        "baseline": args.baseline or table[0]["row"],
+        "protocol": protocol,
+        "sigmas": sigmas,
+        "images": args.images,
+        "table": table,
+    }
     write_result(out / f"{args.name}.json", sys.argv, **summary)
     import json
 

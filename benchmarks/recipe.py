@@ -80,57 +80,123 @@ from sweep import Row, parse_args, run_grid, select
 
 # The base of the rows: the preset before this sweep changed it (constant lr 1e-3, 1,800 steps, CFG 2.0
 # at every step), pinned so the rows mean what they meant when they ran whatever the preset says now.
-BASE = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "train.max_steps=1800",
-        "train.lr=1e-3", "train.lr_schedule=constant", "train.lr_decay_start=0",
-        "eval.cfg_scale=2.0", "eval.cfg_interval=0,inf"]
+BASE = [
+    "model.hidden_size=192",
+    "model.num_heads=6",
+    "train.batch_size=64",
+    "train.max_steps=1800",
+    "train.lr=1e-3",
+    "train.lr_schedule=constant",
+    "train.lr_decay_start=0",
+    "eval.cfg_scale=2.0",
+    "eval.cfg_interval=0,inf",
+]
 # The recipe the first round chose, pinned for the second round's rows.
-PRESET2 = ["model.hidden_size=192", "model.num_heads=6", "train.batch_size=64", "train.max_steps=2000",
-           "train.lr=3e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8",
-           "eval.cfg_scale=3.0", "eval.cfg_interval=0.3,5"]
+PRESET2 = [
+    "model.hidden_size=192",
+    "model.num_heads=6",
+    "train.batch_size=64",
+    "train.max_steps=2000",
+    "train.lr=3e-3",
+    "train.lr_schedule=linear",
+    "train.lr_decay_start=0.8",
+    "eval.cfg_scale=3.0",
+    "eval.cfg_interval=0.3,5",
+]
 # Today's preset (width 128, batch 32, 8,160 steps, 24 Heun steps), pinned for the third round's rows.
-PRESET3 = ["model.hidden_size=128", "model.num_heads=4", "model.depth=6", "model.patch_size=4",
-           "train.batch_size=32", "train.max_steps=8160", "train.lr=3e-3", "train.lr_schedule=linear",
-           "train.lr_decay_start=0.8", "train.warmup_steps=100", "train.ema_decay=0.999",
-           "diffusion.P_mean=-1.2", "diffusion.P_std=1.2", "eval.steps=24", "eval.cfg_scale=3.0",
-           "eval.cfg_interval=0.3,5"]
+PRESET3 = [
+    "model.hidden_size=128",
+    "model.num_heads=4",
+    "model.depth=6",
+    "model.patch_size=4",
+    "train.batch_size=32",
+    "train.max_steps=8160",
+    "train.lr=3e-3",
+    "train.lr_schedule=linear",
+    "train.lr_decay_start=0.8",
+    "train.warmup_steps=100",
+    "train.ema_decay=0.999",
+    "diffusion.P_mean=-1.2",
+    "diffusion.P_std=1.2",
+    "eval.steps=24",
+    "eval.cfg_scale=3.0",
+    "eval.cfg_interval=0.3,5",
+]
 ROWS = [
     Row("const", BASE, "the previous preset: constant lr 1e-3"),
     Row("lr2e-3", [*BASE, "train.lr=2e-3"], "higher constant lr"),
     Row("lr3e-3", [*BASE, "train.lr=3e-3"], "higher still"),
-    Row("wsd-lr2e-3", [*BASE, "train.lr=2e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8"],
-        "lr 2e-3, then a linear decay to 0 over the last 20%"),
-    Row("wsd-lr3e-3", [*BASE, "train.lr=3e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8"],
-        "WSD at lr 3e-3"),
-    Row("wsd-lr4e-3", [*BASE, "train.lr=4e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8"],
-        "WSD at lr 4e-3"),
+    Row(
+        "wsd-lr2e-3",
+        [*BASE, "train.lr=2e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8"],
+        "lr 2e-3, then a linear decay to 0 over the last 20%",
+    ),
+    Row(
+        "wsd-lr3e-3", [*BASE, "train.lr=3e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8"], "WSD at lr 3e-3"
+    ),
+    Row(
+        "wsd-lr4e-3", [*BASE, "train.lr=4e-3", "train.lr_schedule=linear", "train.lr_decay_start=0.8"], "WSD at lr 4e-3"
+    ),
     Row("beta2-0.99", [*BASE, "train.lr=2e-3", "train.betas=0.9,0.99"], "lr 2e-3 with Adam beta2 0.99"),
-    Row("w128", [*BASE, "train.max_steps=3670", "model.hidden_size=128", "model.num_heads=4"],
-        "narrower model, ~2x the steps"),
-    Row("p7-w256-d8", [*BASE, "train.max_steps=2850", "model.patch_size=7", "model.hidden_size=256",
-                       "model.num_heads=8", "model.depth=8"], "16 tokens of 7x7: wider, deeper, cheaper per image"),
+    Row(
+        "w128",
+        [*BASE, "train.max_steps=3670", "model.hidden_size=128", "model.num_heads=4"],
+        "narrower model, ~2x the steps",
+    ),
+    Row(
+        "p7-w256-d8",
+        [
+            *BASE,
+            "train.max_steps=2850",
+            "model.patch_size=7",
+            "model.hidden_size=256",
+            "model.num_heads=8",
+            "model.depth=8",
+        ],
+        "16 tokens of 7x7: wider, deeper, cheaper per image",
+    ),
     Row("b32", [*BASE, "train.max_steps=3600", "train.batch_size=32"], "batch 32, 2x the steps"),
-    Row("b128-lr2e-3", [*BASE, "train.max_steps=970", "train.batch_size=128", "train.lr=2e-3"],
-        "batch 128 (lr x2), ~half the steps"),
+    Row(
+        "b128-lr2e-3",
+        [*BASE, "train.max_steps=970", "train.batch_size=128", "train.lr=2e-3"],
+        "batch 128 (lr x2), ~half the steps",
+    ),
     Row("preset", [], "today's preset as it ships (lr 3e-3 WSD, 2,000 steps, CFG 3 in (0.3, 5])"),
     Row("pmean-0.8", [*BASE, "diffusion.P_mean=-0.8"], "noise levels shifted up"),
     # Second round, on the recipe the first round chose (PRESET2: lr 3e-3 WSD, 2,000 steps, CFG 3 in (0.3, 5])
     Row("p2-b32", [*PRESET2, "train.max_steps=4000", "train.batch_size=32"], "batch 32, 2x the steps"),
-    Row("p2-w128", [*PRESET2, "train.max_steps=4080", "model.hidden_size=128", "model.num_heads=4"],
-        "narrower model, ~2x the steps"),
-    Row("p2-w128-b32", [*PRESET2, "train.max_steps=8160", "model.hidden_size=128", "model.num_heads=4",
-                        "train.batch_size=32"], "both: narrower model and batch 32, ~4x the steps"),
-    Row("p2-w96", [*PRESET2, "train.max_steps=6030", "model.hidden_size=96", "model.num_heads=4"],
-        "narrower still (0.68x the ms/step of width 128), ~3x the steps"),
-    Row("p2-w96-b32", [*PRESET2, "train.max_steps=12060", "model.hidden_size=96", "model.num_heads=4",
-                       "train.batch_size=32"], "width 96 and batch 32, ~6x the steps"),
+    Row(
+        "p2-w128",
+        [*PRESET2, "train.max_steps=4080", "model.hidden_size=128", "model.num_heads=4"],
+        "narrower model, ~2x the steps",
+    ),
+    Row(
+        "p2-w128-b32",
+        [*PRESET2, "train.max_steps=8160", "model.hidden_size=128", "model.num_heads=4", "train.batch_size=32"],
+        "both: narrower model and batch 32, ~4x the steps",
+    ),
+    Row(
+        "p2-w96",
+        [*PRESET2, "train.max_steps=6030", "model.hidden_size=96", "model.num_heads=4"],
+        "narrower still (0.68x the ms/step of width 128), ~3x the steps",
+    ),
+    Row(
+        "p2-w96-b32",
+        [*PRESET2, "train.max_steps=12060", "model.hidden_size=96", "model.num_heads=4", "train.batch_size=32"],
+        "width 96 and batch 32, ~6x the steps",
+    ),
     Row("p2-pmean-0.8", [*PRESET2, "diffusion.P_mean=-0.8"], "noise levels shifted up"),
     # Third round, on today's preset (PRESET3); ordered by how much each could move the preset
     Row("p3-preset", PRESET3, "today's preset (reference); also CFG 4.0", evals=[{}, {"cfg_scale": 4.0}]),
     Row("p3-pmean-0.8", [*PRESET3, "diffusion.P_mean=-0.8"], "EDM's noise levels shifted up"),
     Row("p3-d4", [*PRESET3, "model.depth=4", "train.max_steps=11490"], "depth 4, 1.41x the steps"),
     Row("p3-p7", [*PRESET3, "model.patch_size=7", "train.max_steps=19430"], "patch 7 (16 tokens), 2.4x the steps"),
-    Row("p3-sddit", [*PRESET3, "train.max_steps=4830", "sddit.image_token=cls"], "SD-DiT (unmasked) at the same time: 0.59x the steps",
-        config="fmnist_sddit"),
+    Row(
+        "p3-sddit",
+        [*PRESET3, "train.max_steps=4830", "sddit.image_token=cls"],
+        "SD-DiT (unmasked) at the same time: 0.59x the steps",
+        config="fmnist_sddit",
+    ),
     Row("p3-lr4e-3", [*PRESET3, "train.lr=4e-3"], "peak lr 4e-3 at batch 32"),
     Row("p3-lr2e-3", [*PRESET3, "train.lr=2e-3"], "peak lr 2e-3 at batch 32"),
     Row("p3-d8", [*PRESET3, "model.depth=8", "train.max_steps=6180"], "depth 8, 0.76x the steps"),
@@ -138,7 +204,12 @@ ROWS = [
     Row("p3-pmean-1.6", [*PRESET3, "diffusion.P_mean=-1.6"], "EDM's noise levels shifted down"),
     Row("p3-ema0.998", [*PRESET3, "train.ema_decay=0.998"], "shorter sampling EMA (0.998 from step 1,790)"),
     Row("p3-warmup500", [*PRESET3, "train.warmup_steps=500"], "5x the lr warm-up"),
-    Row("p3-sddit-steps", [*PRESET3, "sddit.image_token=cls"], "SD-DiT (unmasked) at the same 8,160 steps (1.69x the time)", config="fmnist_sddit"),
+    Row(
+        "p3-sddit-steps",
+        [*PRESET3, "sddit.image_token=cls"],
+        "SD-DiT (unmasked) at the same 8,160 steps (1.69x the time)",
+        config="fmnist_sddit",
+    ),
 ]
 
 
@@ -148,15 +219,31 @@ def main() -> None:
     rows, config, fid_samples = select(ROWS, args.rows), "fmnist_dit", args.fid_samples
     if args.smoke:
         config, fid_samples = "digits_tiny", 20
-        rows = [Row("a", ["train.max_steps=4", "train.batch_size=16"], "smoke"),
-                Row("b", ["train.max_steps=4", "train.batch_size=16", "train.lr_schedule=cosine"], "smoke",
-                    evals=[{}, {"steps": 3}])]
+        rows = [
+            Row("a", ["train.max_steps=4", "train.batch_size=16"], "smoke"),
+            Row(
+                "b",
+                ["train.max_steps=4", "train.batch_size=16", "train.lr_schedule=cosine"],
+                "smoke",
+                evals=[{}, {"steps": 3}],
+            ),
+        ]
         args.rows = ""
-    run_grid(rows, [int(s) for s in args.seeds.split(",")], config=config, out=Path(args.out), work=Path(args.work),
-             name="recipe", workers=args.workers, fid_samples=fid_samples, argv=sys.argv,
-             baseline=args.baseline or "const",
-             title="Default-run recipe: DiT on Fashion-MNIST, rows at equal 1-thread training time, FID-1k",
-             row_major=True, summary_only=args.summary_only)
+    run_grid(
+        rows,
+        [int(s) for s in args.seeds.split(",")],
+        config=config,
+        out=Path(args.out),
+        work=Path(args.work),
+        name="recipe",
+        workers=args.workers,
+        fid_samples=fid_samples,
+        argv=sys.argv,
+        baseline=args.baseline or "const",
+        title="Default-run recipe: DiT on Fashion-MNIST, rows at equal 1-thread training time, FID-1k",
+        row_major=True,
+        summary_only=args.summary_only,
+    )
 
 
 if __name__ == "__main__":

@@ -49,15 +49,21 @@ def measure(args: argparse.Namespace) -> dict:
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     net, objective, opt = build(cfg, device)
     train_net = torch.compile(net) if cfg.train.compile else net
-    r = time_training(net, train_net, objective, opt, cfg, device, args.batch or cfg.train.batch_size,
-                      args.steps, args.warmup)
+    r = time_training(
+        net, train_net, objective, opt, cfg, device, args.batch or cfg.train.batch_size, args.steps, args.warmup
+    )
     teacher_ms = time_teacher(objective, cfg, device, r["batch"], args.steps, args.warmup)
     return {
-        "objective": args.objective, "ms_per_step": r["ms_per_step"], "batch": r["batch"], "peak_mb": r["peak_mb"],
+        "objective": args.objective,
+        "ms_per_step": r["ms_per_step"],
+        "batch": r["batch"],
+        "peak_mb": r["peak_mb"],
         "teacher_ms": teacher_ms,
         "baseline_rss_mb": baseline_rss if device.type == "cpu" else 0.0,
-        "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "precision": cfg.train.precision,
-        "compile": cfg.train.compile, "device": str(device),
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "precision": cfg.train.precision,
+        "compile": cfg.train.compile,
+        "device": str(device),
     }
 
 
@@ -84,8 +90,11 @@ def time_teacher(objective, cfg, device, batch: int, steps: int, warmup: int) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="fmnist_{objective}",
-                   help="preset or YAML; '{objective}' is replaced by each objective (default: its Fashion-MNIST preset)")
+    p.add_argument(
+        "--config",
+        default="fmnist_{objective}",
+        help="preset or YAML; '{objective}' is replaced by each objective (default: its Fashion-MNIST preset)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--batch", type=int, default=0, help="batch size (default: the config's)")
     p.add_argument("--steps", type=int, default=8)
@@ -109,9 +118,23 @@ def main() -> None:
     objectives = args.objectives.split(",")
     runs: dict[str, list[dict]] = {o: [] for o in objectives}
     for r in range(args.repeats):  # interleaved, order rotated each round: no objective always goes first
-        for objective in objectives[r % len(objectives):] + objectives[:r % len(objectives)]:
-            cmd = [sys.executable, __file__, "--objective", objective, "--config", args.config, "--batch",
-                   str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+        for objective in objectives[r % len(objectives) :] + objectives[: r % len(objectives)]:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--objective",
+                objective,
+                "--config",
+                args.config,
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--device",
+                args.device,
+            ]
             for s in args.set:
                 cmd += ["--set", s]
             runs[objective].append(run_child(cmd, objective))
@@ -120,26 +143,43 @@ def main() -> None:
     for objective in objectives:
         ms = [x["ms_per_step"] for x in runs[objective]]
         ratios = [a["ms_per_step"] / b["ms_per_step"] for a, b in zip(runs[objective], runs[base_name])]
-        rows.append({**runs[objective][0], "ms_per_step": statistics.median(ms), "ms_per_step_runs": ms,
-                     "teacher_ms": statistics.median(x["teacher_ms"] for x in runs[objective]),
-                     "peak_mb": max(x["peak_mb"] for x in runs[objective]),
-                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)})
+        rows.append(
+            {
+                **runs[objective][0],
+                "ms_per_step": statistics.median(ms),
+                "ms_per_step_runs": ms,
+                "teacher_ms": statistics.median(x["teacher_ms"] for x in runs[objective]),
+                "peak_mb": max(x["peak_mb"] for x in runs[objective]),
+                "ratio_median": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+            }
+        )
     base = rows[0]
-    print(f"config {args.config} {' '.join(args.set)} | batch {base['batch']} | {base['precision']} | "
-          f"compile {base['compile']} | {base['device']} | {platform.processor() or platform.machine()} | "
-          f"{args.repeats} interleaved round(s) of {args.steps} steps")
-    print(f"| objective | params | ms/step (median) | x {base_name} (median) | x {base_name} (min-max) | peak MB | x {base_name} "
-          f"| teacher fwd ms | floor: 1 + teacher / {base_name} step |")
+    print(
+        f"config {args.config} {' '.join(args.set)} | batch {base['batch']} | {base['precision']} | "
+        f"compile {base['compile']} | {base['device']} | {platform.processor() or platform.machine()} | "
+        f"{args.repeats} interleaved round(s) of {args.steps} steps"
+    )
+    print(
+        f"| objective | params | ms/step (median) | x {base_name} (median) | x {base_name} (min-max) | peak MB | x {base_name} "
+        f"| teacher fwd ms | floor: 1 + teacher / {base_name} step |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         floor = f"{1 + r['teacher_ms'] / base['ms_per_step']:.2f}" if r["teacher_ms"] else ""
-        print(f"| {r['objective']} | {r['params_m']:.2f}M | {r['ms_per_step']:.0f} | {r['ratio_median']:.2f} "
-              f"| {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} "
-              f"| {r['teacher_ms']:.1f} | {floor} |")
+        print(
+            f"| {r['objective']} | {r['params_m']:.2f}M | {r['ms_per_step']:.0f} | {r['ratio_median']:.2f} "
+            f"| {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} "
+            f"| {r['teacher_ms']:.1f} | {floor} |"
+        )
     if base["device"] == "cpu":
-        print(f"(CPU peak = process peak RSS; the Python+torch baseline before the model is ~{base['baseline_rss_mb']:.0f} MB)")
+        print(
+            f"(CPU peak = process peak RSS; the Python+torch baseline before the model is ~{base['baseline_rss_mb']:.0f} MB)"
+        )
     if args.json:
         write_result(args.json, sys.argv, repeats=args.repeats, rows=rows)
+
 
 if __name__ == "__main__":
     main()

@@ -58,8 +58,15 @@ def run_child(spec: dict) -> dict:
     from sddit.train import Trainer
 
     run_dir = Path(spec["run_dir"])
-    overrides = ["train.compile=false", "train.ckpt_every=0", "eval.num_samples=0", "train.num_threads=1",
-                 *spec["overrides"], f"train.seed={spec['seed']}", f"run_dir={run_dir}"]
+    overrides = [
+        "train.compile=false",
+        "train.ckpt_every=0",
+        "eval.num_samples=0",
+        "train.num_threads=1",
+        *spec["overrides"],
+        f"train.seed={spec['seed']}",
+        f"run_dir={run_dir}",
+    ]
     cfg = load_config(spec["config"], overrides)
     trainer = Trainer(cfg, log=lambda *a: None)
     trainer.fit()
@@ -67,23 +74,49 @@ def run_child(spec: dict) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "loss" in r][-1]
     norms = [r for r in records if any(k.startswith("gradnorm_") for k in r)]
-    mean_norms = {k: sum(r[k] for r in norms) / len(norms) for k in norms[0] if k.startswith("gradnorm_")} if norms else {}
+    mean_norms = (
+        {k: sum(r[k] for r in norms) / len(norms) for k in norms[0] if k.startswith("gradnorm_")} if norms else {}
+    )
     fids = []
     for e in spec["evals"]:
-        r = evaluate_generator(trainer.ema, cfg, num_samples=spec["fid_samples"], device="cpu",
-                               steps=e.get("steps"), cfg_scale=e.get("cfg_scale"))
-        fids.append({"eval": eval_label(e), "fid": r["fid"], "steps": r["steps"], "cfg_scale": r["cfg_scale"],
-                     "sample_seconds": r["sample_seconds"], "fid_seconds": r["fid_seconds"]})
+        r = evaluate_generator(
+            trainer.ema,
+            cfg,
+            num_samples=spec["fid_samples"],
+            device="cpu",
+            steps=e.get("steps"),
+            cfg_scale=e.get("cfg_scale"),
+        )
+        fids.append(
+            {
+                "eval": eval_label(e),
+                "fid": r["fid"],
+                "steps": r["steps"],
+                "cfg_scale": r["cfg_scale"],
+                "sample_seconds": r["sample_seconds"],
+                "fid_seconds": r["fid_seconds"],
+            }
+        )
     if not spec.get("keep_weights"):  # the run's record is the JSON; weights are kept only when asked (probe.py)
         for ckpt in (run_dir / "checkpoints").glob("*.pt"):
             ckpt.unlink()
     return {
-        "row": spec["row"], "seed": spec["seed"], "overrides": spec["overrides"], "config": spec["config"],
-        "git_commit": provenance(["sweep.py"])["git_commit"],  # the code this run trained with (a sweep may span commits)
-        "steps": steps, "batch_size": cfg.train.batch_size, "images": steps * cfg.train.batch_size,
-        "train_seconds": trainer.train_seconds, "ms_per_step": 1000 * trainer.train_seconds / max(1, steps),
-        "final_metrics": {**{k: v for k, v in last.items() if k not in ("step", "img_per_s", "train_seconds")},
-                          **{f"mean_{k}": v for k, v in mean_norms.items()}},
+        "row": spec["row"],
+        "seed": spec["seed"],
+        "overrides": spec["overrides"],
+        "config": spec["config"],
+        "git_commit": provenance(["sweep.py"])[
+            "git_commit"
+        ],  # the code this run trained with (a sweep may span commits)
+        "steps": steps,
+        "batch_size": cfg.train.batch_size,
+        "images": steps * cfg.train.batch_size,
+        "train_seconds": trainer.train_seconds,
+        "ms_per_step": 1000 * trainer.train_seconds / max(1, steps),
+        "final_metrics": {
+            **{k: v for k, v in last.items() if k not in ("step", "img_per_s", "train_seconds")},
+            **{f"mean_{k}": v for k, v in mean_norms.items()},
+        },
         "fids": fids,
     }
 
@@ -95,9 +128,23 @@ def _job_path(work: Path, row: str, seed: int) -> Path:
     return work / f"{row}-seed{seed}.json"
 
 
-def run_grid(rows: list[Row], seeds: list[int], *, config: str, out: Path, work: Path, name: str, workers: int,
-             fid_samples: int, argv: list[str], baseline: str | None = None, title: str = "",
-             row_major: bool = False, summary_only: bool = False, keep_weights: bool = False) -> dict:
+def run_grid(
+    rows: list[Row],
+    seeds: list[int],
+    *,
+    config: str,
+    out: Path,
+    work: Path,
+    name: str,
+    workers: int,
+    fid_samples: int,
+    argv: list[str],
+    baseline: str | None = None,
+    title: str = "",
+    row_major: bool = False,
+    summary_only: bool = False,
+    keep_weights: bool = False,
+) -> dict:
     """Run every missing (row, seed) with `workers` processes in parallel; summarise after each.
 
     Seed-major order (all rows of seed 0 first) gives a first look at every row soonest; row-major
@@ -118,12 +165,24 @@ def run_grid(rows: list[Row], seeds: list[int], *, config: str, out: Path, work:
     while jobs or running:
         while jobs and len(running) < workers:
             row, seed = jobs.pop(0)
-            spec = {"row": row.name, "seed": seed, "config": row.config or config, "overrides": row.overrides,
-                    "evals": row.evals, "fid_samples": fid_samples, "keep_weights": keep_weights,
-                    "run_dir": str(work / f"{row.name}-seed{seed}")}
+            spec = {
+                "row": row.name,
+                "seed": seed,
+                "config": row.config or config,
+                "overrides": row.overrides,
+                "evals": row.evals,
+                "fid_samples": fid_samples,
+                "keep_weights": keep_weights,
+                "run_dir": str(work / f"{row.name}-seed{seed}"),
+            }
             log = (work / f"{row.name}-seed{seed}.log").open("w")
-            proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
-                                    stderr=log, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--child", json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
             running.append((proc, row, seed, time.time()))
         time.sleep(2)
         for item in list(running):
@@ -133,8 +192,9 @@ def run_grid(rows: list[Row], seeds: list[int], *, config: str, out: Path, work:
             running.remove(item)
             stdout = proc.stdout.read() if proc.stdout else ""
             if proc.returncode != 0:
-                bar.write(f"{row.name} seed {seed} failed (exit {proc.returncode}); see "
-                          f"{work / f'{row.name}-seed{seed}.log'}")
+                bar.write(
+                    f"{row.name} seed {seed} failed (exit {proc.returncode}); see {work / f'{row.name}-seed{seed}.log'}"
+                )
             else:
                 result = json.loads(stdout.strip().splitlines()[-1])
                 result["wall_seconds"] = round(time.time() - t0, 1)
@@ -164,8 +224,13 @@ def _warm_reference_cache(config: str, rows: list[Row], fid_samples: int) -> Non
             continue
         done.add(key)
         weights = find_inception_weights(cfg.eval.inception or None)
-        extractor = InceptionFeatures(load_inception(weights), device=torch.device("cpu"), batch_size=50,
-                                      progress=True, precision=cfg.eval.inception_precision)
+        extractor = InceptionFeatures(
+            load_inception(weights),
+            device=torch.device("cpu"),
+            batch_size=50,
+            progress=True,
+            precision=cfg.eval.inception_precision,
+        )
         reference_stats(cfg, fid_samples, extractor, weights)
 
 
@@ -185,8 +250,16 @@ def _paired(t: dict, base: dict) -> dict:
     return {"paired_diffs": d, "paired_diff": mean, "paired_se": se, "paired_beyond": bool(abs(mean) > 2 * se)}
 
 
-def summarize(rows: list[Row], seeds: list[int], out: Path, work: Path, name: str, argv: list[str],
-              baseline: str | None, title: str) -> dict:
+def summarize(
+    rows: list[Row],
+    seeds: list[int],
+    out: Path,
+    work: Path,
+    name: str,
+    argv: list[str],
+    baseline: str | None,
+    title: str,
+) -> dict:
     """Mean and spread over seeds per (row, eval); each row's difference to the baseline row, flagged when it
     exceeds twice its standard error (the seed spread of both rows)."""
     table = []
@@ -197,14 +270,25 @@ def summarize(rows: list[Row], seeds: list[int], out: Path, work: Path, name: st
         for i, e in enumerate(row.evals):
             fids = [r["fids"][i]["fid"] for r in runs]
             mean, std = _mean_std(fids)
-            entry = {"row": row.name, "eval": eval_label(e), "note": row.note, "overrides": row.overrides,
-                     "seeds": [r["seed"] for r in runs], "fid": fids, "fid_mean": mean, "fid_std": std,
-                     "ms_per_step": statistics.fmean(r["ms_per_step"] for r in runs),
-                     "steps": runs[0]["steps"], "images": runs[0]["images"],
-                     "commits": sorted({r.get("git_commit", "unrecorded") for r in runs}),
-                     "train_minutes": statistics.fmean(r["train_seconds"] for r in runs) / 60,
-                     "final_metrics": {k: statistics.fmean(r["final_metrics"].get(k, float("nan")) for r in runs)
-                                       for k in runs[0]["final_metrics"]}}
+            entry = {
+                "row": row.name,
+                "eval": eval_label(e),
+                "note": row.note,
+                "overrides": row.overrides,
+                "seeds": [r["seed"] for r in runs],
+                "fid": fids,
+                "fid_mean": mean,
+                "fid_std": std,
+                "ms_per_step": statistics.fmean(r["ms_per_step"] for r in runs),
+                "steps": runs[0]["steps"],
+                "images": runs[0]["images"],
+                "commits": sorted({r.get("git_commit", "unrecorded") for r in runs}),
+                "train_minutes": statistics.fmean(r["train_seconds"] for r in runs) / 60,
+                "final_metrics": {
+                    k: statistics.fmean(r["final_metrics"].get(k, float("nan")) for r in runs)
+                    for k in runs[0]["final_metrics"]
+                },
+            }
             table.append(entry)
     base_name = baseline if any(r.name == baseline for r in rows) else rows[0].name
     base = next((t for t in table if t["row"] == base_name and t["eval"] == "default"), None)
@@ -214,12 +298,24 @@ def summarize(rows: list[Row], seeds: list[int], out: Path, work: Path, name: st
         diff = t["fid_mean"] - base["fid_mean"]
         n1, n2 = len(t["fid"]), len(base["fid"])
         se = math.sqrt(t["fid_std"] ** 2 / n1 + base["fid_std"] ** 2 / n2) if min(n1, n2) > 1 else float("nan")
-        t["vs_baseline"] = {"baseline": base["row"], "diff": diff, "se": se,
-                            "beyond_spread": bool(se == se and abs(diff) > 2 * se), **_paired(t, base)}
-    summary = {**provenance(argv), "name": name, "title": title, "seeds": seeds, "baseline": base["row"] if base else None,
-               "protocol": "each (row, seed) trains in its own 1-thread process, 2 at a time; FID of the sampling "
-                           "EMA vs the fixed reference images; ms/step measured under that load",
-               "rows": [asdict(r) for r in rows], "table": table}
+        t["vs_baseline"] = {
+            "baseline": base["row"],
+            "diff": diff,
+            "se": se,
+            "beyond_spread": bool(se == se and abs(diff) > 2 * se),
+            **_paired(t, base),
+        }
+    summary = {
+        **provenance(argv),
+        "name": name,
+        "title": title,
+        "seeds": seeds,
+        "baseline": base["row"] if base else None,
+        "protocol": "each (row, seed) trains in its own 1-thread process, 2 at a time; FID of the sampling "
+        "EMA vs the fixed reference images; ms/step measured under that load",
+        "rows": [asdict(r) for r in rows],
+        "table": table,
+    }
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
     (out / f"{name}.md").write_text(markdown(summary))
     if table:
@@ -228,24 +324,34 @@ def summarize(rows: list[Row], seeds: list[int], out: Path, work: Path, name: st
 
 
 def markdown(summary: dict) -> str:
-    lines = [f"# {summary['title'] or summary['name']}", "",
-             f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.", "",
-             f"Baseline row: `{summary['baseline']}`. *beyond spread*: |diff| > 2 x its standard error over seeds. "
-             "*paired*: the mean of the per-seed differences on the seeds both rows ran, ± its standard error "
-             "(a seed fixes the data order and each step's noise for every row); *yes* when beyond 2 s.e.", "",
-             *_commit_lines(summary),
-             "| row | eval | seeds | FID mean | std | diff vs baseline | beyond spread | paired diff | ms/step | steps | images "
-             "| what it tests |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {summary['title'] or summary['name']}",
+        "",
+        f"`{summary['command']}` at commit {summary['git_commit']}, {summary['machine']}, {summary['date']}.",
+        "",
+        f"Baseline row: `{summary['baseline']}`. *beyond spread*: |diff| > 2 x its standard error over seeds. "
+        "*paired*: the mean of the per-seed differences on the seeds both rows ran, ± its standard error "
+        "(a seed fixes the data order and each step's noise for every row); *yes* when beyond 2 s.e.",
+        "",
+        *_commit_lines(summary),
+        "| row | eval | seeds | FID mean | std | diff vs baseline | beyond spread | paired diff | ms/step | steps | images "
+        "| what it tests |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in summary["table"]:
         v = t.get("vs_baseline")
         diff = f"{v['diff']:+.2f} ± {v['se']:.2f}" if v else ""
         beyond = ("yes" if v["beyond_spread"] else "no") if v and v["se"] == v["se"] else ""
-        paired = (f"{v['paired_diff']:+.2f} ± {v['paired_se']:.2f}{' yes' if v['paired_beyond'] else ''}"
-                  if v and "paired_diff" in v else "")
+        paired = (
+            f"{v['paired_diff']:+.2f} ± {v['paired_se']:.2f}{' yes' if v['paired_beyond'] else ''}"
+            if v and "paired_diff" in v
+            else ""
+        )
         std = f"{t['fid_std']:.2f}" if t["fid_std"] == t["fid_std"] else "-"
-        lines.append(f"| {t['row']} | {t['eval']} | {len(t['seeds'])} | {t['fid_mean']:.2f} | {std} | {diff} | {beyond} "
-                     f"| {paired} | {t['ms_per_step']:.0f} | {t['steps']} | {t['images']} | {t['note']} |")
+        lines.append(
+            f"| {t['row']} | {t['eval']} | {len(t['seeds'])} | {t['fid_mean']:.2f} | {std} | {diff} | {beyond} "
+            f"| {paired} | {t['ms_per_step']:.0f} | {t['steps']} | {t['images']} | {t['note']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -292,10 +398,16 @@ def parse_args(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--work", default=f"runs/sweeps/{name}", help="folder for per-run records, logs and run folders")
     p.add_argument("--smoke", action="store_true", help="tiny config, a few steps: checks the script runs")
     p.add_argument("--baseline", default="", help="row the differences are taken against (default: the script's)")
-    p.add_argument("--keep-weights", action="store_true",
-                   help="keep each run's final checkpoint in WORK/<row>-seed<k>/checkpoints (for benchmarks/probe.py)")
-    p.add_argument("--summary-only", action="store_true",
-                   help="write the table from the finished runs in --work; run nothing (missing seeds are left out)")
+    p.add_argument(
+        "--keep-weights",
+        action="store_true",
+        help="keep each run's final checkpoint in WORK/<row>-seed<k>/checkpoints (for benchmarks/probe.py)",
+    )
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="write the table from the finished runs in --work; run nothing (missing seeds are left out)",
+    )
     return p
 
 

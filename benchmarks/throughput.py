@@ -45,8 +45,16 @@ from common import provenance, run_child, write_result
 
 PRESET = {"dit": "DiT-{size}/{patch}", "maskdit": "MaskDiT-{size}/{patch}", "sddit": "SD-DiT-{size}/{patch}"}
 # Dense bf16 peaks (no sparsity), most specific name first: the first name contained in the card's name wins.
-PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0,
-                    "L40S": 362.0, "A10G": 70.0, "A10": 125.0}
+PEAK_BF16_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.4,
+    "H200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+}
 
 
 def cpu_gemm_tflops(n: int = 2048, reps: int = 10) -> float:
@@ -84,8 +92,9 @@ def build(cfg, device):
     objective = build_objective(cfg, net)
     if hasattr(objective, "teacher"):
         objective.teacher.to(device)
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4,
-                            fused=device.type == "cuda" or None)
+    opt = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda" or None
+    )
     return net, objective, opt
 
 
@@ -208,19 +217,29 @@ def measure(args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     own = args.size == "config"  # the config's own model, no DiT preset
     preset = PRESET[args.objective].format(size=args.size, patch=args.patch)
-    cfg = load_config(args.config.format(objective=args.objective),
-                      ([] if own else [f"model.preset={preset}"]) + args.set)
+    cfg = load_config(
+        args.config.format(objective=args.objective), ([] if own else [f"model.preset={preset}"]) + args.set
+    )
     if own:
-        preset = f"{args.config.format(objective=args.objective)} (depth {cfg.model.depth}, width {cfg.model.hidden_size})"
+        preset = (
+            f"{args.config.format(objective=args.objective)} (depth {cfg.model.depth}, width {cfg.model.hidden_size})"
+        )
     if args.smoke:  # the tiny explicit sizes of --set instead of the preset
         cfg.model.input_size, cfg.model.preset = 8, ""
     patch = args.patch if cfg.model.preset and not own else cfg.model.patch_size
     ctx = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION) if args.flash else None
-    row = {"objective": args.objective, "preset": preset if not args.smoke else f"tiny {args.objective}",
-           "size": args.size, "patch": patch,
-           "tokens": (cfg.model.input_size // patch) ** 2,
-           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "compile": args.compile,
-           "flash": args.flash, "precision": cfg.train.precision, "train": []}
+    row = {
+        "objective": args.objective,
+        "preset": preset if not args.smoke else f"tiny {args.objective}",
+        "size": args.size,
+        "patch": patch,
+        "tokens": (cfg.model.input_size // patch) ** 2,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "compile": args.compile,
+        "flash": args.flash,
+        "precision": cfg.train.precision,
+        "train": [],
+    }
     if ctx is not None:
         ctx.__enter__()
     # One model per process; FLOPs and sampling are measured eagerly before compiling.
@@ -253,9 +272,11 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    lines = ["| model | tokens | batch | train img/s | x dit | ms/step | peak MB | x dit | GFLOP/img | TFLOP/s | MFU "
-             f"| sample img/s ({args.heun_steps} Heun) | x dit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | tokens | batch | train img/s | x dit | ms/step | peak MB | x dit | GFLOP/img | TFLOP/s | MFU "
+        f"| sample img/s ({args.heun_steps} Heun) | x dit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     dit = {(r["size"], r["patch"]): r for r in rows if r["objective"] == "dit"}
     for r in rows:
         base = dit.get((r["size"], r["patch"]))
@@ -267,14 +288,18 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             ok = b is not None and not b.get("oom")
             mfu = "" if t["mfu"] is None else f"{100 * t['mfu']:.1f}%"
             samp = f"{r['sample_img_per_s']:.2f}" if "sample_img_per_s" in r and i == 0 else ""
-            samp_x = (f"{r['sample_img_per_s'] / base['sample_img_per_s']:.2f}"
-                      if samp and base and "sample_img_per_s" in base else "")
+            samp_x = (
+                f"{r['sample_img_per_s'] / base['sample_img_per_s']:.2f}"
+                if samp and base and "sample_img_per_s" in base
+                else ""
+            )
             lines.append(
                 f"| {r['preset']} | {r['tokens']} | {t['batch']} | {t['img_per_s']:.1f} | "
                 f"{t['img_per_s'] / b['img_per_s'] if ok else float('nan'):.2f} | {t['ms_per_step']:.0f} | "
                 f"{t['peak_mb']:.0f} | {t['peak_mb'] / b['peak_mb'] if ok else float('nan'):.2f} | "
                 f"{r['gflop_per_img']:.1f} | {t['tflops']:.2f} | {mfu} | "
-                f"{samp} | {samp_x} |")
+                f"{samp} | {samp_x} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -297,14 +322,19 @@ def write(rows: list[dict], official: str | None, args: argparse.Namespace) -> N
             f"Measured on {prov['machine']}, {prov['date']}, commit {prov['git_commit']}; compile {args.compile}, "
             f"flash {args.flash}, bf16 autocast, MFU against {_peak_words(rows, args)}, {args.steps} timed steps after {args.warmup} warm-up; sampling: "
             f"{args.sample_batch} images, {args.heun_steps} Heun steps, no CFG, eager bf16.\n"
-            f"Command: `{prov['command']}`\n\n" + markdown(rows, args)
-            + (f"\nOur DiT step vs the official computation (fp32 eager), {official}" if official else ""))
+            f"Command: `{prov['command']}`\n\n"
+            + markdown(rows, args)
+            + (f"\nOur DiT step vs the official computation (fp32 eager), {official}" if official else "")
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="imagenet256_{objective}_xl2",
-                   help="preset or YAML per objective ('{objective}' is replaced); model.preset is set per size")
+    p.add_argument(
+        "--config",
+        default="imagenet256_{objective}_xl2",
+        help="preset or YAML per objective ('{objective}' is replaced); model.preset is set per size",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--sizes", default="S,B", help="DiT sizes: S, B, L, XL, or config (the config's own model)")
     p.add_argument("--patches", default="4,2", help="patch sizes (4 -> 64 tokens, 2 -> 256 tokens on 32x32 latents)")
@@ -318,8 +348,11 @@ def main() -> None:
     p.add_argument("--compile", default="none", choices=["none", "full", "regional"])
     p.add_argument("--flash", action="store_true", help="force the flash-attention SDPA backend (CUDA)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 peak for MFU (default: known cards)")
-    p.add_argument("--official", action="store_true",
-                   help="also run benchmarks/dit_speed.py (ours vs the official computation, fp32 eager, CPU)")
+    p.add_argument(
+        "--official",
+        action="store_true",
+        help="also run benchmarks/dit_speed.py (ours vs the official computation, fp32 eager, CPU)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model, 1 step: checks the script runs")
     p.add_argument("--json", default=None, help="write every figure, with the command/commit/machine/date")
     p.add_argument("--md", default=None, help="write the markdown table")
@@ -330,9 +363,18 @@ def main() -> None:
     if args.smoke:
         args.sizes, args.patches, args.batches, args.steps, args.warmup = "S", "2", "4", 1, 1
         args.sample_batch, args.heun_steps = 1, 2
-        args.set = [*args.set, "model.hidden_size=32", "model.depth=3", "model.num_heads=2", "model.decoder_depth=1",
-                    "model.head_dim=64", "model.head_hidden_dim=64", "model.head_bottleneck_dim=16",
-                    "model.patch_size=2", "model.num_classes=10"]
+        args.set = [
+            *args.set,
+            "model.hidden_size=32",
+            "model.depth=3",
+            "model.num_heads=2",
+            "model.decoder_depth=1",
+            "model.head_dim=64",
+            "model.head_hidden_dim=64",
+            "model.head_bottleneck_dim=16",
+            "model.patch_size=2",
+            "model.num_classes=10",
+        ]
     if args.objective:
         print(json.dumps(measure(args)))
         return
@@ -341,26 +383,58 @@ def main() -> None:
     for size in args.sizes.split(","):
         for patch in [0] if size == "config" else [int(x) for x in args.patches.split(",")]:
             for objective in args.objectives.split(","):
-                cmd = [sys.executable, __file__, "--objective", objective, "--size", size, "--patch", str(patch),
-                       "--config", args.config, "--batches", args.batches, "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--sample-batch", str(args.sample_batch),
-                       "--heun-steps", str(args.heun_steps), "--device", args.device, "--compile", args.compile,
-                       "--peak-tflops", str(args.peak_tflops), *(["--flash"] if args.flash else []),
-                       *(["--smoke"] if args.smoke else [])]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--objective",
+                    objective,
+                    "--size",
+                    size,
+                    "--patch",
+                    str(patch),
+                    "--config",
+                    args.config,
+                    "--batches",
+                    args.batches,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                    "--sample-batch",
+                    str(args.sample_batch),
+                    "--heun-steps",
+                    str(args.heun_steps),
+                    "--device",
+                    args.device,
+                    "--compile",
+                    args.compile,
+                    "--peak-tflops",
+                    str(args.peak_tflops),
+                    *(["--flash"] if args.flash else []),
+                    *(["--smoke"] if args.smoke else []),
+                ]
                 for s in args.set:
                     cmd += ["--set", s]
                 rows.append(run_child(cmd, f"{size}/{patch} {objective}"))
                 write(rows, None, args)  # after every row: an interrupted run keeps what it measured
-                print(f"[throughput] {rows[-1]['preset']} {objective}: "
-                      + ", ".join(f"b{t['batch']} " + ("OOM" if t.get("oom") else f"{t['img_per_s']:.1f} img/s")
-                                  for t in rows[-1]["train"]), flush=True)
+                print(
+                    f"[throughput] {rows[-1]['preset']} {objective}: "
+                    + ", ".join(
+                        f"b{t['batch']} " + ("OOM" if t.get("oom") else f"{t['img_per_s']:.1f} img/s")
+                        for t in rows[-1]["train"]
+                    ),
+                    flush=True,
+                )
     official = None
     if args.official:
         cmd = [sys.executable, str(Path(__file__).with_name("dit_speed.py")), *(["--smoke"] if args.smoke else [])]
         official = "`" + " ".join(["python", "benchmarks/dit_speed.py", *cmd[2:]]) + "`:\n\n"
         official += subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         write(rows, official, args)
-    print(markdown(rows, args) + (f"\nOur DiT step vs the official computation (fp32 eager), {official}" if official else ""))
+    print(
+        markdown(rows, args)
+        + (f"\nOur DiT step vs the official computation (fp32 eager), {official}" if official else "")
+    )
 
 
 if __name__ == "__main__":

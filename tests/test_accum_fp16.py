@@ -15,8 +15,17 @@ from test_resume_ddp import ENV, _free_port, assert_states_equal, final_state, t
 
 
 def make_trainer(tmp_path, objective, *overrides):
-    cfg = load_config("digits_tiny", [f"objective={objective}", f"run_dir={tmp_path}", "train.ckpt_every=0",
-                                      "train.num_threads=1", "train.log_every=1", *overrides])
+    cfg = load_config(
+        "digits_tiny",
+        [
+            f"objective={objective}",
+            f"run_dir={tmp_path}",
+            "train.ckpt_every=0",
+            "train.num_threads=1",
+            "train.log_every=1",
+            *overrides,
+        ],
+    )
     return Trainer(cfg, log=lambda *a: None)
 
 
@@ -35,12 +44,17 @@ def grads_close(a, b):
         torch.testing.assert_close(b[name], g, rtol=1e-4, atol=1e-6 * max(g.abs().max().item(), 1e-3), msg=name)
 
 
-@pytest.mark.parametrize("objective,overrides", [
-    ("dit", ()), ("maskdit", ()), ("sddit", ()),
-    # the teacher's per-sample noise draw and the sigma band must follow the global batch too
-    ("sddit", ("sddit.teacher_sigma=shift", "sddit.disc_sigma_max=1.0", "sddit.image_token=mean")),
-    ("sddit", ("sddit.disc_loss=align", "sddit.teacher_sigma=shift", "sddit.mask_ratio=0.25")),
-])
+@pytest.mark.parametrize(
+    "objective,overrides",
+    [
+        ("dit", ()),
+        ("maskdit", ()),
+        ("sddit", ()),
+        # the teacher's per-sample noise draw and the sigma band must follow the global batch too
+        ("sddit", ("sddit.teacher_sigma=shift", "sddit.disc_sigma_max=1.0", "sddit.image_token=mean")),
+        ("sddit", ("sddit.disc_loss=align", "sddit.teacher_sigma=shift", "sddit.mask_ratio=0.25")),
+    ],
+)
 def test_micro_batches_give_the_gradients_of_one_batch(tmp_path, objective, overrides, monkeypatch):
     """Same weights, same batch, same step: the summed gradients of 4 micro-batches of 8 equal the
     gradients of the batch of 32 to float round-off, and so do the loss terms and SD-DiT's pending
@@ -108,17 +122,27 @@ def test_accumulated_training_follows_the_unaccumulated_run(tmp_path, objective)
         states[k] = final_state(tmp_path / f"k{k}")
     states_close(states[1], states[4], atol=2e-5)
     if objective == "sddit":
-        torch.testing.assert_close(states[4]["objective"]["center_patch"], states[1]["objective"]["center_patch"],
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            states[4]["objective"]["center_patch"], states[1]["objective"]["center_patch"], rtol=1e-4, atol=1e-6
+        )
 
 
 def test_two_processes_with_accumulation_match_one_plain_process(tmp_path):
     """torchrun with 2 ranks x 2 micro-batches == 1 process, 1 batch (SD-DiT: teacher and centers too)."""
     steps = ["--max-steps", "8", "--set", "train.ckpt_every=0", "--set", "train.log_every=4"]
     subprocess.run(train_cmd(tmp_path / "one", *steps), check=True, env=ENV, capture_output=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "sddit.cli",
-           *train_cmd(tmp_path / "two", *steps, "--set", "train.grad_accum=2")[3:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "sddit.cli",
+        *train_cmd(tmp_path / "two", *steps, "--set", "train.grad_accum=2")[3:],
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
@@ -182,13 +206,21 @@ def test_a_step_the_scaler_skips_moves_nothing(tmp_path):
     were, the step counter advances, the scale halves, and the skip is logged."""
     trainer = make_trainer(tmp_path, "sddit", "train.precision=fp16", "train.max_steps=3")
     trainer.amp.scaler.load_state_dict({**trainer.amp.scaler.state_dict(), "scale": 2.0**60})  # certain overflow
-    before = {part: {k: v.clone() for k, v in sd.items()} for part, sd in (
-        ("model", trainer.net.state_dict()), ("ema", trainer.ema.state_dict()),
-        ("objective", trainer.objective.state_dict()))}
+    before = {
+        part: {k: v.clone() for k, v in sd.items()}
+        for part, sd in (
+            ("model", trainer.net.state_dict()),
+            ("ema", trainer.ema.state_dict()),
+            ("objective", trainer.objective.state_dict()),
+        )
+    }
     trainer.fit(until=1)
     assert trainer.step == 1 and trainer.amp.scale == 2.0**59
-    for part, sd in (("model", trainer.net.state_dict()), ("ema", trainer.ema.state_dict()),
-                     ("objective", trainer.objective.state_dict())):
+    for part, sd in (
+        ("model", trainer.net.state_dict()),
+        ("ema", trainer.ema.state_dict()),
+        ("objective", trainer.objective.state_dict()),
+    ):
         for k, v in sd.items():
             assert torch.equal(before[part][k], v), (part, k)
     assert not trainer.opt.state  # AdamW never stepped
@@ -196,8 +228,9 @@ def test_a_step_the_scaler_skips_moves_nothing(tmp_path):
     assert record["fp16_skipped"] == 1.0 and record["grad_scale"] == 2.0**59
     trainer.amp.scaler.load_state_dict({**trainer.amp.scaler.state_dict(), "scale": 64.0})
     trainer.fit(until=3)  # with a small scale the following steps are taken
-    assert trainer.opt.state and not torch.equal(before["ema"]["model.final_layer.linear.weight"],
-                                                 trainer.ema.state_dict()["model.final_layer.linear.weight"])
+    assert trainer.opt.state and not torch.equal(
+        before["ema"]["model.final_layer.linear.weight"], trainer.ema.state_dict()["model.final_layer.linear.weight"]
+    )
 
 
 def test_fp16_is_a_valid_precision_and_others_are_not():

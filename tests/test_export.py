@@ -18,8 +18,27 @@ from sddit.errors import CheckpointError
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("exp") / "run"
-    assert main(["train", "--config", "digits_tiny", "--run-dir", str(run), "--max-steps", "4", "--no-eval",
-                 "--device", "cpu", "--set", "objective=sddit", "--set", "train.num_threads=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "digits_tiny",
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "4",
+                "--no-eval",
+                "--device",
+                "cpu",
+                "--set",
+                "objective=sddit",
+                "--set",
+                "train.num_threads=1",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -53,7 +72,9 @@ def test_commands_accept_a_release(run_dir, release, tmp_path, capsys):
     gen = ["--num-samples", "6", "--steps", "2", "--batch-size", "3", "--device", "cpu"]
     assert main(["generate", str(run_dir), "--out", str(tmp_path / "a"), *gen]) == 0
     assert main(["generate", str(release), "--out", str(tmp_path / "b"), *gen]) == 0
-    assert np.array_equal(np.load(tmp_path / "a" / "samples.npz")["arr_0"], np.load(tmp_path / "b" / "samples.npz")["arr_0"])
+    assert np.array_equal(
+        np.load(tmp_path / "a" / "samples.npz")["arr_0"], np.load(tmp_path / "b" / "samples.npz")["arr_0"]
+    )
     assert main(["sample", str(release), "--steps", "2", "--per-class", "1"]) == 0
     assert Image.open(release / "samples_seed0.png").size[1] > 8 * 10
     out = tmp_path / "e.json"
@@ -62,8 +83,26 @@ def test_commands_accept_a_release(run_dir, release, tmp_path, capsys):
 
 
 def test_load_pretrained_samples_like_generate_and_unpickles_nothing(run_dir, release, tmp_path, monkeypatch):
-    assert main(["generate", str(run_dir), "--out", str(tmp_path / "g"), "--num-samples", "5", "--steps", "2",
-                 "--batch-size", "5", "--balanced", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "g"),
+                "--num-samples",
+                "5",
+                "--steps",
+                "2",
+                "--batch-size",
+                "5",
+                "--balanced",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     expected = np.load(tmp_path / "g" / "samples.npz")["arr_0"][..., :1]  # grey, repeated to RGB in the npz
 
     def refuse(*a, **k):

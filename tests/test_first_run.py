@@ -40,8 +40,26 @@ def test_a_mixed_size_reference_folder_is_cropped_like_adm_and_scored_before_ste
 
     ref = photo_folder(tmp_path / "val", MIXED)
     run = tmp_path / "run"
-    assert main(["train", *latent_args(latents), "--run-dir", str(run), "--max-steps", "2", "--no-eval",
-                 "--set", "train.fid_every=2", "--set", "train.fid_samples=4", "--set", f"train.fid_ref={ref}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *latent_args(latents),
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "2",
+                "--no-eval",
+                "--set",
+                "train.fid_every=2",
+                "--set",
+                "train.fid_samples=4",
+                "--set",
+                f"train.fid_ref={ref}",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     ready, first_step = out.index("FID reference ready"), out.index("saved ")
     assert ready < first_step and f"centre-cropped to {PIXELS}x{PIXELS}" in out
@@ -67,8 +85,26 @@ def test_an_unreadable_reference_image_stops_the_run_before_step_0(latents, tmp_
     ref = photo_folder(tmp_path / "val", MIXED[:3])
     (ref / "broken.jpg").write_bytes(b"not a jpeg")
     run = tmp_path / "run"
-    assert main(["train", *latent_args(latents), "--run-dir", str(run), "--max-steps", "2", "--no-eval",
-                 "--set", "train.fid_every=2", "--set", "train.fid_samples=4", "--set", f"train.fid_ref={ref}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                *latent_args(latents),
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "2",
+                "--no-eval",
+                "--set",
+                "train.fid_every=2",
+                "--set",
+                "train.fid_samples=4",
+                "--set",
+                f"train.fid_ref={ref}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the reference's progress bar
     assert err.startswith("error: ") and "broken.jpg" in err
     assert not (run / "checkpoints").exists()  # nothing trained, nothing lost
@@ -84,9 +120,28 @@ def test_a_due_checkpoint_is_written_before_the_fid_of_its_step(latents, tmp_pat
 
     monkeypatch.setattr(Monitor, "fid", dies)
     run = tmp_path / "run"
-    assert main(["train", *latent_args(latents), "--run-dir", str(run), "--max-steps", "4", "--no-eval",
-                 "--set", "train.ckpt_every=2", "--set", "train.fid_every=2", "--set", "train.fid_samples=4",
-                 "--set", f"train.fid_ref={ref}"]) == 130
+    assert (
+        main(
+            [
+                "train",
+                *latent_args(latents),
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "4",
+                "--no-eval",
+                "--set",
+                "train.ckpt_every=2",
+                "--set",
+                "train.fid_every=2",
+                "--set",
+                "train.fid_samples=4",
+                "--set",
+                f"train.fid_ref={ref}",
+            ]
+        )
+        == 130
+    )
     assert [p.name for p in sorted((run / "checkpoints").glob("ckpt-*.pt"))] == ["ckpt-0000002.pt"]
 
 
@@ -94,13 +149,52 @@ def test_a_run_resumes_from_its_directory_alone_despite_speed_switches(latents, 
     """`sddit train --run-dir RUN` takes RUN's own config (objective, data, model); switches that change
     only speed or monitoring may differ; `--config RUN/config.json` reads the JSON."""
     run = tmp_path / "run"
-    assert main(["train", *latent_args(latents), "--run-dir", str(run), "--max-steps", "2", "--no-eval",
-                 "--set", "objective=sddit", "--set", "sddit.mask_ratio=0.3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *latent_args(latents),
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "2",
+                "--no-eval",
+                "--set",
+                "objective=sddit",
+                "--set",
+                "sddit.mask_ratio=0.3",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["train", "--run-dir", str(run), "--max-steps", "4", "--no-eval", "--set", "model.grad_checkpointing=true",
-                 "--set", "train.num_threads=2", "--set", "train.tf32=false", "--set", "train.compile=false",
-                 "--set", "train.loggers=[jsonl,tensorboard]", "--set", "train.log_every=1",
-                 "--set", "train.sample_every=4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "4",
+                "--no-eval",
+                "--set",
+                "model.grad_checkpointing=true",
+                "--set",
+                "train.num_threads=2",
+                "--set",
+                "train.tf32=false",
+                "--set",
+                "train.compile=false",
+                "--set",
+                "train.loggers=[jsonl,tensorboard]",
+                "--set",
+                "train.log_every=1",
+                "--set",
+                "train.sample_every=4",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "resumed from" in out and "ckpt-0000002.pt at step 2" in out
     cfg = json.loads((run / "config.json").read_text())
@@ -108,8 +202,10 @@ def test_a_run_resumes_from_its_directory_alone_despite_speed_switches(latents, 
     assert cfg["model"]["grad_checkpointing"] is True and (run / "samples" / "step-0000004.png").is_file()
     changes = [json.loads(line) for line in (run / "config_changes.jsonl").read_text().splitlines()]
     assert [list(c["changes"]) for c in changes] == [["train.max_steps"]]  # the speed switches are not changes
-    assert main(["train", "--config", str(run / "config.json"), "--run-dir", str(run), "--max-steps", "5",
-                 "--no-eval"]) == 0
+    assert (
+        main(["train", "--config", str(run / "config.json"), "--run-dir", str(run), "--max-steps", "5", "--no-eval"])
+        == 0
+    )
     assert (run / "checkpoints" / "ckpt-0000005.pt").is_file()
     capsys.readouterr()
     # what changes the function still needs the flag, in one line
@@ -152,13 +248,53 @@ def test_outputs_are_portable_and_readable_by_the_team(tiny_vae, tmp_path, monke
         Image.new("RGB", (w, h), (40 * i, 100, 200)).save(work / "photos" / ("cat", "dog")[i % 2] / f"{i}.png")
     shutil.copytree(tiny_vae, work / "tiny_vae")
     monkeypatch.chdir(work)
-    assert main(["prepare", "photos", "latents", "--vae", "tiny_vae", "--image-size", str(PIXELS), "--workers", "0",
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "photos",
+                "latents",
+                "--vae",
+                "tiny_vae",
+                "--image-size",
+                str(PIXELS),
+                "--workers",
+                "0",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((work / "latents" / "manifest.json").read_text())
     assert manifest["vae"] == str((work / "tiny_vae").resolve())
-    assert main(["train", *latent_args("latents"), "--run-dir", "run", "--max-steps", "2", "--no-eval",
-                 "--set", "model.num_classes=2", "--set", "train.batch_size=8", "--set", "train.sample_every=2", "--set", "train.sample_classes=2",
-                 "--set", "train.sample_per_class=1", "--set", "train.loggers=[jsonl,tensorboard]"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *latent_args("latents"),
+                "--run-dir",
+                "run",
+                "--max-steps",
+                "2",
+                "--no-eval",
+                "--set",
+                "model.num_classes=2",
+                "--set",
+                "train.batch_size=8",
+                "--set",
+                "train.sample_every=2",
+                "--set",
+                "train.sample_classes=2",
+                "--set",
+                "train.sample_per_class=1",
+                "--set",
+                "train.loggers=[jsonl,tensorboard]",
+            ]
+        )
+        == 0
+    )
     assert main(["export", "run", "--out", "release"]) == 0
     assert main(["generate", "release", "--out", "gen", "--num-samples", "2", "--steps", "2", "--device", "cpu"]) == 0
     assert json.loads((work / "release" / "config.json").read_text())["vae"] == str((work / "tiny_vae").resolve())
@@ -167,8 +303,11 @@ def test_outputs_are_portable_and_readable_by_the_team(tiny_vae, tmp_path, monke
     monkeypatch.chdir(elsewhere)
     images = sddit.load_pretrained(work / "release", device="cpu").sample([0, 1], steps=2, output="uint8")
     assert images.shape == (2, 3, PIXELS, PIXELS)
-    modes = {str(p.relative_to(work)): stat.S_IMODE(p.stat().st_mode)
-             for p in work.rglob("*") if p.is_file() and "tiny_vae" not in p.parts and "photos" not in p.parts}
+    modes = {
+        str(p.relative_to(work)): stat.S_IMODE(p.stat().st_mode)
+        for p in work.rglob("*")
+        if p.is_file() and "tiny_vae" not in p.parts and "photos" not in p.parts
+    }
     assert any(k.startswith("run/checkpoints/") for k in modes) and any(k.startswith("latents/shard") for k in modes)
     assert any(k.startswith("run/tensorboard/") for k in modes) and "gen/samples.npz" in modes
     assert {k: m for k, m in modes.items() if m != 0o644} == {}
@@ -193,8 +332,22 @@ def test_a_vae_that_is_neither_here_nor_reachable_fails_at_once_naming_the_path(
 
 def test_shapes_the_data_knows_are_taken_from_it_and_a_chosen_mismatch_is_one_line(tiny_vae, tmp_path, capsys):
     lat = write_latent_folder(tmp_path / "three", tiny_vae, classes=3)
-    base = ["train", "--config", "digits_tiny", "--device", "cpu", "--set", "data.dataset=latents",
-            "--set", f"data.root={lat}", "--set", "train.num_threads=1", "--max-steps", "1", "--no-eval"]
+    base = [
+        "train",
+        "--config",
+        "digits_tiny",
+        "--device",
+        "cpu",
+        "--set",
+        "data.dataset=latents",
+        "--set",
+        f"data.root={lat}",
+        "--set",
+        "train.num_threads=1",
+        "--max-steps",
+        "1",
+        "--no-eval",
+    ]
     assert main([*base, "--run-dir", str(tmp_path / "run")]) == 0  # the preset says 8x8x1 pixels, 10 classes
     assert "model.num_classes=3 (the config had 10)" in capsys.readouterr().out
     model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
@@ -226,9 +379,28 @@ def test_the_run_says_what_it_is_and_a_resume_leaves_each_step_once_in_tensorboa
     from sddit.train.monitor import Monitor
 
     run = tmp_path / "run"
-    args = ["train", "--config", "digits_tiny", "--device", "cpu", "--run-dir", str(run), "--no-eval",
-            "--set", "train.log_every=1", "--set", "train.ckpt_every=2", "--set", "train.keep_last=5",
-            "--set", "train.loggers=[jsonl,tensorboard]", "--set", "train.num_threads=1", "--max-steps", "4"]
+    args = [
+        "train",
+        "--config",
+        "digits_tiny",
+        "--device",
+        "cpu",
+        "--run-dir",
+        str(run),
+        "--no-eval",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.ckpt_every=2",
+        "--set",
+        "train.keep_last=5",
+        "--set",
+        "train.loggers=[jsonl,tensorboard]",
+        "--set",
+        "train.num_threads=1",
+        "--max-steps",
+        "4",
+    ]
     grid = Monitor.grid
 
     def slow_grid(self, *a, **k):
@@ -239,11 +411,23 @@ def test_the_run_says_what_it_is_and_a_resume_leaves_each_step_once_in_tensorboa
     assert main([*args, "--set", "train.sample_every=1"]) == 0
     out = capsys.readouterr().out
     banner = next(line for line in out.splitlines() if line.startswith("sddit train:"))
-    for words in ("dit model", "M parameters", "1x8x8 input", "10 classes", "digits entries", "1 process on cpu",
-                  "fp32", "batch 32 (32 per process)", "steps 0 -> 4"):
+    for words in (
+        "dit model",
+        "M parameters",
+        "1x8x8 input",
+        "10 classes",
+        "digits entries",
+        "1 process on cpu",
+        "fp32",
+        "batch 32 (32 per process)",
+        "steps 0 -> 4",
+    ):
         assert words in banner, (words, banner)
-    speeds = [json.loads(line)["img_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()
-              if "img_per_s" in line]
+    speeds = [
+        json.loads(line)["img_per_s"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "img_per_s" in line
+    ]
     assert len(speeds) == 4 and min(speeds) > 32 / 1.5  # the 1.5 s grids are not in the windows
     # killed after step 4 but before its checkpoint: the resumed run logs steps 3 and 4 again
     (run / "checkpoints" / "ckpt-0000004.pt").unlink()
@@ -251,5 +435,6 @@ def test_the_run_says_what_it_is_and_a_resume_leaves_each_step_once_in_tensorboa
     assert main(args) == 0
     assert "resumed from" in capsys.readouterr().out
     assert tb_scalar_steps(run, "loss") == [1, 2, 3, 4]  # not [1, 2, 3, 3, 4, 4]
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-            if "loss" in line] == [1, 2, 3, 4]
+    assert [
+        json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line
+    ] == [1, 2, 3, 4]

@@ -29,8 +29,23 @@ def one_thread():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("gen") / "run"
-    assert main(["train", "--config", "digits_tiny", "--run-dir", str(run), "--max-steps", "4", "--no-eval",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "digits_tiny",
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "4",
+                "--no-eval",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -47,8 +62,22 @@ def generated(run_dir, tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "sddit.cli", "generate", str(run_dir), "--out", str(root / "two"), *GEN]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "-m",
+        "sddit.cli",
+        "generate",
+        str(run_dir),
+        "--out",
+        str(root / "two"),
+        *GEN,
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
@@ -86,22 +115,71 @@ def test_npz_has_the_adm_layout(generated):
 
 def test_labels_and_noise_follow_the_seed_alone(run_dir, generated, tmp_path, one_thread):
     # --seed 3: sample i uses seed 3 + i, so it is sample i + 3 of the seed-0 run (other batches).
-    assert main(["generate", str(run_dir), "--out", str(tmp_path / "s3"), "--seed", "3", "--num-samples", "4",
-                 "--steps", "3", "--batch-size", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "s3"),
+                "--seed",
+                "3",
+                "--num-samples",
+                "4",
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     ref = np.load(generated / "one" / "samples.npz")
     new = np.load(tmp_path / "s3" / "samples.npz")
     assert np.array_equal(new["arr_1"], ref["arr_1"][3:7])
     # pixel values may move by one level: the samples now share a batch with other samples
     assert np.abs(new["arr_0"].astype(int) - ref["arr_0"][3:7].astype(int)).max() <= 1
-    assert main(["generate", str(run_dir), "--out", str(tmp_path / "bal"), "--balanced", "--num-samples", "12",
-                 "--steps", "1", "--batch-size", "12", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "bal"),
+                "--balanced",
+                "--num-samples",
+                "12",
+                "--steps",
+                "1",
+                "--batch-size",
+                "12",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "bal" / "samples.npz")["arr_1"].tolist() == [i % 10 for i in range(12)]
 
 
 def test_generate_refuses_a_used_folder_and_resumes_with_same_settings(run_dir, tmp_path, capsys, one_thread):
     out = tmp_path / "g"
-    args = ["generate", str(run_dir), "--out", str(out), "--num-samples", "6", "--steps", "2", "--batch-size", "2",
-            "--device", "cpu"]
+    args = [
+        "generate",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--num-samples",
+        "6",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     first = np.load(out / "samples.npz")["arr_0"]
     (out / "images" / "000003.png").unlink()  # an interrupted run
@@ -121,8 +199,26 @@ def test_eval_samples_against_reference_folder_and_stats(generated, tmp_path, ca
     out = tmp_path / "e.json"
     cache = tmp_path / "ref.stats.npz"
     ref_dir = generated / "two" / "images"
-    assert main(["eval", "--samples", str(generated / "one" / "samples.npz"), "--ref", str(ref_dir), "--json", str(out),
-                 "--cache-ref", str(cache), "--device", "cpu", "--batch-size", "10"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--samples",
+                str(generated / "one" / "samples.npz"),
+                "--ref",
+                str(ref_dir),
+                "--json",
+                str(out),
+                "--cache-ref",
+                str(cache),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "10",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["num_samples"] == 10 and r["num_reference_images"] == 10
@@ -142,8 +238,24 @@ def test_eval_samples_against_reference_folder_and_stats(generated, tmp_path, ca
     stats = tmp_path / "mu_sigma.npz"
     np.savez(stats, mu=mu, sigma=sigma)
     out2 = tmp_path / "e2.json"
-    assert main(["eval", "--samples", str(ref_dir), "--ref", str(stats), "--json", str(out2), "--device", "cpu",
-                 "--batch-size", "10"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--samples",
+                str(ref_dir),
+                "--ref",
+                str(stats),
+                "--json",
+                str(out2),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "10",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     r2 = json.loads(out2.read_text())
     assert r2["num_samples"] == 10 and abs(r2["fid"]) < 1e-2
@@ -163,8 +275,20 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     assert main(["eval", "--samples", str(tmp_path / "imgs"), "--ref", str(tmp_path / "bad.npz")]) == 2
     _one_line_error(capsys, "no PNG/JPEG images")
-    assert main(["generate", "--official-dit", str(tmp_path / "DiT-XL-2-256x256.pt"), "--out", str(tmp_path / "o"),
-                 "--num-samples", "2"]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--official-dit",
+                str(tmp_path / "DiT-XL-2-256x256.pt"),
+                "--out",
+                str(tmp_path / "o"),
+                "--num-samples",
+                "2",
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "does not exist")
 
 
@@ -187,11 +311,20 @@ def test_latent_model_is_decoded_with_the_manifest_vae(tiny_vae, tmp_path, capsy
 
     latents = tmp_path / "latents"
     latents.mkdir()
-    manifest = {"format": FORMAT, "latent_shape": [4, 4, 4], "class_names": [str(i) for i in range(10)],
-                "scale_factor": 0.18215, "shards": [], "counts": {"entries": 0}, "resolution": 32, "vae": str(tiny_vae)}
+    manifest = {
+        "format": FORMAT,
+        "latent_shape": [4, 4, 4],
+        "class_names": [str(i) for i in range(10)],
+        "scale_factor": 0.18215,
+        "shards": [],
+        "counts": {"entries": 0},
+        "resolution": 32,
+        "vae": str(tiny_vae),
+    }
     (latents / MANIFEST).write_text(json.dumps(manifest))
-    cfg = load_config("digits_tiny", ["model.in_channels=4", "model.input_size=4", "data.dataset=latents",
-                                      f"data.root={latents}"])
+    cfg = load_config(
+        "digits_tiny", ["model.in_channels=4", "model.input_size=4", "data.dataset=latents", f"data.root={latents}"]
+    )
     torch.manual_seed(0)
     sd = build_model(cfg).state_dict()
     ckpt = tmp_path / "latent.pt"
@@ -222,7 +355,8 @@ def test_official_dit_checkpoint_generates_decoded_images(tiny_vae, tmp_path, on
     path = tmp_path / "DiT-tiny.pt"
     torch.save(DiT(input_size=4, num_classes=10, learn_sigma=True, **tiny).state_dict(), path)
     source = load_official_source(path, None, image_size=32, num_classes=10, model_kwargs=tiny)
-    meta = generate_samples(source, tmp_path / "o", 2, steps=2, batch_size=2, vae=str(tiny_vae), progress=False,
-                            log=lambda *a: None)
+    meta = generate_samples(
+        source, tmp_path / "o", 2, steps=2, batch_size=2, vae=str(tiny_vae), progress=False, log=lambda *a: None
+    )
     assert meta["official_dit"] == str(path.resolve()) and meta["sampler_kwargs"]["sigma_max"] > 100
     assert np.load(tmp_path / "o" / "samples.npz")["arr_0"].shape == (2, 32, 32, 3)

@@ -29,12 +29,26 @@ def write_latent_folder(root, vae, entries=64, classes=10, seed=0):
     for k, n in enumerate((40, entries - 40)):
         moments = rng.standard_normal((n, 8, 4, 4)).astype(np.float16)
         moments[:, 4:] = -2.0  # logvar
-        np.savez(root / shard_name(0, k), moments=moments, labels=rng.integers(0, classes, n), flips=np.zeros(n, bool),
-                 source=np.arange(n), meta=np.array("{}"))
+        np.savez(
+            root / shard_name(0, k),
+            moments=moments,
+            labels=rng.integers(0, classes, n),
+            flips=np.zeros(n, bool),
+            source=np.arange(n),
+            meta=np.array("{}"),
+        )
         shards.append({"file": shard_name(0, k), "entries": n, "rank": 0})
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "latent_shape": [4, 4, 4], "resolution": PIXELS,
-                "class_names": [str(i) for i in range(classes)], "scale_factor": 0.18215, "vae": str(vae),
-                "shards": shards, "counts": {"entries": entries}}
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "latent_shape": [4, 4, 4],
+        "resolution": PIXELS,
+        "class_names": [str(i) for i in range(classes)],
+        "scale_factor": 0.18215,
+        "vae": str(vae),
+        "shards": shards,
+        "counts": {"entries": entries},
+    }
     (root / MANIFEST).write_text(json.dumps(manifest))
     return root
 
@@ -56,9 +70,27 @@ def ref_folder(tmp_path_factory):
 
 
 def latent_args(latents, *extra):
-    return ["--config", "digits_tiny", "--device", "cpu", "--set", "data.dataset=latents", "--set", f"data.root={latents}",
-            "--set", "model.in_channels=4", "--set", "model.input_size=4", "--set", "eval.grid_steps=2",
-            "--set", "eval.steps=2", "--set", "train.num_threads=1", *extra]
+    return [
+        "--config",
+        "digits_tiny",
+        "--device",
+        "cpu",
+        "--set",
+        "data.dataset=latents",
+        "--set",
+        f"data.root={latents}",
+        "--set",
+        "model.in_channels=4",
+        "--set",
+        "model.input_size=4",
+        "--set",
+        "eval.grid_steps=2",
+        "--set",
+        "eval.steps=2",
+        "--set",
+        "train.num_threads=1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +98,34 @@ def latent_run(latents, ref_folder, tmp_path_factory):
     """4 steps of DiT on latents with a grid every 2 steps, FID-10 at step 4 against the image folder,
     tensorboard, and the post-training grid + FID-10."""
     run = tmp_path_factory.mktemp("runs") / "latent"
-    rc = main(["train", *latent_args(latents), "--run-dir", str(run), "--max-steps", "4",
-               "--set", "train.sample_every=2", "--set", "train.sample_classes=3", "--set", "train.sample_per_class=2",
-               "--set", "train.fid_every=4", "--set", "train.fid_samples=10", "--set", f"train.fid_ref={ref_folder}",
-               "--set", "train.log_every=2", "--set", "train.loggers=[jsonl,tensorboard]", "--set", "eval.num_samples=10"])
+    rc = main(
+        [
+            "train",
+            *latent_args(latents),
+            "--run-dir",
+            str(run),
+            "--max-steps",
+            "4",
+            "--set",
+            "train.sample_every=2",
+            "--set",
+            "train.sample_classes=3",
+            "--set",
+            "train.sample_per_class=2",
+            "--set",
+            "train.fid_every=4",
+            "--set",
+            "train.fid_samples=10",
+            "--set",
+            f"train.fid_ref={ref_folder}",
+            "--set",
+            "train.log_every=2",
+            "--set",
+            "train.loggers=[jsonl,tensorboard]",
+            "--set",
+            "eval.num_samples=10",
+        ]
+    )
     assert rc == 0
     return run
 
@@ -78,7 +134,10 @@ def test_training_on_latents_writes_decoded_grids_and_an_fid_curve(latent_run, t
     run = latent_run
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     grids = [r for r in records if "samples" in r]
-    assert [(r["step"], r["samples"]) for r in grids] == [(2, "samples/step-0000002.png"), (4, "samples/step-0000004.png")]
+    assert [(r["step"], r["samples"]) for r in grids] == [
+        (2, "samples/step-0000002.png"),
+        (4, "samples/step-0000004.png"),
+    ]
     fids = [r for r in records if "fid" in r]
     assert [r["step"] for r in fids] == [4] and fids[0]["fid_samples"] == 10 and fids[0]["fid"] > 0
     for name in ("samples/step-0000002.png", "samples/step-0000004.png"):
@@ -95,8 +154,16 @@ def test_training_on_latents_writes_decoded_grids_and_an_fid_curve(latent_run, t
     from sddit.sampling import generate, load_decoder, quantize
 
     cfg, net = load_sampling_net(run)
-    z = generate(net, torch.tensor([0]), [0], (4, 4, 4), num_steps=2, cfg_scale=cfg.eval.grid_cfg_scale,
-                 null_label=10, clamp=False)
+    z = generate(
+        net,
+        torch.tensor([0]),
+        [0],
+        (4, 4, 4),
+        num_steps=2,
+        cfg_scale=cfg.eval.grid_cfg_scale,
+        null_label=10,
+        clamp=False,
+    )
     tile = quantize(load_decoder(str(tiny_vae), 0.18215, "test", "cpu", 4)(z))[0].permute(1, 2, 0).numpy()
     grid = np.asarray(final)[4 : 4 + 2 * PIXELS : 2, 4 : 4 + 2 * PIXELS : 2]  # first tile, un-upscaled
     assert np.abs(grid.astype(int) - tile.astype(int)).max() <= 1
@@ -111,8 +178,9 @@ def test_tensorboard_has_the_metrics_scalars_and_the_grids(latent_run):
     for key in ("loss", "loss_gen", "lr", "img_per_s", "fid"):
         logged = [(r["step"], r[key]) for r in records if key in r]
         events = [(e.step, e.value) for e in acc.Scalars(key)]
-        assert [s for s, _ in events] == [s for s, _ in logged] and np.allclose([v for _, v in events],
-                                                                                [v for _, v in logged], rtol=1e-6)
+        assert [s for s, _ in events] == [s for s, _ in logged] and np.allclose(
+            [v for _, v in events], [v for _, v in logged], rtol=1e-6
+        )
     assert [e.step for e in acc.Images("samples")] == [2, 4]
 
 
@@ -123,13 +191,45 @@ def test_sample_eval_generate_decode_latent_checkpoints(latent_run, ref_folder, 
     assert Image.open(png).mode == "RGB" and Image.open(png).size == grid_size(2, 2)
     assert f"decoded by {tiny_vae}" in capsys.readouterr().out
     out = tmp_path / "e.json"
-    assert main(["eval", str(run), "--num-samples", "10", "--steps", "2", "--ref", str(ref_folder), "--json", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--num-samples",
+                "10",
+                "--steps",
+                "2",
+                "--ref",
+                str(ref_folder),
+                "--json",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert r["num_samples"] == 10 and r["num_reference"] == 12 and r["fid"] > 0
     assert "10 samples vs 12 reference images" in capsys.readouterr().out
-    assert main(["generate", str(run), "--out", str(tmp_path / "g"), "--num-samples", "3", "--steps", "2",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "--out",
+                str(tmp_path / "g"),
+                "--num-samples",
+                "3",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "g" / "samples.npz")["arr_0"].shape == (3, PIXELS, PIXELS, 3)
 
 
@@ -162,13 +262,30 @@ def test_export_of_a_latent_run_samples_like_the_checkpoint(latent_run, tiny_vae
 
 def test_latent_fid_without_a_reference_stops_before_training(latents, tmp_path, capsys):
     run = tmp_path / "noref"
-    assert main(["train", *latent_args(latents), "--run-dir", str(run), "--max-steps", "2",
-                 "--set", "train.fid_every=1"]) == 2
+    assert (
+        main(["train", *latent_args(latents), "--run-dir", str(run), "--max-steps", "2", "--set", "train.fid_every=1"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "train.fid_ref=PATH" in err
     assert not (run / "checkpoints").exists()  # nothing trained
-    assert main(["train", *latent_args(latents), "--run-dir", str(run), "--max-steps", "2",
-                 "--set", f"train.fid_ref={tmp_path / 'missing'}", "--set", "train.fid_every=1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                *latent_args(latents),
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "2",
+                "--set",
+                f"train.fid_ref={tmp_path / 'missing'}",
+                "--set",
+                "train.fid_every=1",
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -183,12 +300,30 @@ def test_latent_grid_needs_a_reachable_vae(latents, tmp_path, capsys):
     manifest["vae"] = str(tmp_path / "gone")
     (moved / MANIFEST).write_text(json.dumps(manifest))
     run = tmp_path / "r"
-    assert main(["train", *latent_args(moved), "--run-dir", str(run), "--max-steps", "2",
-                 "--set", "train.sample_every=2"]) == 2
+    assert (
+        main(["train", *latent_args(moved), "--run-dir", str(run), "--max-steps", "2", "--set", "train.sample_every=2"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "gone" in err and "does not exist" in err and not (run / "checkpoints").exists()
-    assert main(["train", *latent_args(moved), "--run-dir", str(run), "--max-steps", "2", "--no-eval",
-                 "--set", "train.sample_every=2", "--vae", vae]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *latent_args(moved),
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "2",
+                "--no-eval",
+                "--set",
+                "train.sample_every=2",
+                "--vae",
+                vae,
+            ]
+        )
+        == 0
+    )
     assert Image.open(run / "samples" / "step-0000002.png").mode == "RGB"
 
 
@@ -206,11 +341,34 @@ def test_fid_reference_as_folder_adm_npz_or_statistics_agree(latent_run, ref_fol
     assert n == 12 and mu.shape == (2048,)
     np.savez(tmp_path / "ref_stats.npz", mu=mu, sigma=sigma)
     fids = {}
-    for name, ref in (("folder", ref_folder), ("npz", tmp_path / "ref_batch.npz"), ("stats", tmp_path / "ref_stats.npz")):
+    for name, ref in (
+        ("folder", ref_folder),
+        ("npz", tmp_path / "ref_batch.npz"),
+        ("stats", tmp_path / "ref_stats.npz"),
+    ):
         out = tmp_path / f"{name}.json"
-        assert main(["eval", str(latent_run), "--num-samples", "10", "--steps", "2", "--ref", str(ref), "--json",
-                     str(out), "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(latent_run),
+                    "--num-samples",
+                    "10",
+                    "--steps",
+                    "2",
+                    "--ref",
+                    str(ref),
+                    "--json",
+                    str(out),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         fids[name] = json.loads(out.read_text())
-    assert fids["folder"]["num_reference"] == fids["npz"]["num_reference"] == 12 and fids["stats"]["num_reference"] is None
+    assert (
+        fids["folder"]["num_reference"] == fids["npz"]["num_reference"] == 12 and fids["stats"]["num_reference"] is None
+    )
     assert fids["npz"]["fid"] == pytest.approx(fids["folder"]["fid"], rel=1e-6)
     assert fids["stats"]["fid"] == pytest.approx(fids["folder"]["fid"], rel=1e-6)

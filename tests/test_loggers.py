@@ -14,9 +14,27 @@ from sddit.errors import ConfigError
 
 
 def train_args(run, *extra):
-    return ["train", "--config", "digits_tiny", "--run-dir", str(run), "--device", "cpu", "--no-eval",
-            "--max-steps", "4", "--set", "train.log_every=2", "--set", "train.sample_every=2",
-            "--set", "eval.grid_steps=2", "--set", "train.sample_per_class=1", *extra]
+    return [
+        "train",
+        "--config",
+        "digits_tiny",
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-eval",
+        "--max-steps",
+        "4",
+        "--set",
+        "train.log_every=2",
+        "--set",
+        "train.sample_every=2",
+        "--set",
+        "eval.grid_steps=2",
+        "--set",
+        "train.sample_per_class=1",
+        *extra,
+    ]
 
 
 def records(run):
@@ -43,11 +61,14 @@ def test_tensorboard_gets_the_jsonl_scalars_and_the_grids(tmp_path):
     numeric = {k for r in scalar_records for k in r if k != "step"}
     assert numeric <= set(acc.Tags()["scalars"])
     for key in numeric:
-        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars(key)] == \
-            [(r["step"], r[key]) for r in scalar_records]
+        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars(key)] == [
+            (r["step"], r[key]) for r in scalar_records
+        ]
     assert [e.step for e in acc.Images("samples")] == [2, 4]
     assert [(r["step"], r["samples"]) for r in records(run) if "samples" in r] == [
-        (2, "samples/step-0000002.png"), (4, "samples/step-0000004.png")]
+        (2, "samples/step-0000002.png"),
+        (4, "samples/step-0000004.png"),
+    ]
 
 
 @pytest.mark.parametrize("name,module", [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
@@ -98,8 +119,10 @@ def test_wandb_gets_the_jsonl_scalars_grids_and_resumes_its_run(tmp_path, fake_w
     expected = [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in records(run) if "loss" in r]
     assert scalars == expected
     images = [(step, data["samples"]) for step, data in logged if "samples" in data]
-    assert images == [(2, ("Image", str(run / "samples" / "step-0000002.png"))),
-                      (4, ("Image", str(run / "samples" / "step-0000004.png")))]
+    assert images == [
+        (2, ("Image", str(run / "samples" / "step-0000002.png"))),
+        (4, ("Image", str(run / "samples" / "step-0000004.png"))),
+    ]
     assert fake_wandb[-1] == ("finish",)
 
     fake_wandb.clear()

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from sddit.models import DIT_SIZES, DiT, DiT_models, LabelEmbedder, PatchEmbed, TimestepEmbedder, get_2d_sincos_pos_embed
+from sddit.models import (
+    DIT_SIZES,
+    DiT,
+    DiT_models,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    get_2d_sincos_pos_embed,
+)
 
 # Published sizes (DiT paper, Table 1): depth, width, heads, params in millions for patch 2.
 PAPER = {"S": (12, 384, 6, 33), "B": (12, 768, 12, 130), "L": (24, 1024, 16, 458), "XL": (28, 1152, 16, 675)}
@@ -37,19 +45,26 @@ def expected_shapes(depth, D, p, C, learn_sigma=True, num_classes=1000, input_si
     }
     for i in range(depth):
         b = f"blocks.{i}."
-        s.update({
-            b + "attn.qkv.weight": (3 * D, D), b + "attn.qkv.bias": (3 * D,),
-            b + "attn.proj.weight": (D, D), b + "attn.proj.bias": (D,),
-            b + "mlp.fc1.weight": (H, D), b + "mlp.fc1.bias": (H,),
-            b + "mlp.fc2.weight": (D, H), b + "mlp.fc2.bias": (D,),
-            b + "adaLN_modulation.1.weight": (6 * D, D), b + "adaLN_modulation.1.bias": (6 * D,),
-        })
+        s.update(
+            {
+                b + "attn.qkv.weight": (3 * D, D),
+                b + "attn.qkv.bias": (3 * D,),
+                b + "attn.proj.weight": (D, D),
+                b + "attn.proj.bias": (D,),
+                b + "mlp.fc1.weight": (H, D),
+                b + "mlp.fc1.bias": (H,),
+                b + "mlp.fc2.weight": (D, H),
+                b + "mlp.fc2.bias": (D,),
+                b + "adaLN_modulation.1.weight": (6 * D, D),
+                b + "adaLN_modulation.1.bias": (6 * D,),
+            }
+        )
     return s
 
 
 @pytest.mark.parametrize("name", list(DiT_models))
 def test_preset_keys_and_shapes(name):
-    size, patch = name[len("DiT-"):].split("/")
+    size, patch = name[len("DiT-") :].split("/")
     depth, D, heads, _ = PAPER[size]
     assert DIT_SIZES[size] == dict(depth=depth, hidden_size=D, num_heads=heads)
     with torch.device("meta"):
@@ -135,10 +150,10 @@ def ref_forward(sd, x, t, y, depth, heads, p, out_ch):
     for i in range(depth):
         b = f"blocks.{i}."
         mod = ref_linear(ref_silu(c), sd, b + "adaLN_modulation.1")
-        sh1, sc1, g1, sh2, sc2, g2 = [mod[:, j * D:(j + 1) * D][:, None] for j in range(6)]
+        sh1, sc1, g1, sh2, sc2, g2 = [mod[:, j * D : (j + 1) * D][:, None] for j in range(6)]
         a = ref_layernorm(h) * (1 + sc1) + sh1
         qkv = ref_linear(a, sd, b + "attn.qkv")
-        q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+        q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
         outs = []
         for head in range(heads):
             sl = slice(head * d, (head + 1) * d)
@@ -157,7 +172,7 @@ def ref_forward(sd, x, t, y, depth, heads, p, out_ch):
             for i in range(p):
                 for j in range(p):
                     f0 = (i * p + j) * out_ch
-                    img[:, :, r * p + i, cc * p + j] = tok[:, r * G + cc, f0:f0 + out_ch]
+                    img[:, :, r * p + i, cc * p + j] = tok[:, r * G + cc, f0 : f0 + out_ch]
     return img
 
 
@@ -187,7 +202,9 @@ def test_forward_matches_reference():
     x, t, y = tiny_inputs(cfg)
     with torch.no_grad():
         out = model(x, t, y)
-        ref = ref_forward(model.state_dict(), x, t, y, cfg["depth"], cfg["num_heads"], cfg["patch_size"], 2 * cfg["in_channels"])
+        ref = ref_forward(
+            model.state_dict(), x, t, y, cfg["depth"], cfg["num_heads"], cfg["patch_size"], 2 * cfg["in_channels"]
+        )
     assert out.shape == (4, 8, 8, 8)
     assert out.abs().mean() > 0.1  # not trivially zero
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -274,8 +291,16 @@ def test_state_dict_round_trip():
 
 def test_pixel_space_forward_backward():
     torch.manual_seed(0)
-    model = DiT(input_size=28, patch_size=4, in_channels=1, hidden_size=32, depth=1, num_heads=2,
-                num_classes=10, learn_sigma=False).train()
+    model = DiT(
+        input_size=28,
+        patch_size=4,
+        in_channels=1,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        num_classes=10,
+        learn_sigma=False,
+    ).train()
     with torch.no_grad():
         model.final_layer.linear.weight.normal_(0, 0.02)
     x = torch.randn(3, 1, 28, 28)
@@ -322,8 +347,9 @@ def test_exact_gelu_option_changes_the_blocks_but_not_the_weights():
 
     torch.manual_seed(0)
     a = DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10)
-    b = DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10,
-            gelu="exact")
+    b = DiT(
+        input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10, gelu="exact"
+    )
     b.load_state_dict(a.state_dict())
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -147,7 +147,9 @@ def test_ids_keep_and_generator_are_honoured():
 def test_encoder_only_sees_visible_tokens():
     model = randomize_(tiny()).eval()
     x, t, y = batch()
-    ids_keep, _, mask = random_masking(T_TOKENS, 0.5, batch_size=3, device="cpu", generator=torch.Generator().manual_seed(0))
+    ids_keep, _, mask = random_masking(
+        T_TOKENS, 0.5, batch_size=3, device="cpu", generator=torch.Generator().manual_seed(0)
+    )
     p, grid = 2, 4
 
     def perturb_patch(x, b, j):
@@ -219,7 +221,9 @@ def test_grad_checkpointing_matches():
     model = randomize_(tiny()).train()
     x, t, y = batch()
     drop = torch.zeros(3, dtype=torch.long)
-    ids_keep, _, _ = random_masking(T_TOKENS, 0.25, batch_size=3, device="cpu", generator=torch.Generator().manual_seed(0))
+    ids_keep, _, _ = random_masking(
+        T_TOKENS, 0.25, batch_size=3, device="cpu", generator=torch.Generator().manual_seed(0)
+    )
     weight = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
 
     def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -235,8 +235,13 @@ def test_teacher_sigma_options():
     s = torch.tensor([0.5, 2.0])
 
     def noise(sigma, seed=0):
-        return StepNoise(sigma, torch.zeros(len(sigma), 1, 2, 2), torch.zeros(len(sigma)),
-                         torch.Generator().manual_seed(seed), slice(0, len(sigma)))
+        return StepNoise(
+            sigma,
+            torch.zeros(len(sigma), 1, 2, 2),
+            torch.zeros(len(sigma)),
+            torch.Generator().manual_seed(seed),
+            slice(0, len(sigma)),
+        )
 
     _, _, obj = make("sddit")
     assert torch.allclose(obj.teacher_sigma(noise(s)), torch.full_like(s, 0.002))
@@ -260,8 +265,10 @@ def test_objectives_use_the_preset_patch_size(objective, preset):
     """A preset sets the patch size (here 2) while model.patch_size keeps its default (4): the
     per-patch losses and masks must follow the model, not the unused config field (found on a GPU
     run of the ImageNet MaskDiT-XL/2 preset)."""
-    cfg = load_config(f"imagenet256_{objective}_xl2", [f"model.preset={preset}", "model.input_size=8",
-                                                         "model.num_classes=10", "model.head_dim=64"])
+    cfg = load_config(
+        f"imagenet256_{objective}_xl2",
+        [f"model.preset={preset}", "model.input_size=8", "model.num_classes=10", "model.head_dim=64"],
+    )
     assert cfg.model.patch_size != 2
     net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data)
     loss, _ = build_objective(cfg, net)(net, torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), 0)
@@ -274,8 +281,10 @@ def test_sampling_ema_follows_the_student_step_by_step(tmp_path):
     from sddit.train import Trainer
     from sddit.train.ema import ema_decay
 
-    cfg = load_config("digits_tiny", [f"run_dir={tmp_path}", "train.max_steps=4", "train.ema_decay=0.6",
-                                      "train.ckpt_every=0", "train.log_every=1"])
+    cfg = load_config(
+        "digits_tiny",
+        [f"run_dir={tmp_path}", "train.max_steps=4", "train.ema_decay=0.6", "train.ckpt_every=0", "train.log_every=1"],
+    )
     trainer = Trainer(cfg, log=lambda *a: None)
     expected = {n: p.detach().clone() for n, p in trainer.ema.named_parameters()}
     for k in range(4):

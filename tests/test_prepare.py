@@ -80,10 +80,20 @@ def test_center_crop_size_and_centre():
     out = image_folder.center_crop_arr(Image.fromarray(stripes), 30)
     assert out.shape == (30, 30, 3) and out.dtype == np.uint8
     assert (out[..., 1] == 255).all() and (out[..., 0] == 0).all() and (out[..., 2] == 0).all()
-    tall = image_folder.center_crop_arr(Image.fromarray(stripes.transpose(1, 0, 2).copy()), 16)  # 90 tall: BOX then bicubic
+    tall = image_folder.center_crop_arr(
+        Image.fromarray(stripes.transpose(1, 0, 2).copy()), 16
+    )  # 90 tall: BOX then bicubic
     assert tall.shape == (16, 16, 3) and tall[4:12, :, 1].min() > 200 and tall[4:12, :, 0].max() < 50
-    assert image_folder.center_crop_arr(Image.fromarray(_rand(np.random.default_rng(1), 300, 200)), SIZE).shape == (SIZE, SIZE, 3)
-    assert image_folder.center_crop_arr(Image.fromarray(_rand(np.random.default_rng(1), 10, 12)), SIZE).shape == (SIZE, SIZE, 3)
+    assert image_folder.center_crop_arr(Image.fromarray(_rand(np.random.default_rng(1), 300, 200)), SIZE).shape == (
+        SIZE,
+        SIZE,
+        3,
+    )
+    assert image_folder.center_crop_arr(Image.fromarray(_rand(np.random.default_rng(1), 10, 12)), SIZE).shape == (
+        SIZE,
+        SIZE,
+        3,
+    )
 
 
 def test_scan_image_folder(image_root, tmp_path):
@@ -217,9 +227,27 @@ def test_latent_dataset_reads_rows_from_the_mapped_files(single, tmp_path):
 def test_cli_parser_and_merge(single, image_root, vae_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.add_prepare_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["prepare", str(image_root), str(tmp_path), "--image-size", str(SIZE), "--vae",
-                              str(vae_dir), "--no-flip", "--batch-size", "8", "--device", "cpu",
-                              "--max-bad-fraction", "0.2", "--no-progress", "--workers", "2"])
+    args = parser.parse_args(
+        [
+            "prepare",
+            str(image_root),
+            str(tmp_path),
+            "--image-size",
+            str(SIZE),
+            "--vae",
+            str(vae_dir),
+            "--no-flip",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--max-bad-fraction",
+            "0.2",
+            "--no-progress",
+            "--workers",
+            "2",
+        ]
+    )
     assert cli.cmd_prepare(args) == 0
     m = read_manifest(tmp_path)
     assert m["hflip"] is False and m["counts"]["entries"] == 13 and m["counts"]["flips"] == 0
@@ -301,10 +329,34 @@ def test_train_on_prepared_latents(single, tmp_path):
     C, h, w = manifest["latent_shape"]
     for objective in ("dit", "sddit"):
         run = tmp_path / objective
-        rc = main(["train", "--config", "digits_tiny", "--run-dir", str(run), "--max-steps", "4", "--no-eval",
-                   "--set", f"objective={objective}", "--set", "data.dataset=latents", "--set", f"data.root={out}",
-                   "--set", f"model.in_channels={C}", "--set", f"model.input_size={h}", "--set", "model.num_classes=3",
-                   "--set", "train.batch_size=8", "--set", "train.log_every=2"])
+        rc = main(
+            [
+                "train",
+                "--config",
+                "digits_tiny",
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "4",
+                "--no-eval",
+                "--set",
+                f"objective={objective}",
+                "--set",
+                "data.dataset=latents",
+                "--set",
+                f"data.root={out}",
+                "--set",
+                f"model.in_channels={C}",
+                "--set",
+                f"model.input_size={h}",
+                "--set",
+                "model.num_classes=3",
+                "--set",
+                "train.batch_size=8",
+                "--set",
+                "train.log_every=2",
+            ]
+        )
         assert rc == 0
         lines = (run / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == 2 and '"loss"' in lines[-1]

@@ -22,8 +22,24 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def train_cmd(run, *extra):
-    return [sys.executable, "-m", "sddit.cli", "train", "--config", "digits_tiny", "--run-dir", str(run),
-            "--device", "cpu", "--no-eval", "--set", "objective=sddit", "--set", "train.num_threads=1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sddit.cli",
+        "train",
+        "--config",
+        "digits_tiny",
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-eval",
+        "--set",
+        "objective=sddit",
+        "--set",
+        "train.num_threads=1",
+        *extra,
+    ]
 
 
 def final_state(run):
@@ -81,8 +97,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     run = tmp_path / "killed"
     kill_after = random.Random(20261128).choice(range(8, 37, 4))  # a checkpointed step, the same every run
     print(f"killing the run with SIGKILL right after its step-{kill_after} checkpoint")
-    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, *train_cmd(run, *steps)[3:]],
-                          env={**ENV, "KILL_AT": str(kill_after)}, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_CHECKPOINT, *train_cmd(run, *steps)[3:]],
+        env={**ENV, "KILL_AT": str(kill_after)},
+        capture_output=True,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     killed_at = max(int(p.stem.split("-")[1]) for p in list_checkpoints(run))
     assert killed_at == kill_after
@@ -96,8 +115,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     torch.testing.assert_close(a["objective"]["center_patch"], b["objective"]["center_patch"], rtol=0, atol=0)
     # steps between the checkpoint and the kill are trained again but logged once, with the same losses
     # (except a line whose 5-step averaging window straddles the resumed step: it averages fewer steps)
-    full, resumed = ([json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()]
-                     for r in (tmp_path / "full", run))
+    full, resumed = (
+        [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (tmp_path / "full", run)
+    )
     assert [r["step"] for r in resumed] == [r["step"] for r in full]
     whole = [i for i, r in enumerate(full) if r["step"] <= kill_after or r["step"] - 5 >= kill_after]
     assert len(whole) >= len(full) - 1
@@ -128,8 +148,23 @@ def test_nonfinite_loss_skips_steps_then_stops(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(objectives.DiTObjective, "forward", flaky)
     run = tmp_path / "nan"
-    assert main(["train", "--config", "digits_tiny", "--run-dir", str(run), "--device", "cpu", "--no-eval",
-                 "--max-steps", "30"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "digits_tiny",
+                "--run-dir",
+                str(run),
+                "--device",
+                "cpu",
+                "--no-eval",
+                "--max-steps",
+                "30",
+            ]
+        )
+        == 2
+    )
     out, err = capsys.readouterr()
     assert re.search("non-finite for 5 steps in a row.*last good checkpoint is .*ckpt-0000010.pt", err), err
     assert "non-finite loss at step 3; step skipped (1 in a row)" in err
@@ -146,9 +181,18 @@ def _free_port():
 def test_two_process_torchrun_matches_one_process(tmp_path):
     steps = ["--max-steps", "12", "--set", "train.ckpt_every=0", "--set", "train.log_every=4"]
     subprocess.run(train_cmd(tmp_path / "one", *steps), check=True, env=ENV, capture_output=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "sddit.cli",
-           *train_cmd(tmp_path / "two", *steps)[3:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "sddit.cli",
+        *train_cmd(tmp_path / "two", *steps)[3:],
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
@@ -188,7 +232,18 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
 
 def test_checkpoint_from_another_config_is_refused(tmp_path, capsys):
     run = tmp_path / "mix"
-    args = ["train", "--config", "digits_tiny", "--run-dir", str(run), "--device", "cpu", "--no-eval", "--max-steps", "10"]
+    args = [
+        "train",
+        "--config",
+        "digits_tiny",
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-eval",
+        "--max-steps",
+        "10",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     # even with --allow-config-change: other weight shapes cannot be resumed
@@ -211,8 +266,25 @@ def test_v1_checkpoint_loads_and_resumes(tmp_path):
 
     cfg, net = load_sampling_net(run)
     assert cfg.objective == "sddit" and net(torch.zeros(2, 1, 8, 8), 1.0, torch.tensor([0, 1])).shape == (2, 1, 8, 8)
-    assert main(["train", "--config", "digits_tiny", "--set", "objective=sddit", "--run-dir", str(run), "--device",
-                 "cpu", "--no-eval", "--set", "train.keep_last=0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "digits_tiny",
+                "--set",
+                "objective=sddit",
+                "--run-dir",
+                str(run),
+                "--device",
+                "cpu",
+                "--no-eval",
+                "--set",
+                "train.keep_last=0",
+            ]
+        )
+        == 0
+    )
     resumed = final_state(run)
     assert resumed["step"] == 20 and resumed["version"] == CHECKPOINT_VERSION
     assert any(k.startswith("teacher.") for k in resumed["objective"])

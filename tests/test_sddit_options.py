@@ -46,8 +46,10 @@ def loss_terms(*overrides, step=0):
 
 def one_step(tmp_path, *overrides, name="run"):
     """Weights after one trainer step."""
-    cfg = load_config("digits_tiny", ["objective=sddit", f"run_dir={tmp_path / name}", "train.max_steps=1",
-                                      "train.ckpt_every=0", *overrides])
+    cfg = load_config(
+        "digits_tiny",
+        ["objective=sddit", f"run_dir={tmp_path / name}", "train.max_steps=1", "train.ckpt_every=0", *overrides],
+    )
     trainer = Trainer(cfg, log=lambda *a: None)
     before = {k: v.clone() for k, v in trainer.net.model.state_dict().items()}
     trainer.fit()
@@ -99,8 +101,13 @@ def test_mask_fill_zeros_vs_learned_token():
     for fill in ("learned", "zeros"):
         cfg, net, obj = make(f"model.mask_token={fill}")
         randomize_(net)
-        out[fill] = net(torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0.5, 1.0]),
-                        torch.tensor([1, 2]), return_tokens=True, ids_keep=torch.tensor([[0, 5, 7], [1, 2, 3]]))
+        out[fill] = net(
+            torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+            torch.tensor([0.5, 1.0]),
+            torch.tensor([1, 2]),
+            return_tokens=True,
+            ids_keep=torch.tensor([[0, 5, 7], [1, 2, 3]]),
+        )
     assert net.model.mask_token is None
     assert not torch.equal(out["learned"].out, out["zeros"].out)
 
@@ -138,8 +145,9 @@ def test_head_last_layer_init():
 def test_freeze_last_layer_keeps_the_prototypes_for_the_first_steps(tmp_path):
     key = "head.last_layer.parametrizations.weight.original1"
     before, after = one_step(tmp_path, "sddit.freeze_last_layer_steps=1", name="frozen")
-    assert torch.equal(before[key], after[key]) and not torch.equal(before["final_layer.linear.weight"],
-                                                                   after["final_layer.linear.weight"])
+    assert torch.equal(before[key], after[key]) and not torch.equal(
+        before["final_layer.linear.weight"], after["final_layer.linear.weight"]
+    )
     before, after = one_step(tmp_path, name="free")
     assert not torch.equal(before[key], after[key])
 
@@ -148,7 +156,9 @@ def test_cls_teacher_temperature():
     _, base, _ = loss_terms()
     _, fixed, obj = loss_terms("sddit.teacher_temp_cls=0.02")
     assert obj.tau_t_cls(0) == 0.02 and obj.tau_t_cls(10**6) == 0.02
-    assert torch.equal(base["loss_patch"], fixed["loss_patch"]) and not torch.equal(base["loss_image"], fixed["loss_image"])
+    assert torch.equal(base["loss_patch"], fixed["loss_patch"]) and not torch.equal(
+        base["loss_image"], fixed["loss_image"]
+    )
 
 
 def test_grad_clip_limits_the_update(tmp_path):
@@ -164,8 +174,16 @@ def test_grad_clip_limits_the_update(tmp_path):
 
 @pytest.mark.parametrize("objective,disc", [("sddit", True), ("dit", False)])
 def test_gradnorm_logging(tmp_path, objective, disc):
-    cfg = load_config("digits_tiny", [f"objective={objective}", f"run_dir={tmp_path}", "train.max_steps=4",
-                                      "train.gradnorm_every=2", "train.ckpt_every=0"])
+    cfg = load_config(
+        "digits_tiny",
+        [
+            f"objective={objective}",
+            f"run_dir={tmp_path}",
+            "train.max_steps=4",
+            "train.gradnorm_every=2",
+            "train.ckpt_every=0",
+        ],
+    )
     trainer = Trainer(cfg, log=lambda *a: None)
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -186,8 +204,16 @@ def test_gradnorm_logging_leaves_the_training_step_unchanged(tmp_path):
     """The norms come from autograd.grad on the same graph: the step's update is the same with or without."""
     runs = {}
     for every in (0, 1):
-        cfg = load_config("digits_tiny", ["objective=sddit", f"run_dir={tmp_path / str(every)}", "train.max_steps=3",
-                                          f"train.gradnorm_every={every}", "train.ckpt_every=0"])
+        cfg = load_config(
+            "digits_tiny",
+            [
+                "objective=sddit",
+                f"run_dir={tmp_path / str(every)}",
+                "train.max_steps=3",
+                f"train.gradnorm_every={every}",
+                "train.ckpt_every=0",
+            ],
+        )
         trainer = Trainer(cfg, log=lambda *a: None)
         trainer.fit()
         runs[every] = trainer.net.model.state_dict()
@@ -229,8 +255,16 @@ def test_fmnist_preset_image_term_stays_alive(tmp_path):
     batch must spread over more than a few prototypes."""
     import math
 
-    cfg = load_config("fmnist_sddit", [f"run_dir={tmp_path}", "train.max_steps=50", "train.log_every=25",
-                                       "train.ckpt_every=0", "train.compile=false"])
+    cfg = load_config(
+        "fmnist_sddit",
+        [
+            f"run_dir={tmp_path}",
+            "train.max_steps=50",
+            "train.log_every=25",
+            "train.ckpt_every=0",
+            "train.compile=false",
+        ],
+    )
     trainer = Trainer(cfg, log=lambda *a: None)
     trainer.fit()
     last = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
@@ -245,8 +279,10 @@ def test_uniform_term_warning_once_per_stretch():
 
     cfg, net, obj = make("train.max_steps=1000", "train.log_every=25")
     log_k = math.log(cfg.model.head_dim)
-    uniform, alive = {"teacher_entropy_image": log_k, "teacher_entropy_patch": 0.5 * log_k}, {
-        "teacher_entropy_image": 0.5 * log_k, "teacher_entropy_patch": 0.5 * log_k}
+    uniform, alive = (
+        {"teacher_entropy_image": log_k, "teacher_entropy_patch": 0.5 * log_k},
+        {"teacher_entropy_image": 0.5 * log_k, "teacher_entropy_patch": 0.5 * log_k},
+    )
     said = [w for step in range(25, 200, 25) for w in obj.warnings(step, uniform)]
     assert said == []  # 200 steps = a fifth of the run: not yet sustained
     said = [w for step in range(200, 400, 25) for w in obj.warnings(step, uniform)]
@@ -280,8 +316,9 @@ def test_alignment_loss_is_sras_smooth_l1_to_the_teachers_raw_tokens():
     from sddit.models.heads import ProjectorMLP
     from sddit.objectives.sddit import alignment_loss
 
-    cfg, net, obj = make("sddit.disc_loss=align", "model.head_block=1", "sddit.teacher_head_block=2",
-                         "sddit.lambda_d=0.2")
+    cfg, net, obj = make(
+        "sddit.disc_loss=align", "model.head_block=1", "sddit.teacher_head_block=2", "sddit.lambda_d=0.2"
+    )
     model = net.model
     assert isinstance(model.head, ProjectorMLP) and model.cls_token is None and not model.head_pool
     randomize_(net)

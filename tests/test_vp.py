@@ -161,9 +161,7 @@ def test_edm_sampler_through_wrapper_recovers_data_std():
     assert x.std().item() / sd == pytest.approx(latents.std().item(), rel=0.03)
     assert abs(x.mean().item()) < 0.05 * sd
     # Versus the same sampler on the exact continuous-sigma denoiser: the rounding costs < 2% of sd.
-    exact = edm_sampler(
-        lambda z, s, y: z * sd**2 / (sd**2 + s**2), latents, None, num_steps=40, **net.sampler_kwargs()
-    )
+    exact = edm_sampler(lambda z, s, y: z * sd**2 / (sd**2 + s**2), latents, None, num_steps=40, **net.sampler_kwargs())
     assert (x - exact).abs().max().item() < 0.02 * sd
 
 
@@ -203,19 +201,36 @@ def test_load_official_dit_and_sample_with_cfg(tmp_path):
     m_obj = load_official_dit({"model": sd}, **kw)  # an in-memory object works too
     assert torch.equal(m_obj.final_layer.linear.weight, sd["final_layer.linear.weight"])
     # A preset name plus overrides builds the same network.
-    m_preset = load_official_dit(raw, "DiT-S/2", image_size=64, num_classes=10,
-                                 model_kwargs=dict(hidden_size=64, depth=2, num_heads=4))
+    m_preset = load_official_dit(
+        raw, "DiT-S/2", image_size=64, num_classes=10, model_kwargs=dict(hidden_size=64, depth=2, num_heads=4)
+    )
     assert m_preset.patch_size == 2 and len(m_preset.blocks) == 2
 
     net = DiscreteVPDenoiser(m_ema)
     assert net.num_classes == 10 and net.null_label == 10
     labels = torch.tensor([0, 3, 9])
-    x = generate(net, labels, [0, 1, 2], (4, 8, 8), num_steps=4, cfg_scale=1.5,
-                 null_label=net.null_label, sampler_kwargs=net.sampler_kwargs())
+    x = generate(
+        net,
+        labels,
+        [0, 1, 2],
+        (4, 8, 8),
+        num_steps=4,
+        cfg_scale=1.5,
+        null_label=net.null_label,
+        sampler_kwargs=net.sampler_kwargs(),
+    )
     assert x.shape == (3, 4, 8, 8) and torch.isfinite(x).all()
     # Per-seed reproducibility holds through the wrapper.
-    x1 = generate(net, labels[1:2], [1], (4, 8, 8), num_steps=4, cfg_scale=1.5,
-                  null_label=net.null_label, sampler_kwargs=net.sampler_kwargs())
+    x1 = generate(
+        net,
+        labels[1:2],
+        [1],
+        (4, 8, 8),
+        num_steps=4,
+        cfg_scale=1.5,
+        null_label=net.null_label,
+        sampler_kwargs=net.sampler_kwargs(),
+    )
     assert torch.allclose(x[1:2], x1, atol=1e-5)
 
 

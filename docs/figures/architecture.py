@@ -1,6 +1,6 @@
 """Draws docs/figures/architecture.png, the README's figure of SD-DiT's training step.
 
-    python docs/figures/architecture.py
+python docs/figures/architecture.py
 """
 
 from pathlib import Path
@@ -15,16 +15,16 @@ OUT = Path(__file__).with_suffix(".png")
 
 
 def box(ax, x, y, w, h, text, color, style="-"):
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", fc=color, ec="0.2",
-                                lw=1.2, ls=style))
+    ax.add_patch(
+        FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", fc=color, ec="0.2", lw=1.2, ls=style)
+    )
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=9)
 
 
 def arrow(ax, a, b, text="", style="-|>", ls="-", color="0.2", dx=0.0, dy=0.12):
     ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, lw=1.2, ls=ls, color=color))
     if text:
-        ax.text((a[0] + b[0]) / 2 + dx, (a[1] + b[1]) / 2 + dy, text, ha="center", va="bottom", fontsize=8,
-                color=color)
+        ax.text((a[0] + b[0]) / 2 + dx, (a[1] + b[1]) / 2 + dy, text, ha="center", va="bottom", fontsize=8, color=color)
 
 
 def main() -> None:
@@ -56,8 +56,13 @@ def main() -> None:
     arrow(ax, (4.1, 3.55), (4.1, 1.55), "EMA", ls="--", color="#b45f06", dx=0.35, dy=-0.1)
     ax.text(9.0, 5.0, "L = L_gen + lambda_D L_D", fontsize=10, weight="bold")
     ax.text(0.1, 5.0, "SD-DiT training step", fontsize=10, weight="bold")
-    ax.text(0.1, 0.08, "Inference: student encoder + decoder on all tokens; the teacher and both heads are "
-            "dropped.", fontsize=8.5, color="0.3")
+    ax.text(
+        0.1,
+        0.08,
+        "Inference: student encoder + decoder on all tokens; the teacher and both heads are dropped.",
+        fontsize=8.5,
+        color="0.3",
+    )
     fig.tight_layout()
     fig.savefig(OUT, dpi=110)
     print(OUT)

@@ -52,8 +52,17 @@ class Pretrained:
         return self._decoder
 
     @torch.no_grad()
-    def sample(self, labels: int | Sequence[int] | Tensor, *, seed: int = 0, steps: int = 40, cfg_scale: float = 1.5,
-               batch_size: int = 64, precision: str = "fp32", output: str = "float") -> Tensor:
+    def sample(
+        self,
+        labels: int | Sequence[int] | Tensor,
+        *,
+        seed: int = 0,
+        steps: int = 40,
+        cfg_scale: float = 1.5,
+        batch_size: int = 64,
+        precision: str = "fp32",
+        output: str = "float",
+    ) -> Tensor:
         """Images of the classes `labels` (one per entry), EDM Heun with `steps` steps (NFE 2*steps-1)
         and classifier-free guidance `cfg_scale` (1 = off). `output="float"`: (N, C, H, W) float32 in
         [-1, 1]; `"uint8"`: (N, C, H, W) uint8 in 0..255 (as `sddit generate` writes them)."""
@@ -63,9 +72,20 @@ class Pretrained:
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"labels must be class indices in [0, {self.num_classes})")
         decoder = self.decoder()
-        x = generate(self.net, labels, range(seed, seed + len(labels)), self.source.shape, num_steps=steps,
-                     cfg_scale=cfg_scale, null_label=self.source.null_label, batch_size=batch_size, device=self.device,
-                     sampler_kwargs=self.source.sampler_kwargs, precision=precision, clamp=decoder is None)
+        x = generate(
+            self.net,
+            labels,
+            range(seed, seed + len(labels)),
+            self.source.shape,
+            num_steps=steps,
+            cfg_scale=cfg_scale,
+            null_label=self.source.null_label,
+            batch_size=batch_size,
+            device=self.device,
+            sampler_kwargs=self.source.sampler_kwargs,
+            precision=precision,
+            clamp=decoder is None,
+        )
         images = decoder(x) if decoder is not None else x  # (N, C, H, W) in [-1, 1]
         return quantize(images) if output == "uint8" else images
 

@@ -50,8 +50,13 @@ def _legacy_numpy_globals() -> list:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1
         from numpy.core.multiarray import _reconstruct
-    allowed: list = [np.ndarray, np.dtype, _reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"),
-                     (_reconstruct, "numpy._core.multiarray._reconstruct")]
+    allowed: list = [
+        np.ndarray,
+        np.dtype,
+        _reconstruct,
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+    ]
     uint32_dtype = getattr(getattr(np, "dtypes", None), "UInt32DType", None)  # numpy >= 1.25 builds dtypes as classes
     if uint32_dtype is not None:
         allowed.append(uint32_dtype)
@@ -102,8 +107,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_last: int = 2,
-                    warn: Callable[[str], Any] = warn_stderr) -> Path:
+def save_checkpoint(
+    state: dict[str, Any], run_dir: str | Path, step: int, keep_last: int = 2, warn: Callable[[str], Any] = warn_stderr
+) -> Path:
     """Atomic write (temp file, fsync, rename), then prune the OLDER checkpoints to `keep_last` in all.
 
     Only checkpoints with a lower step than the one just written are pruned: a file with a higher
@@ -123,8 +129,10 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep_
             if held == checkpoint_step(old):
                 old.unlink(missing_ok=True)
             elif old.exists():  # its real step is unknown or not its name's: it may be newer; keep it
-                warn(f"warning: {old.name} {'is unreadable' if held is None else f'holds step {held}'}, not the step of "
-                     f"its name: moved it to {quarantine(old)} instead of deleting it")
+                warn(
+                    f"warning: {old.name} {'is unreadable' if held is None else f'holds step {held}'}, not the step of "
+                    f"its name: moved it to {quarantine(old)} instead of deleting it"
+                )
     return final
 
 
@@ -150,8 +158,9 @@ def _refused_global(message: str) -> str | None:
     return m.group(1) if m else None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    need: tuple[str, ...] = SAMPLING_KEYS) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", need: tuple[str, ...] = SAMPLING_KEYS
+) -> dict[str, Any]:
     """A checkpoint's dict, upgraded to the current format; CheckpointError when it cannot be used
     (UnsafeCheckpointError when its pickle asks for anything but tensors and plain values)."""
     path = Path(path)
@@ -168,7 +177,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         if refused is not None:
             raise UnsafeCheckpointError(
                 f"{path} was refused unread: its pickle asks for {refused}, which could run code, and sddit loads only "
-                "tensors and plain values; delete the file unless you know what wrote it") from None
+                "tensors and plain values; delete the file unless you know what wrote it"
+            ) from None
         raise _unreadable(path, e) from None
     except Exception as e:  # truncated zip, wrong format, I/O error, ...
         raise _unreadable(path, e) from None
@@ -180,8 +190,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     version = state.get("version", 1)
     if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
         raise _not_ours(path, f"format {version!r}; this code reads formats 1 to {CHECKPOINT_VERSION}")
-    for key, kind in (("config", dict), ("ema", dict), ("model", dict), ("rng", dict), ("objective", dict),
-                      ("step", int)):
+    for key, kind in (
+        ("config", dict),
+        ("ema", dict),
+        ("model", dict),
+        ("rng", dict),
+        ("objective", dict),
+        ("step", int),
+    ):
         if key in state and not isinstance(state[key], kind):
             raise _not_ours(path, f"its {key!r} is a {type(state[key]).__name__}, not a {kind.__name__}")
     if "step" in state:
@@ -207,8 +223,7 @@ def _check_step(path: Path, state: dict[str, Any]) -> None:
         reason = f"it holds step {step} but is named for step {int(named.group(1))}"
     else:
         return
-    err = CheckpointError(f"{path} cannot be trusted ({reason}): it was renamed or edited; use another "
-                          "checkpoint")
+    err = CheckpointError(f"{path} cannot be trusted ({reason}): it was renamed or edited; use another checkpoint")
     err.reason = reason  # type: ignore[attr-defined]
     raise err
 
@@ -241,8 +256,13 @@ def quarantine(path: Path) -> Path:
     return dest
 
 
-def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu", warn: Callable[[str], Any] = warn_stderr,
-                need: tuple[str, ...] = RESUME_KEYS, move_unreadable: bool = False) -> dict[str, Any] | None:
+def load_latest(
+    run_dir: str | Path,
+    map_location: str | torch.device = "cpu",
+    warn: Callable[[str], Any] = warn_stderr,
+    need: tuple[str, ...] = RESUME_KEYS,
+    move_unreadable: bool = False,
+) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run (with its path as `_path`), or None when there is none.
 
     Unreadable newer files are reported and skipped; with `move_unreadable` (training, rank 0) they
@@ -276,7 +296,8 @@ def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu", w
         raise CheckpointError(
             f"{checkpoint_dir(run_dir)} holds {len(bad)} checkpoint file(s) but none is readable ({names}; newest: "
             f"{getattr(bad[0][1], 'reason', bad[0][1])}): restore a good copy, or move them out of checkpoints/ "
-            "(e.g. into checkpoints/unreadable/) to start again from step 0")
+            "(e.g. into checkpoints/unreadable/) to start again from step 0"
+        )
     return None
 
 
@@ -292,8 +313,9 @@ def resolve_checkpoint(path_or_run_dir: str | Path) -> Path:
     return ckpts[-1]
 
 
-def open_checkpoint(path_or_run_dir: str | Path, map_location: str | torch.device = "cpu",
-                    warn: Callable[[str], Any] = warn_stderr) -> tuple[Path, dict[str, Any]]:
+def open_checkpoint(
+    path_or_run_dir: str | Path, map_location: str | torch.device = "cpu", warn: Callable[[str], Any] = warn_stderr
+) -> tuple[Path, dict[str, Any]]:
     """(path, state) of a checkpoint file, or of the newest READABLE checkpoint of a run directory
     (unreadable newer files are reported and left where they are: sampling never moves files)."""
     p = Path(path_or_run_dir)

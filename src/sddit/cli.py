@@ -23,6 +23,7 @@ from .errors import ConfigError, one_line
 
 def _device(name: str):
     from .runtime import resolve_device  # imports torch: only inside main
+
     return resolve_device(name)
 
 
@@ -46,8 +47,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if procs > 1:  # train.cpu_procs: this process only launches and waits
         return dist.launch_local(args.argv, procs)
     t0 = time.perf_counter()
-    trainer = train(cfg, evaluate=not args.no_eval,  # the grid/FID needs (VAE, Inception, reference) load first
-                    allow_config_change=args.allow_config_change)
+    trainer = train(
+        cfg,
+        evaluate=not args.no_eval,  # the grid/FID needs (VAE, Inception, reference) load first
+        allow_config_change=args.allow_config_change,
+    )
     try:
         return _after_training(args, cfg, trainer, t0)
     finally:
@@ -75,9 +79,11 @@ def _grid_and_fid(cfg, trainer, run_dir: Path, train_s: float, t0: float) -> int
         result["train_seconds"] = round(train_s, 1)
         result["total_seconds"] = round(time.perf_counter() - t0, 1)
         (run_dir / "fid.json").write_text(json.dumps(result, indent=2))
-        print(f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
-              f"{_reference_words(result, cfg)}; {result['steps']} Heun steps, "
-              f"cfg {result['cfg_scale']}{_interval_words(result)}); train {train_s / 60:.1f} min, total {result['total_seconds'] / 60:.1f} min")
+        print(
+            f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
+            f"{_reference_words(result, cfg)}; {result['steps']} Heun steps, "
+            f"cfg {result['cfg_scale']}{_interval_words(result)}); train {train_s / 60:.1f} min, total {result['total_seconds'] / 60:.1f} min"
+        )
     trainer.close()
     return 0
 
@@ -96,7 +102,9 @@ def _reference_words(result: dict, cfg, ref: str | None = None) -> str:
     """What an FID was measured against, for the printed line."""
     if ref or cfg.train.fid_ref:
         n = result["num_reference"]
-        return f"{n} reference images ({result['reference']})" if n else f"the reference statistics {result['reference']}"
+        return (
+            f"{n} reference images ({result['reference']})" if n else f"the reference statistics {result['reference']}"
+        )
     return f"{result['num_reference']} {cfg.data.dataset} {result['reference']} images"
 
 
@@ -119,12 +127,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     decode = _load_decoder(source, args, device)
     src = Path(source.checkpoint)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent.parent) / f"samples_seed{args.seed}.png"
-    class_grid(source.net, source.num_classes, args.per_class, source.shape, out, seed=args.seed, num_steps=args.steps,
-               cfg_scale=args.cfg_scale, device=device, classes=classes, decode=decode,
-               sampler_kwargs=source.sampler_kwargs)
+    class_grid(
+        source.net,
+        source.num_classes,
+        args.per_class,
+        source.shape,
+        out,
+        seed=args.seed,
+        num_steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        device=device,
+        classes=classes,
+        decode=decode,
+        sampler_kwargs=source.sampler_kwargs,
+    )
     rows = len(classes) if classes else source.num_classes
-    print(f"wrote {out} ({rows} classes x {args.per_class}, {args.steps} Heun steps, cfg {args.cfg_scale}, "
-          f"seed {args.seed}" + (f", decoded by {decode.vae_id})" if decode is not None else ")"))
+    print(
+        f"wrote {out} ({rows} classes x {args.per_class}, {args.steps} Heun steps, cfg {args.cfg_scale}, "
+        f"seed {args.seed}" + (f", decoded by {decode.vae_id})" if decode is not None else ")")
+    )
     return 0
 
 
@@ -150,12 +171,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.eval.inception_precision = args.inception_precision
     if args.cfg_interval is not None:  # validated as the config key is
         cfg.eval.cfg_interval = load_config(None, [f"eval.cfg_interval={args.cfg_interval}"]).eval.cfg_interval
-    result = evaluate_generator(source.net, cfg, num_samples=args.num_samples, device=device, steps=args.steps,
-                                cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                                decode=_load_decoder(source, args, device), ref=args.ref)
-    print(f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
-          f"{_reference_words(result, cfg, args.ref)}; "
-          f"{result['steps']} Heun steps, cfg {result['cfg_scale']}{_interval_words(result)})")
+    result = evaluate_generator(
+        source.net,
+        cfg,
+        num_samples=args.num_samples,
+        device=device,
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        decode=_load_decoder(source, args, device),
+        ref=args.ref,
+    )
+    print(
+        f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
+        f"{_reference_words(result, cfg, args.ref)}; "
+        f"{result['steps']} Heun steps, cfg {result['cfg_scale']}{_interval_words(result)})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
@@ -178,9 +210,15 @@ def _eval_files(args: argparse.Namespace) -> int:
     cache = None
     if args.cache_ref is not None:
         cache = default_ref_cache_path(args.ref) if args.cache_ref == "auto" else Path(args.cache_ref)
-    r = evaluate_sample_files(args.samples, args.ref, inception=args.inception, device=device,
-                              batch_size=args.batch_size or 50, cache_ref=cache,
-                              precision=args.inception_precision or "fp32")
+    r = evaluate_sample_files(
+        args.samples,
+        args.ref,
+        inception=args.inception,
+        device=device,
+        batch_size=args.batch_size or 50,
+        cache_ref=cache,
+        precision=args.inception_precision or "fp32",
+    )
     n = r["num_samples"]
     if r["num_reference_images"] is not None:
         ref = f"{r['num_reference_images']} reference images"
@@ -192,8 +230,10 @@ def _eval_files(args: argparse.Namespace) -> int:
     sfid_note = next((x for x in r["notes"] if x.startswith("sFID:")), "sFID: n/a")
     print(f"sFID-{n} = {r['sfid']:.3f} ({n} samples)" if r["sfid"] is not None else sfid_note)
     if r["precision"] is not None:
-        print(f"precision = {r['precision']:.4f}, recall = {r['recall']:.4f} ({n} samples vs "
-              f"{r['num_reference_features']} reference images, k={r['k']})")
+        print(
+            f"precision = {r['precision']:.4f}, recall = {r['recall']:.4f} ({n} samples vs "
+            f"{r['num_reference_features']} reference images, k={r['k']})"
+        )
     else:
         pr_note = next((x for x in r["notes"] if x.startswith("precision/recall:")), "precision/recall: n/a")
         print(f"{pr_note} ({n} samples)")
@@ -231,9 +271,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         else:
             source = load_source(args.checkpoint, device)
         meta = generate_samples(
-            source, args.out, args.num_samples, seed=args.seed, steps=args.steps, cfg_scale=args.cfg_scale,
-            balanced=args.balanced, batch_size=args.batch_size, precision=args.precision, device=device,
-            vae=args.vae, scale_factor=args.scale_factor, resume=args.resume,
+            source,
+            args.out,
+            args.num_samples,
+            seed=args.seed,
+            steps=args.steps,
+            cfg_scale=args.cfg_scale,
+            balanced=args.balanced,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            device=device,
+            vae=args.vae,
+            scale_factor=args.scale_factor,
+            resume=args.resume,
             log=print if rank == 0 else (lambda *a: None),
         )
     finally:
@@ -241,9 +291,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             torch.distributed.destroy_process_group()
     if rank == 0:
         h, w, _ = meta["image_shape"]
-        print(f"wrote {args.num_samples} samples ({h}x{w}, seeds {meta['seeds']}, {args.steps} Heun steps, cfg "
-              f"{args.cfg_scale}, {args.precision}, {world} process{'es' if world > 1 else ''}) to "
-              f"{Path(args.out) / 'images'} and {Path(args.out) / NPZ_NAME}")
+        print(
+            f"wrote {args.num_samples} samples ({h}x{w}, seeds {meta['seeds']}, {args.steps} Heun steps, cfg "
+            f"{args.cfg_scale}, {args.precision}, {world} process{'es' if world > 1 else ''}) to "
+            f"{Path(args.out) / 'images'} and {Path(args.out) / NPZ_NAME}"
+        )
     return 0
 
 
@@ -260,13 +312,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = config_from_dict(state["config"])
     vae = scale = origin = None
     if cfg.data.dataset == "latents":
-        vae, scale, origin = find_vae(cfg.data.root, args.vae, args.scale_factor, recorded_vae=cfg.eval.vae or None,
-                                      what=str(ckpt))
+        vae, scale, origin = find_vae(
+            cfg.data.root, args.vae, args.scale_factor, recorded_vae=cfg.eval.vae or None, what=str(ckpt)
+        )
     meta = export_pretrained(state, args.out, vae, scale, overwrite=args.force)
     out = Path(args.out)
     size = (out / WEIGHTS_FILE).stat().st_size / 2**20
-    print(f"wrote {out / WEIGHTS_FILE} ({size:.1f} MB: the sampling EMA of {ckpt.name}, step {meta['step']}) and "
-          f"{out / 'config.json'}" + (f"; VAE {vae} ({origin}), scale factor {scale}" if vae else ""))
+    print(
+        f"wrote {out / WEIGHTS_FILE} ({size:.1f} MB: the sampling EMA of {ckpt.name}, step {meta['step']}) and "
+        f"{out / 'config.json'}" + (f"; VAE {vae} ({origin}), scale factor {scale}" if vae else "")
+    )
     return 0
 
 
@@ -284,16 +339,36 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if device == "cuda" and world > 1 and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.rank is None
-    opts = PrepareOptions(image_size=args.image_size, vae=args.vae, hflip_copies=not args.no_flip,
-                          batch_size=args.batch_size, device=device, shard_size=args.shard_size,
-                          max_bad_fraction=args.max_bad_fraction, scale_factor=args.scale_factor, min_size=args.min_size,
-                          dtype=args.dtype, num_workers=args.workers, resume=not args.no_resume, split=args.split)
-    s = prepare(args.root, args.out, opts, rank=rank, world_size=world, progress=not args.no_progress,
-                wait_for_ranks=7 * 24 * 3600.0 if under_torchrun and world > 1 else 0.0)
+    opts = PrepareOptions(
+        image_size=args.image_size,
+        vae=args.vae,
+        hflip_copies=not args.no_flip,
+        batch_size=args.batch_size,
+        device=device,
+        shard_size=args.shard_size,
+        max_bad_fraction=args.max_bad_fraction,
+        scale_factor=args.scale_factor,
+        min_size=args.min_size,
+        dtype=args.dtype,
+        num_workers=args.workers,
+        resume=not args.no_resume,
+        split=args.split,
+    )
+    s = prepare(
+        args.root,
+        args.out,
+        opts,
+        rank=rank,
+        world_size=world,
+        progress=not args.no_progress,
+        wait_for_ranks=7 * 24 * 3600.0 if under_torchrun and world > 1 else 0.0,
+    )
     c = s["counts"]
-    print(f"rank {rank}/{world}: {c['images']} images -> {c['entries']} entries in {len(s['shards'])} shards "
-          f"({c['bad']} unreadable, {c['too_small']} too small, {c['upscaled']} upscaled, "
-          f"converted {c['converted'] or 'none'}) in {s['seconds']:.0f}s")
+    print(
+        f"rank {rank}/{world}: {c['images']} images -> {c['entries']} entries in {len(s['shards'])} shards "
+        f"({c['bad']} unreadable, {c['too_small']} too small, {c['upscaled']} upscaled, "
+        f"converted {c['converted'] or 'none'}) in {s['seconds']:.0f}s"
+    )
     if "manifest" in s:
         print(_describe(s["manifest"], Path(args.out)))
     return 0
@@ -303,9 +378,11 @@ def _describe(m: dict, out: Path) -> str:
     from .data.latent_format import MANIFEST
 
     c = m["counts"]
-    return (f"wrote {out / MANIFEST}: {c['entries']} entries ({c['images']} images + {c['flips']} flips) of "
-            f"{m['num_classes']} classes, latents {tuple(m['latent_shape'])} at {m['resolution']}px, VAE {m['vae']}, "
-            f"{c['bad']} unreadable, {c['too_small']} too small, {c['upscaled']} upscaled, converted {c['converted'] or 'none'}")
+    return (
+        f"wrote {out / MANIFEST}: {c['entries']} entries ({c['images']} images + {c['flips']} flips) of "
+        f"{m['num_classes']} classes, latents {tuple(m['latent_shape'])} at {m['resolution']}px, VAE {m['vae']}, "
+        f"{c['bad']} unreadable, {c['too_small']} too small, {c['upscaled']} upscaled, converted {c['converted'] or 'none'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,8 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_flush_denormal(True)
         cli_args.finite_numbers(args)
         cli_args.no_empty_paths(args)
-        commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "generate": cmd_generate,
-                    "prepare": cmd_prepare, "export": cmd_export}
+        commands = {
+            "train": cmd_train,
+            "sample": cmd_sample,
+            "eval": cmd_eval,
+            "generate": cmd_generate,
+            "prepare": cmd_prepare,
+            "export": cmd_export,
+        }
         return commands[command](args)
     except BaseException as e:  # noqa: BLE001 - what is the user's to fix becomes one line; the rest raises
         reported = one_line(e, command)

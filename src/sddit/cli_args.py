@@ -46,8 +46,19 @@ def writable_parent(path: str | None, flag: str) -> None:
 
 # Arguments that name a file or folder; an empty one would mean the current directory (`generate
 # --out ''` wrote into it). train's run_dir is checked with the config.
-PATH_ARGS = ("checkpoint", "out", "json", "samples", "ref", "cache_ref", "inception", "official_dit", "vae", "root",
-             "config")
+PATH_ARGS = (
+    "checkpoint",
+    "out",
+    "json",
+    "samples",
+    "ref",
+    "cache_ref",
+    "inception",
+    "official_dit",
+    "vae",
+    "root",
+    "config",
+)
 POSITIONAL = {"checkpoint", "root"}
 
 
@@ -56,8 +67,11 @@ def no_empty_paths(args: argparse.Namespace) -> None:
     for name in PATH_ARGS:
         value = getattr(args, name, None)
         if isinstance(value, str) and not value.strip():
-            label = name.upper() if name in POSITIONAL or (name == "out" and args.command == "prepare") else \
-                f"--{name.replace('_', '-')}"
+            label = (
+                name.upper()
+                if name in POSITIONAL or (name == "out" and args.command == "prepare")
+                else f"--{name.replace('_', '-')}"
+            )
             raise ConfigError(f"{label} is empty: pass a path")
 
 

@@ -46,7 +46,9 @@ class ModelConfig:
     decoder_hidden_size: int = 0  # 0 = encoder width [choice]
     decoder_num_heads: int = 0  # 0 = encoder heads
     use_cls_token: bool = True  # [choice] learnable [CLS] for the image-level loss (sddit only)
-    mask_token: str = "learned"  # learned | zeros | input (the noisy input's tokens): filler for masked decoder positions
+    mask_token: str = (
+        "learned"  # learned | zeros | input (the noisy input's tokens): filler for masked decoder positions
+    )
     # --- projection head (sddit) ---
     head_dim: int = 8192  # K prototypes [dino/ibot]
     head_hidden_dim: int = 2048
@@ -87,7 +89,9 @@ class MaskDiTConfig:
 class SDDiTConfig:
     mask_ratio: float = 0.2  # [choice] ~20% reported best; uniform random per sample
     lambda_d: float = 1.0  # [choice] weight of the discriminative loss
-    teacher_sigma: str = "min"  # [choice] min (= sigma_min) | fixed | fraction | shift (SRA: a lower noise level per sample)
+    teacher_sigma: str = (
+        "min"  # [choice] min (= sigma_min) | fixed | fraction | shift (SRA: a lower noise level per sample)
+    )
     teacher_sigma_value: float = 0.002  # the teacher's sigma when teacher_sigma=fixed
     teacher_sigma_fraction: float = 0.1  # sigma_T = fraction x sigma_S when teacher_sigma=fraction
     # teacher_sigma=shift: on the linear path t = sigma / (1 + sigma), the teacher sits at t_S - U(0, shift) per
@@ -101,7 +105,9 @@ class SDDiTConfig:
     # an MLP projector of the student's tokens regresses the teacher's raw tokens by smooth-L1, beta 0.05)
     disc_loss: str = "dino"
     teacher_head_block: int = 0  # [choice] encoder block the teacher's tokens come from (1-based); 0 = model.head_block
-    disc_sigma_max: float = 0.0  # [choice] discriminative loss only on samples with sigma_S <= this (others count 0); 0 = all
+    disc_sigma_max: float = (
+        0.0  # [choice] discriminative loss only on samples with sigma_S <= this (others count 0); 0 = all
+    )
     teacher_momentum: float = 0.996  # start of the cosine schedule [dino]
     teacher_momentum_final: float = 1.0
     teacher_momentum_schedule: str = "cosine"  # cosine | fixed
@@ -199,17 +205,26 @@ class Config:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
-        for key, value in (("sddit.mask_ratio", self.sddit.mask_ratio), ("maskdit.mask_ratio", self.maskdit.mask_ratio)):
+        for key, value in (
+            ("sddit.mask_ratio", self.sddit.mask_ratio),
+            ("maskdit.mask_ratio", self.maskdit.mask_ratio),
+        ):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key}={value} must be in [0, 1)")
         if self.objective == "maskdit" and self.model.mask_token == "input" and self.maskdit.mae_loss_coef > 0:
-            raise ConfigError("model.mask_token=input shows the decoder the noisy input at the masked positions, which is "
-                              "the MAE loss's target: set maskdit.mae_loss_coef=0 or another model.mask_token")
+            raise ConfigError(
+                "model.mask_token=input shows the decoder the noisy input at the masked positions, which is "
+                "the MAE loss's target: set maskdit.mae_loss_coef=0 or another model.mask_token"
+            )
         if self.objective == "sddit" and self.sddit.disc_loss == "align" and self.sddit.image_token != "cls":
-            raise ConfigError(f"sddit.image_token={self.sddit.image_token} has no effect with sddit.disc_loss=align "
-                              "(the alignment reads patch tokens only): leave sddit.image_token at cls")
+            raise ConfigError(
+                f"sddit.image_token={self.sddit.image_token} has no effect with sddit.disc_loss=align "
+                "(the alignment reads patch tokens only): leave sddit.image_token at cls"
+            )
         if self.data.dataset == "latents" and self.data.resolution:
-            raise ConfigError("data.resolution applies to pixel datasets; latents keep the size `sddit prepare` gave them")
+            raise ConfigError(
+                "data.resolution applies to pixel datasets; latents keep the size `sddit prepare` gave them"
+            )
         if self.data.dataset == "latents" and self.data.hflip:
             raise ConfigError("data.hflip must be false for latents: `sddit prepare` already stores the flipped copies")
         for key, (ok, need) in RANGES.items():
@@ -229,31 +244,45 @@ class Config:
             raise ConfigError(f"model.input_size={m.input_size} is not divisible by model.patch_size={m.patch_size}")
         if not m.preset:  # a preset brings its own sizes
             if m.hidden_size % m.num_heads:
-                raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}: "
-                                  "choose heads that divide the width")
+                raise ConfigError(
+                    f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}: "
+                    "choose heads that divide the width"
+                )
             width, heads = m.decoder_hidden_size or m.hidden_size, m.decoder_num_heads or m.num_heads
             if self.objective != "dit" and width % heads:
-                raise ConfigError(f"the decoder width {width} is not divisible by its {heads} heads: set "
-                                  "model.decoder_hidden_size / model.decoder_num_heads so the heads divide the width")
+                raise ConfigError(
+                    f"the decoder width {width} is not divisible by its {heads} heads: set "
+                    "model.decoder_hidden_size / model.decoder_num_heads so the heads divide the width"
+                )
             blocks, teacher = m.depth - m.decoder_depth, self.sddit.teacher_head_block
             if self.objective == "sddit" and teacher > blocks:  # caught here: before the run directory exists
-                raise ConfigError(f"sddit.teacher_head_block={teacher} is past the encoder's {blocks} blocks: "
-                                  f"set it to at most {blocks}")
+                raise ConfigError(
+                    f"sddit.teacher_head_block={teacher} is past the encoder's {blocks} blocks: "
+                    f"set it to at most {blocks}"
+                )
         if self.diffusion.sigma_max <= self.diffusion.sigma_min:
-            raise ConfigError(f"diffusion.sigma_max={self.diffusion.sigma_max} must exceed "
-                              f"diffusion.sigma_min={self.diffusion.sigma_min}")
+            raise ConfigError(
+                f"diffusion.sigma_max={self.diffusion.sigma_max} must exceed "
+                f"diffusion.sigma_min={self.diffusion.sigma_min}"
+            )
         if self.eval.num_samples == 1:
             raise ConfigError("eval.num_samples=1 is not valid: FID needs at least 2 samples (0 turns it off)")
         if self.train.grad_accum < 1 or self.train.batch_size % self.train.grad_accum:
-            raise ConfigError(f"train.grad_accum={self.train.grad_accum} must be >= 1 and divide train.batch_size="
-                              f"{self.train.batch_size} (the global batch, split into equal micro-batches)")
+            raise ConfigError(
+                f"train.grad_accum={self.train.grad_accum} must be >= 1 and divide train.batch_size="
+                f"{self.train.batch_size} (the global batch, split into equal micro-batches)"
+            )
         bad = [name for name in self.train.loggers if name not in LOGGERS]
         if bad:
             raise ConfigError(f"train.loggers has {', '.join(bad)}; choose from {', '.join(LOGGERS)}")
-        if min(self.train.sample_every, self.train.fid_every) < 0 or min(self.train.sample_classes,
-                                                                          self.train.sample_per_class) < 1:
-            raise ConfigError("train.sample_every and train.fid_every must be >= 0, train.sample_classes and "
-                              "train.sample_per_class >= 1")
+        if (
+            min(self.train.sample_every, self.train.fid_every) < 0
+            or min(self.train.sample_classes, self.train.sample_per_class) < 1
+        ):
+            raise ConfigError(
+                "train.sample_every and train.fid_every must be >= 0, train.sample_classes and "
+                "train.sample_per_class >= 1"
+            )
         return self
 
 

@@ -27,7 +27,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 break
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark)
+                    None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
+                )
             seen[key] = line
         return super().construct_mapping(node, deep)
 
@@ -41,8 +42,9 @@ def read_config_file(path: Path) -> Any:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config {path} ({getattr(e, 'strerror', None) or e}): pass a readable YAML "
-                          "or JSON file") from None
+        raise ConfigError(
+            f"cannot read config {path} ({getattr(e, 'strerror', None) or e}): pass a readable YAML or JSON file"
+        ) from None
     if path.suffix == ".json":
         try:
             return json.loads(text)

@@ -32,25 +32,57 @@ _UNIT_OPEN = (lambda v: 0 <= v < 1, "in [0, 1)")
 # Numeric keys and the values that make sense: a bad one fails here, in one line, before any work
 # (a zero patch size used to divide by zero, train.lr=nan trained NaNs, train.log_every=0 crashed).
 RANGES = {
-    **{f"model.{k}": _POS_INT for k in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
-                                         "num_classes", "head_dim", "head_hidden_dim", "head_bottleneck_dim")},
+    **{
+        f"model.{k}": _POS_INT
+        for k in (
+            "input_size",
+            "patch_size",
+            "in_channels",
+            "hidden_size",
+            "depth",
+            "num_heads",
+            "num_classes",
+            "head_dim",
+            "head_hidden_dim",
+            "head_bottleneck_dim",
+        )
+    },
     **{f"model.{k}": _NONNEG_INT for k in ("decoder_depth", "decoder_hidden_size", "decoder_num_heads")},
-    "model.mlp_ratio": _POS, "model.class_dropout_prob": _UNIT_OPEN,
+    "model.mlp_ratio": _POS,
+    "model.class_dropout_prob": _UNIT_OPEN,
     **{f"diffusion.{k}": _POS for k in ("sigma_data", "P_std", "sigma_min", "sigma_max", "rho")},
     "diffusion.P_mean": _FINITE,
-    "maskdit.mae_loss_coef": _NONNEG, "maskdit.unmask_finetune_steps": _NONNEG_INT,
-    **{f"sddit.{k}": _POS for k in ("teacher_sigma_value", "teacher_sigma_fraction", "student_temp", "teacher_temp",
-                                     "teacher_temp_warmup")},
+    "maskdit.mae_loss_coef": _NONNEG,
+    "maskdit.unmask_finetune_steps": _NONNEG_INT,
+    **{
+        f"sddit.{k}": _POS
+        for k in (
+            "teacher_sigma_value",
+            "teacher_sigma_fraction",
+            "student_temp",
+            "teacher_temp",
+            "teacher_temp_warmup",
+        )
+    },
     **{f"sddit.{k}": _UNIT for k in ("teacher_momentum", "teacher_momentum_final", "center_momentum")},
-    "sddit.lambda_d": _NONNEG, "sddit.teacher_temp_warmup_steps": _NONNEG_INT, "sddit.teacher_head_block": _NONNEG_INT,
-    "sddit.teacher_time_shift": _UNIT, "sddit.disc_sigma_max": _NONNEG,
+    "sddit.lambda_d": _NONNEG,
+    "sddit.teacher_temp_warmup_steps": _NONNEG_INT,
+    "sddit.teacher_head_block": _NONNEG_INT,
+    "sddit.teacher_time_shift": _UNIT,
+    "sddit.disc_sigma_max": _NONNEG,
     **{f"train.{k}": _POS_INT for k in ("batch_size", "log_every", "max_bad_steps", "fid_samples")},
-    **{f"train.{k}": _NONNEG_INT for k in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "fid_every",
-                                           "num_threads", "cpu_procs")},
-    "train.lr": _POS, "train.betas": _UNIT_OPEN, "train.ema_decay": _UNIT,
+    **{
+        f"train.{k}": _NONNEG_INT
+        for k in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "fid_every", "num_threads", "cpu_procs")
+    },
+    "train.lr": _POS,
+    "train.betas": _UNIT_OPEN,
+    "train.ema_decay": _UNIT,
     **{f"train.{k}": _NONNEG for k in ("weight_decay", "lr_final", "grad_clip")},
     **{f"eval.{k}": _POS_INT for k in ("steps", "batch_size", "grid_steps")},
-    "eval.num_samples": _NONNEG_INT, "eval.cfg_scale": _FINITE, "eval.grid_cfg_scale": _FINITE,
+    "eval.num_samples": _NONNEG_INT,
+    "eval.cfg_scale": _FINITE,
+    "eval.grid_cfg_scale": _FINITE,
     "eval.cfg_interval": (lambda v: v >= 0 and not math.isnan(v), "two noise levels >= 0 (inf allowed)"),
 }
 

@@ -136,15 +136,29 @@ def launch_local(argv: list[str], procs: int) -> int:
     import tempfile
 
     cores = usable_cores()
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(procs),
-           "LOCAL_WORLD_SIZE": str(procs), "OMP_NUM_THREADS": str(max(1, cores // procs)), CORES_ENV: str(cores)}
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(procs),
+        "LOCAL_WORLD_SIZE": str(procs),
+        "OMP_NUM_THREADS": str(max(1, cores // procs)),
+        CORES_ENV: str(cores),
+    }
     cmd = [sys.executable, "-m", "sddit.cli", *argv]
     logs = [tempfile.TemporaryFile() for _ in range(procs - 1)]
     children = []
     for r in range(procs):
         out = {} if r == 0 else {"stdout": subprocess.DEVNULL, "stderr": logs[r - 1]}
-        children.append(subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                                         start_new_session=True, preexec_fn=_die_with_parent, **out))
+        children.append(
+            subprocess.Popen(
+                cmd,
+                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                **out,
+            )
+        )
 
     def forward(signum, frame):
         for c in children:
@@ -175,7 +189,9 @@ def launch_local(argv: list[str], procs: int) -> int:
         r = next(i for i, c in enumerate(codes) if c)
         logs[r - 1].seek(0)
         lines = logs[r - 1].read().decode(errors="replace").strip().splitlines()
-        print(f"error: rank {r} of {procs} failed: {lines[-1] if lines else f'exit status {codes[r]}'}", file=sys.stderr)
+        print(
+            f"error: rank {r} of {procs} failed: {lines[-1] if lines else f'exit status {codes[r]}'}", file=sys.stderr
+        )
     for f in logs:
         f.close()
     return codes[0] or next((c for c in codes if c), 0)

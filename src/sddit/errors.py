@@ -117,8 +117,9 @@ def out_of_memory(e: BaseException) -> bool:
     if isinstance(e, MemoryError):
         return True
     text = str(e)
-    return isinstance(e, RuntimeError) and (("DefaultCPUAllocator" in text and "allocate" in text)
-                                            or "out of memory" in text.lower())
+    return isinstance(e, RuntimeError) and (
+        ("DefaultCPUAllocator" in text and "allocate" in text) or "out of memory" in text.lower()
+    )
 
 
 def one_line(e: BaseException, command: str = "") -> tuple[str, int] | None:
@@ -128,13 +129,19 @@ def one_line(e: BaseException, command: str = "") -> tuple[str, int] | None:
     if isinstance(e, SdditError):
         return str(e), e.exit_status
     if isinstance(e, KeyboardInterrupt):  # while modules import, outside training's clean stop, or a second Ctrl-C
-        return (f"interrupted during `sddit{' ' + command if command else ''}`; files are written atomically, so what "
-                "was saved is intact: run the same command again (generate: add --resume)", 130)
+        return (
+            f"interrupted during `sddit{' ' + command if command else ''}`; files are written atomically, so what "
+            "was saved is intact: run the same command again (generate: add --resume)",
+            130,
+        )
     if isinstance(e, OSError) and (problem := file_problem(e)):
         again = " (training resumes from its newest checkpoint)" if command == "train" else ""
         return f"{problem}; then run the same command again{again}", 2
     if out_of_memory(e):
         text = " ".join(str(e).split())[:160] or type(e).__name__
-        return (f"out of memory during `sddit {command}` ({text}): {SMALLER.get(command, SMALLER['train'])}, or use "
-                "a machine with more memory", 2)
+        return (
+            f"out of memory during `sddit {command}` ({text}): {SMALLER.get(command, SMALLER['train'])}, or use "
+            "a machine with more memory",
+            2,
+        )
     return None

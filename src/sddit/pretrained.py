@@ -50,11 +50,15 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {file} ({type(e).__name__}): re-export with `sddit export`") from None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{file} is not an sddit release (no \"format\": \"{EXPORT_FORMAT}\"): pass a directory "
-                              "written by `sddit export`, a checkpoint or a run directory")
+        raise CheckpointError(
+            f'{file} is not an sddit release (no "format": "{EXPORT_FORMAT}"): pass a directory '
+            "written by `sddit export`, a checkpoint or a run directory"
+        )
     if int(meta.get("version", 0)) > EXPORT_VERSION:
-        raise CheckpointError(f"{file} has release format version {meta['version']}; this sddit reads up to "
-                              f"{EXPORT_VERSION}: upgrade sddit")
+        raise CheckpointError(
+            f"{file} has release format version {meta['version']}; this sddit reads up to "
+            f"{EXPORT_VERSION}: upgrade sddit"
+        )
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{file} has no run config: re-export with `sddit export`")
     return meta
@@ -67,12 +71,16 @@ def _build(cfg: Config, weights: dict[str, torch.Tensor], where: str, device, wh
     try:
         net.model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{where}: weights do not match the config stored with them "
-                              f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        raise CheckpointError(
+            f"{where}: weights do not match the config stored with them "
+            f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+        ) from None
     bad = [name for name, t in net.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise CheckpointError(f"{where}: the {what} weights hold NaN or inf ({len(bad)} tensor(s), e.g. {bad[0]}): the "
-                              "run diverged before this checkpoint; use an earlier checkpoint")
+        raise CheckpointError(
+            f"{where}: the {what} weights hold NaN or inf ({len(bad)} tensor(s), e.g. {bad[0]}): the "
+            "run diverged before this checkpoint; use an earlier checkpoint"
+        )
     return net.to(device).eval().requires_grad_(False)
 
 
@@ -90,13 +98,16 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
     try:
         weights = load_file(str(Path(path) / WEIGHTS_FILE), device="cpu")
     except Exception as e:  # safetensors raises its own error types for a bad header or truncated data
-        raise CheckpointError(f"{Path(path) / WEIGHTS_FILE} is unreadable ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:150]}): re-export it") from None
+        raise CheckpointError(
+            f"{Path(path) / WEIGHTS_FILE} is unreadable ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:150]}): re-export it"
+        ) from None
     return cfg, _build(cfg, weights, str(path), device), meta
 
 
-def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                             warn=warn_stderr, weights: str = "ema") -> tuple[Path, Config, EDMPrecond]:
+def load_sampling_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", warn=warn_stderr, weights: str = "ema"
+) -> tuple[Path, Config, EDMPrecond]:
     """(checkpoint file, config, denoiser) of a checkpoint file or run directory (its newest readable
     checkpoint). `weights` is "ema" (the sampling EMA, what every FID here uses) or "raw" (the trained
     weights, to measure what the EMA adds). Loading runs no code from the file (weights-only unpickling)."""
@@ -109,8 +120,17 @@ def load_sampling_checkpoint(path: str | Path, device: str | torch.device = "cpu
         cfg = config_from_dict(state["config"])
     except ConfigError as e:
         raise CheckpointError(f"{ckpt}: the config stored in it is not valid here ({e})") from None
-    return ckpt, cfg, _build(cfg, state["ema" if weights == "ema" else "model"], str(ckpt), device,
-                             "sampling EMA" if weights == "ema" else "trained")
+    return (
+        ckpt,
+        cfg,
+        _build(
+            cfg,
+            state["ema" if weights == "ema" else "model"],
+            str(ckpt),
+            device,
+            "sampling EMA" if weights == "ema" else "trained",
+        ),
+    )
 
 
 def load_sampling_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, EDMPrecond]:
@@ -132,7 +152,9 @@ def check_release_dir(out: str | Path, overwrite: bool = False) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory: pass the release directory to write")
     if (out / CONFIG_FILE).exists() and not is_export(out) or (out / "checkpoints").exists():
-        raise DataError(f"{out} holds a training run (config.json or checkpoints/), not a release: choose another --out")
+        raise DataError(
+            f"{out} holds a training run (config.json or checkpoints/), not a release: choose another --out"
+        )
     there = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (out / name).exists()]
     if there and not overwrite:
         what = "a release" if is_export(out) else " and ".join(there)
@@ -140,8 +162,13 @@ def check_release_dir(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | None = None,
-                      scale_factor: float | None = None, overwrite: bool = False) -> dict[str, Any]:
+def export_pretrained(
+    source: str | Path | dict,
+    out: str | Path,
+    vae: str | None = None,
+    scale_factor: float | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write the sampling EMA of a checkpoint (a file, a run directory's newest, or one already
     loaded with `checkpoint.open_checkpoint`) as a release in `out`.
 
@@ -168,12 +195,18 @@ def export_pretrained(source: str | Path | dict, out: str | Path, vae: str | Non
     weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in state["ema"].items()}
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "weights": WEIGHTS_FILE,
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "weights": WEIGHTS_FILE,
         "what": "sampling EMA of the student (EDM denoiser F; wrap in sddit.diffusion.EDMPrecond)",
-        "step": int(state.get("step", 0)), "source": str(ckpt.resolve()),
-        "objective": cfg.objective, "num_classes": cfg.model.num_classes,
+        "step": int(state.get("step", 0)),
+        "source": str(ckpt.resolve()),
+        "objective": cfg.objective,
+        "num_classes": cfg.model.num_classes,
         "sample_shape": [cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size],
-        "latent": latent, "vae": vae_reference(vae) if latent else None, "scale_factor": float(scale_factor) if latent else None,
+        "latent": latent,
+        "vae": vae_reference(vae) if latent else None,
+        "scale_factor": float(scale_factor) if latent else None,
         "config": config_to_dict(cfg),
     }
     # never a half-written release; the umask's mode, not 0600; a full disk is an OSError naming the file

@@ -37,8 +37,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
-                          "use cuda:0 .. cuda:N-1")
+        raise ConfigError(
+            f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
+            "use cuda:0 .. cuda:N-1"
+        )
     if device.type == "mps" and not _mps_available():
         raise ConfigError(f"device '{name}' requested but MPS is not available; use --device cpu")
     if device.type not in ("cpu", "cuda", "mps"):
@@ -141,12 +143,17 @@ def unwrap(net: nn.Module) -> nn.Module:
 def git_commit() -> dict[str, Any] | None:
     """`{"commit": sha, "dirty": bool}` of the checkout this package runs from, or None outside git."""
     try:
-        head = subprocess.run(["git", "-C", str(PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return None
-        status = subprocess.run(["git", "-C", str(PACKAGE_DIR), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
@@ -174,5 +181,9 @@ def provenance(argv: list[str], cwd: str | Path | None = None) -> dict[str, str]
     prog = argv[0]
     if cwd is not None and os.path.isabs(prog):
         prog = os.path.relpath(prog, cwd)
-    return {"command": " ".join(["python", prog, *argv[1:]]), "git_commit": sha, "machine": machine(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "command": " ".join(["python", prog, *argv[1:]]),
+        "git_commit": sha,
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }

@@ -52,8 +52,11 @@ def rng_state() -> dict:
     """The global generators' states (saved per rank in checkpoints), as tensors and plain Python
     values only, so a checkpoint loads with `torch.load(weights_only=True)` and no allow-list:
     numpy's state tuple (which holds an ndarray) is stored as a dict of a tensor and numbers."""
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state_from_tuple(np.random.get_state()),
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": numpy_state_from_tuple(np.random.get_state()),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -62,8 +65,13 @@ def rng_state() -> dict:
 def numpy_state_from_tuple(state: tuple) -> dict:
     """`np.random.get_state()`'s tuple (also what checkpoint formats 1 and 2 stored) as plain values."""
     name, keys, pos, has_gauss, cached_gaussian = state
-    return {"algorithm": str(name), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),  # (624,) uint32 values
-            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+    return {
+        "algorithm": str(name),
+        "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),  # (624,) uint32 values
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
 
 
 def set_rng_state(state: dict) -> None:

@@ -4,5 +4,15 @@ wrapper that samples official DDPM-trained DiT checkpoints with the same sampler
 from .edm import EDMPrecond, as_batch_sigma, edm_loss, loss_weight, precond_coeffs, sample_sigma
 from .sampler import StackedRandomGenerator, edm_sampler, guided_denoiser, sigma_steps
 
-__all__ = ["EDMPrecond", "as_batch_sigma", "edm_loss", "loss_weight", "precond_coeffs", "sample_sigma",
-           "StackedRandomGenerator", "edm_sampler", "guided_denoiser", "sigma_steps"]
+__all__ = [
+    "EDMPrecond",
+    "as_batch_sigma",
+    "edm_loss",
+    "loss_weight",
+    "precond_coeffs",
+    "sample_sigma",
+    "StackedRandomGenerator",
+    "edm_sampler",
+    "guided_denoiser",
+    "sigma_steps",
+]

@@ -50,9 +50,7 @@ def as_batch_sigma(sigma: Tensor | float, x: Tensor, dtype: torch.dtype = torch.
 # Preconditioning: Karras et al. 2022, Table 1 ("Network and preconditioning", EDM column).
 
 
-def precond_coeffs(
-    sigma: Tensor, sigma_data: float = 0.5
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def precond_coeffs(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The four EDM preconditioning coefficients at noise level ``sigma`` (any shape, elementwise).
 
     Why these values (Karras et al. 2022, Appendix B.6): for ``x = x0 + s n`` with ``Var(x0) = sd^2``
@@ -163,5 +161,3 @@ def edm_loss(denoised: Tensor, x0: Tensor, sigma: Tensor, sigma_data: float = 0.
     sigma = as_batch_sigma(sigma, x0)
     weight = loss_weight(sigma, sigma_data)
     return weight * (denoised.to(torch.float32) - x0.to(torch.float32)) ** 2
-
-

@@ -40,10 +40,7 @@ def sigma_steps(
         t = torch.tensor([float(sigma_max)], dtype=torch.float64, device=device)
     else:
         i = torch.arange(num_steps, dtype=torch.float64, device=device)
-        t = (
-            sigma_max ** (1 / rho)
-            + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
-        ) ** rho
+        t = (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([t, torch.zeros_like(t[:1])])  # s_N = 0
 
 
@@ -57,9 +54,7 @@ class StackedRandomGenerator:
 
     def __init__(self, device: torch.device | str, seeds: Sequence[int]) -> None:
         self.device = torch.device(device)
-        self.generators = [
-            torch.Generator(self.device).manual_seed(int(seed) % (1 << 32)) for seed in seeds
-        ]
+        self.generators = [torch.Generator(self.device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
 
     def _check(self, size: Sequence[int]) -> tuple[int, ...]:
         size = tuple(int(s) for s in size)
@@ -89,16 +84,15 @@ class StackedRandomGenerator:
         size = self._check(size)
         device = kwargs.pop("device", None)
         out = torch.stack(
-            [
-                torch.randint(*args, size=size[1:], generator=g, device=self.device, **kwargs)
-                for g in self.generators
-            ]
+            [torch.randint(*args, size=size[1:], generator=g, device=self.device, **kwargs) for g in self.generators]
         )
         return out if device is None else out.to(device)
 
 
 def guided_denoiser(
-    net: Callable[..., Tensor], cfg_scale: float, null_label: int | None,
+    net: Callable[..., Tensor],
+    cfg_scale: float,
+    null_label: int | None,
     interval: tuple[float, float] = (0.0, math.inf),
 ) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
     """Classifier-free guidance on a denoiser: ``D_w = D_u + w (D_c - D_u)``.
@@ -204,9 +198,7 @@ def edm_sampler(
 
         # Lines 3-6: temporarily raise the noise level to t_hat = (1 + gamma_i) t_i by adding fresh
         # noise of variance t_hat^2 - t_i^2 (only within [S_min, S_max]).
-        gamma = (
-            min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= float(t_cur) <= S_max else 0.0
-        )
+        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= float(t_cur) <= S_max else 0.0
         t_hat = t_cur + gamma * t_cur
         x_hat = x_cur
         if gamma > 0:

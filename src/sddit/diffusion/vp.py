@@ -90,9 +90,7 @@ __all__ = [
 # The DDPM schedule and its EDM sigmas.
 
 
-def ddpm_alphas_cumprod(
-    num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
-) -> Tensor:
+def ddpm_alphas_cumprod(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """``abar_t = prod_{s<=t} (1 - beta_s)``, ``t = 0..num_steps-1``, float64 (decreasing).
 
     ``beta_t`` is guided-diffusion's "linear" schedule: ``num_steps`` values evenly spaced from
@@ -240,8 +238,10 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers ar
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     )
 
 
@@ -278,7 +278,7 @@ def official_state_dict(obj: Any, key: str | None = None, source: str = "checkpo
     for k, v in sd.items():
         for prefix in _WRAPPER_PREFIXES:
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 

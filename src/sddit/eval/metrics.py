@@ -149,7 +149,9 @@ def load_stats(path: str | Path, spatial: bool = False) -> tuple[np.ndarray, np.
 
 
 def _looks_like_probs(x: torch.Tensor) -> bool:
-    return bool(x.min() >= 0 and x.max() <= 1 and torch.allclose(x.sum(1), torch.ones(len(x), dtype=x.dtype), atol=1e-4))
+    return bool(
+        x.min() >= 0 and x.max() <= 1 and torch.allclose(x.sum(1), torch.ones(len(x), dtype=x.dtype), atol=1e-4)
+    )
 
 
 def inception_score(

@@ -39,8 +39,10 @@ def npz_member(path: Path, key: str):
 
 
 def corrupt(path: Path, e: Exception) -> DataError:
-    return DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
-                     "regenerate or copy it again")
+    return DataError(
+        f"{path} is truncated or corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
+        "regenerate or copy it again"
+    )
 
 
 def npz_array_info(path: Path, key: str) -> tuple[int, tuple[int, ...]]:
@@ -68,8 +70,10 @@ def npz_batches(path: Path, key: str, batch_size: int) -> Iterator[np.ndarray]:
             except (OSError, EOFError, zipfile.BadZipFile) as e:
                 raise corrupt(path, e) from None
             if len(raw) != n * per_image:
-                raise DataError(f"{path} is truncated: {key} declares {shape[0]} images but its data ends after "
-                                f"{start + len(raw) // per_image}; regenerate or copy it again")
+                raise DataError(
+                    f"{path} is truncated: {key} declares {shape[0]} images but its data ends after "
+                    f"{start + len(raw) // per_image}; regenerate or copy it again"
+                )
             yield np.frombuffer(bytearray(raw), dtype=dtype).reshape(n, *shape[1:])  # writable for torch
     except (ValueError, zipfile.BadZipFile) as e:  # the non-streamed (Fortran-order) path
         raise corrupt(path, e) from None

@@ -42,8 +42,13 @@ def digest(images: torch.Tensor) -> str:
 
 
 def meta_for(images: torch.Tensor, extractor: InceptionFeatures, weights: Path) -> dict:
-    return {"images_sha256": digest(images), "num_images": len(images), "inception": inception_id(weights),
-            "resize": extractor.resize, "precision": extractor.precision}
+    return {
+        "images_sha256": digest(images),
+        "num_images": len(images),
+        "inception": inception_id(weights),
+        "resize": extractor.resize,
+        "precision": extractor.precision,
+    }
 
 
 def write(path: Path, images: torch.Tensor, extractor: InceptionFeatures, weights: Path) -> dict:
@@ -61,8 +66,9 @@ def relative_error(recomputed: np.ndarray, shipped: np.ndarray) -> float:
     return float((num / np.maximum(np.linalg.norm(recomputed, axis=1), 1e-12)).max())
 
 
-def load(path: Path, split_images: torch.Tensor, num: int, extractor: InceptionFeatures,
-         weights: Path) -> np.ndarray | None:
+def load(
+    path: Path, split_images: torch.Tensor, num: int, extractor: InceptionFeatures, weights: Path
+) -> np.ndarray | None:
     """Float64 features of the first `num` images of the reference subset of `split_images` (a
     dataset's whole reference split), or None when there is no file, it was made from other images / another Inception / other
     settings, or this machine's Inception disagrees with it on the first `CHECK` images."""

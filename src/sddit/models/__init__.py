@@ -19,7 +19,22 @@ from .layers import (
 from .split import SplitDiT, SplitDiT_models, SplitOutput, count_params
 
 __all__ = [
-    "DIT_SIZES", "Attention", "DiT", "DiTBlock", "DiT_models", "FinalLayer", "LabelEmbedder", "Mlp",
-    "PatchEmbed", "TimestepEmbedder", "get_2d_sincos_pos_embed", "modulate", "build_model",
-    "DINOHead", "SplitDiT", "SplitDiT_models", "SplitOutput", "count_params",
+    "DIT_SIZES",
+    "Attention",
+    "DiT",
+    "DiTBlock",
+    "DiT_models",
+    "FinalLayer",
+    "LabelEmbedder",
+    "Mlp",
+    "PatchEmbed",
+    "TimestepEmbedder",
+    "get_2d_sincos_pos_embed",
+    "modulate",
+    "build_model",
+    "DINOHead",
+    "SplitDiT",
+    "SplitDiT_models",
+    "SplitOutput",
+    "count_params",
 ]

@@ -31,7 +31,15 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, dit_init_, get_2d_sincos_pos_embed
+from .layers import (
+    DiTBlock,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    dit_init_,
+    get_2d_sincos_pos_embed,
+)
 from .tokens import unpatchify
 
 __all__ = ["DiT", "DIT_SIZES", "DiT_models"]
@@ -76,7 +84,9 @@ class DiT(nn.Module):
         # A Parameter (not a buffer) only so the key "pos_embed" is in the official state dict;
         # it is filled with a fixed sin-cos table and never trained.
         self.pos_embed = nn.Parameter(torch.zeros(1, self.x_embedder.num_patches, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, gelu=gelu) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, gelu=gelu) for _ in range(depth)]
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -139,7 +149,6 @@ class DiT(nn.Module):
         return torch.cat([eps, rest], dim=1)  # (2N, C_out, H, W)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Presets (names and sizes as the official DiT_models)
 # ---------------------------------------------------------------------------------------------
@@ -153,9 +162,9 @@ DIT_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-
 # `DiT_models["DiT-XL/2"](**kwargs)` as in the official dict; keyword arguments override the preset.
 DiT_models: dict[str, Callable[..., DiT]] = {
     f"DiT-{size}/{patch}": partial(DiT, patch_size=patch, **DIT_SIZES[size])
-    for size in ("XL", "L", "B", "S") for patch in (2, 4, 8)
+    for size in ("XL", "L", "B", "S")
+    for patch in (2, 4, 8)
 }

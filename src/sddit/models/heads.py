@@ -64,9 +64,7 @@ class DINOHead(nn.Module):
         if nlayers < 1:
             raise ValueError(f"nlayers must be >= 1, got {nlayers}")
         self.in_dim, self.out_dim, self.bottleneck_dim = in_dim, out_dim, bottleneck_dim
-        self.input_norm = (
-            nn.LayerNorm(in_dim, elementwise_affine=False, eps=1e-6) if norm_input else nn.Identity()
-        )
+        self.input_norm = nn.LayerNorm(in_dim, elementwise_affine=False, eps=1e-6) if norm_input else nn.Identity()
         if nlayers == 1:
             self.mlp = nn.Linear(in_dim, bottleneck_dim)
         else:
@@ -139,8 +137,13 @@ class ProjectorMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim), nn.SiLU(),
-                                 nn.Linear(hidden_dim, out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
 
     def reset_parameters(self) -> None:
         for m in self.mlp:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: per-sample affine on normalised tokens, x (B, T, D), shift/scale (B, D).
 
@@ -47,7 +48,7 @@ class PatchEmbed(nn.Module):
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid_size = img_size // patch_size
-        self.num_patches = self.grid_size ** 2
+        self.num_patches = self.grid_size**2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +209,9 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         # Order of the six chunks matches the official checkpoint.
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
+            6, dim=1
+        )  # 6 x (B, D)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, T, D)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, T, D)
         return x
@@ -270,7 +273,9 @@ def dit_init_(model: nn.Module, blocks: Iterable[nn.Module], skip: str | None = 
 # ---------------------------------------------------------------------------------------------
 
 
-def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = False, extra_tokens: int = 0) -> np.ndarray:
+def get_2d_sincos_pos_embed(
+    embed_dim: int, grid_size: int, cls_token: bool = False, extra_tokens: int = 0
+) -> np.ndarray:
     """2-D sin-cos table for a grid_size x grid_size grid -> (grid_size**2 [+ extra_tokens], D).
 
     Rows are in raster order (token n = row * grid_size + col). As in MAE/DiT, the grid is built
@@ -304,4 +309,3 @@ def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.nda
     omega = 1.0 / 10000**omega  # (D/2,)
     out = np.einsum("m,d->md", np.asarray(pos).reshape(-1), omega)  # (M, D/2) outer product
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (M, D)
-

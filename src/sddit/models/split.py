@@ -30,11 +30,18 @@ from torch.utils.checkpoint import checkpoint
 
 from .dit import DIT_SIZES
 from .heads import DINOHead, ProjectorMLP
-from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, dit_init_, get_2d_sincos_pos_embed
+from .layers import (
+    DiTBlock,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    dit_init_,
+    get_2d_sincos_pos_embed,
+)
 from .tokens import gather_tokens, masking_from_ids_keep, random_masking, unpatchify, unshuffle
 
-__all__ = ["EncoderOutput", "SplitOutput", "SplitDiT", "SplitDiT_models", "PARTS", "count_params",
-           "format_param_table"]
+__all__ = ["EncoderOutput", "SplitOutput", "SplitDiT", "SplitDiT_models", "PARTS", "count_params", "format_param_table"]
 
 
 @dataclass
@@ -47,7 +54,9 @@ class EncoderOutput:
     ids_keep: torch.Tensor  # (B, T_keep) visible token indices, in the order of `tokens`
     ids_restore: torch.Tensor  # (B, T) inverse shuffle (see tokens.unshuffle)
     mask: torch.Tensor  # (B, T) float, 1 = masked, in token order
-    input_tokens: torch.Tensor | None = None  # (B, T, D) the embedded noisy input at every position (mask_token="input")
+    input_tokens: torch.Tensor | None = (
+        None  # (B, T, D) the embedded noisy input at every position (mask_token="input")
+    )
 
 
 @dataclass
@@ -300,8 +309,13 @@ class SplitDiT(nn.Module):
             head_tokens = torch.cat([head_tokens.mean(1, keepdim=True), head_tokens], dim=1)  # (B, 1 + T_keep, D)
         return EncoderOutput(tokens, c, head_tokens, ids_keep, ids_restore, mask, input_tokens)
 
-    def decode(self, tokens: torch.Tensor, c: torch.Tensor, ids_restore: torch.Tensor | None,
-               input_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        c: torch.Tensor,
+        ids_restore: torch.Tensor | None,
+        input_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Decoder: encoder tokens (B, [1+]T_keep, D) -> network output F (B, out_channels, H, W).
 
         ``ids_restore`` None means all tokens are present in token order (sampling).
@@ -316,7 +330,7 @@ class SplitDiT(nn.Module):
         if ids_restore is not None:
             fill = self.mask_token
             if self.mask_token_mode == "input":  # the masked positions' own noisy input tokens
-                ids_masked = ids_restore.argsort(dim=1)[:, x.shape[1]:]  # (B, T - T_keep), in shuffled order
+                ids_masked = ids_restore.argsort(dim=1)[:, x.shape[1] :]  # (B, T - T_keep), in shuffled order
                 fill = gather_tokens(self.decoder_embed(input_tokens), ids_masked)  # (B, T - T_keep, Dd)
             x = unshuffle(x, ids_restore, fill)  # (B, T, Dd)
         if x.shape[1] != self.num_patches:
@@ -361,8 +375,9 @@ class SplitDiT(nn.Module):
         """
         enc = self.encode(x, t, y, mask_ratio, ids_keep, generator, force_drop_ids)
         nothing_masked = ids_keep is None and mask_ratio == 0
-        out = self.decode(enc.tokens, enc.c, None if nothing_masked else enc.ids_restore,
-                          enc.input_tokens)  # (B, C, H, W)
+        out = self.decode(
+            enc.tokens, enc.c, None if nothing_masked else enc.ids_restore, enc.input_tokens
+        )  # (B, C, H, W)
         if not return_tokens:
             return out
         head = self.head(enc.head_tokens) if self.head is not None else None  # (B, [1+]T_keep, K)
@@ -448,7 +463,9 @@ SplitDiT_models: dict[str, Callable[..., SplitDiT]] = {}
 for _size in DIT_SIZES:
     for _patch in (2, 4, 8):
         SplitDiT_models[f"SD-DiT-{_size}/{_patch}"] = _preset(_sd_dit_config(_size, _patch), f"SD-DiT-{_size}/{_patch}")
-        SplitDiT_models[f"MaskDiT-{_size}/{_patch}"] = _preset(_maskdit_config(_size, _patch), f"MaskDiT-{_size}/{_patch}")
+        SplitDiT_models[f"MaskDiT-{_size}/{_patch}"] = _preset(
+            _maskdit_config(_size, _patch), f"MaskDiT-{_size}/{_patch}"
+        )
 
 
 def count_params(model: nn.Module) -> dict[str, int]:

@@ -9,8 +9,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["patchify", "unpatchify", "per_patch_mean", "num_kept", "random_masking", "masking_from_ids_keep",
-           "gather_tokens", "unshuffle"]
+__all__ = [
+    "patchify",
+    "unpatchify",
+    "per_patch_mean",
+    "num_kept",
+    "random_masking",
+    "masking_from_ids_keep",
+    "gather_tokens",
+    "unshuffle",
+]
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

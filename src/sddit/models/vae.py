@@ -21,8 +21,12 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
 
 def _looks_like_path(s: str) -> bool:
     """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, a/b/c, trailing /) is a path."""
-    return (s.startswith(("/", ".", "~")) or s.endswith(("/", os.sep)) or s.count("/") > 1
-            or (os.sep != "/" and os.sep in s))
+    return (
+        s.startswith(("/", ".", "~"))
+        or s.endswith(("/", os.sep))
+        or s.count("/") > 1
+        or (os.sep != "/" and os.sep in s)
+    )
 
 
 def vae_reference(name_or_path: str) -> str:
@@ -33,8 +37,12 @@ def vae_reference(name_or_path: str) -> str:
     return str(path.resolve()) if path.exists() or _looks_like_path(s) else s
 
 
-def load_vae(name_or_path: str = DEFAULT_VAE, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32, local_files_only: bool = False):
+def load_vae(
+    name_or_path: str = DEFAULT_VAE,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    local_files_only: bool = False,
+):
     """diffusers `AutoencoderKL` from a Hugging Face Hub id or a local directory, in eval mode.
 
     A local directory is one written by `AutoencoderKL.save_pretrained` (config.json + weights), or a
@@ -53,14 +61,18 @@ def load_vae(name_or_path: str = DEFAULT_VAE, device: str | torch.device = "cpu"
     path = Path(s).expanduser()
     if path.exists() or _looks_like_path(s):
         if not path.exists():
-            raise DataError(f"VAE directory {s} does not exist (looked for {path.resolve()}): pass a directory saved "
-                            f"with AutoencoderKL.save_pretrained or a Hub id such as {DEFAULT_VAE}")
+            raise DataError(
+                f"VAE directory {s} does not exist (looked for {path.resolve()}): pass a directory saved "
+                f"with AutoencoderKL.save_pretrained or a Hub id such as {DEFAULT_VAE}"
+            )
         sub = None
         if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
             sub = "vae"
         elif not (path / "config.json").is_file():
-            raise DataError(f"VAE directory {path.resolve()} has no config.json: pass a directory saved with "
-                            f"AutoencoderKL.save_pretrained (or a pipeline folder with vae/)")
+            raise DataError(
+                f"VAE directory {path.resolve()} has no config.json: pass a directory saved with "
+                f"AutoencoderKL.save_pretrained (or a pipeline folder with vae/)"
+            )
         try:
             vae = AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype, **opts)
         except Exception as e:
@@ -74,8 +86,10 @@ def _from_hub(cls, hub_id: str, dtype, local_files_only: bool, opts: dict):
     """A Hub VAE from the local Hugging Face cache, else downloaded; when the Hub cannot be reached,
     a DataError at once rather than after huggingface_hub's ~30 s of retries."""
     not_here = f"'{hub_id}' is not a folder here (no {Path(hub_id).expanduser().resolve()})"
-    fix = (f"pass a local directory (--vae DIR): download it where there is internet (huggingface-cli download "
-           f"{hub_id} --local-dir DIR) and copy DIR here")
+    fix = (
+        f"pass a local directory (--vae DIR): download it where there is internet (huggingface-cli download "
+        f"{hub_id} --local-dir DIR) and copy DIR here"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # huggingface_hub deprecation noise
         try:
@@ -85,13 +99,17 @@ def _from_hub(cls, hub_id: str, dtype, local_files_only: bool, opts: dict):
         offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         unreachable = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable()
         if unreachable:
-            raise DataError(f"VAE {not_here} nor in the Hugging Face cache, and the Hugging Face Hub cannot be reached "
-                            f"({unreachable}): {fix}")
+            raise DataError(
+                f"VAE {not_here} nor in the Hugging Face cache, and the Hugging Face Hub cannot be reached "
+                f"({unreachable}): {fix}"
+            )
         try:
             return cls.from_pretrained(hub_id, torch_dtype=dtype, **opts)
         except Exception as e:
-            raise DataError(f"VAE {not_here}, and the Hugging Face Hub has no such VAE or refused it "
-                            f"({_one_line(e, 120)}): pass a Hub id such as {DEFAULT_VAE}, or {fix[0].lower()}{fix[1:]}") from None
+            raise DataError(
+                f"VAE {not_here}, and the Hugging Face Hub has no such VAE or refused it "
+                f"({_one_line(e, 120)}): pass a Hub id such as {DEFAULT_VAE}, or {fix[0].lower()}{fix[1:]}"
+            ) from None
 
 
 def _hub_unreachable(timeout: float = 3.0) -> str:

@@ -23,5 +23,13 @@ def build_objective(cfg: Config, net: EDMPrecond) -> Objective:
     return OBJECTIVES[cfg.objective](cfg, net)
 
 
-__all__ = ["OBJECTIVES", "build_objective", "Objective", "StepNoise", "Terms", "DiTObjective", "MaskDiTObjective",
-           "SDDiTObjective"]
+__all__ = [
+    "OBJECTIVES",
+    "build_objective",
+    "Objective",
+    "StepNoise",
+    "Terms",
+    "DiTObjective",
+    "MaskDiTObjective",
+    "SDDiTObjective",
+]

@@ -93,8 +93,9 @@ class Objective(nn.Module):
         scores = torch.rand(total, num_tokens, device=noise.eps.device, generator=noise.generator)[noise.rows]
         return scores.argsort(dim=1)[:, : num_kept(num_tokens, ratio)]  # (B, T_keep)
 
-    def micro_mean(self, running: tuple[Tensor | None, ...] | None,
-                   batch: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+    def micro_mean(
+        self, running: tuple[Tensor | None, ...] | None, batch: tuple[Tensor | None, ...]
+    ) -> tuple[Tensor | None, ...]:
         """Mean over a step's micro-batches of per-micro-batch means (e.g. SD-DiT's batch centers):
         restarts at micro-batch 0 and adds batch / k, so equal micro-batches give the step's batch mean."""
         m, k = self.micro

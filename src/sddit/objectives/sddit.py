@@ -34,8 +34,9 @@ def teacher_temperature(step: int, warmup_steps: int, start: float, end: float) 
     return start + (end - start) * step / warmup_steps
 
 
-def self_distillation_ce(student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float | Tensor,
-                         tau_t: float | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def self_distillation_ce(
+    student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float | Tensor, tau_t: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Cross-entropy H(p_T, p_S) per token, with p_T = softmax((t - C)/tau_T), p_S = softmax(s/tau_S).
 
     Returns (ce, teacher_entropy, kl) per token and the mean teacher distribution over all tokens
@@ -95,14 +96,18 @@ class SDDiTObjective(Objective):
         self.teacher = student.make_teacher()
         if self.scfg.teacher_head_block:  # the teacher's tokens from another (e.g. deeper) block than the student's
             if self.scfg.teacher_head_block > student.encoder_depth:
-                raise ConfigError(f"sddit.teacher_head_block={self.scfg.teacher_head_block} is past the encoder's "
-                                  f"{student.encoder_depth} blocks: set it to at most {student.encoder_depth}")
+                raise ConfigError(
+                    f"sddit.teacher_head_block={self.scfg.teacher_head_block} is past the encoder's "
+                    f"{student.encoder_depth} blocks: set it to at most {student.encoder_depth}"
+                )
             self.teacher.head_block = self.scfg.teacher_head_block
         self.log_k = math.log(cfg.model.head_dim)
         self._uniform_since: dict[str, int | None] = {"image": None, "patch": None}  # see warnings()
         K = cfg.model.head_dim
         device = next(student.parameters()).device
-        self.register_buffer("center_cls", torch.zeros(1, K, device=device))  # the image token's center (named for [CLS])
+        self.register_buffer(
+            "center_cls", torch.zeros(1, K, device=device)
+        )  # the image token's center (named for [CLS])
         self.register_buffer("center_patch", torch.zeros(1, 1, K, device=device))  # patch logits' center
         self._pending_centers: tuple[Tensor | None, Tensor] | None = None
         self.temp_warmup_steps = self.scfg.teacher_temp_warmup_steps or int(0.3 * cfg.train.max_steps)
@@ -110,16 +115,18 @@ class SDDiTObjective(Objective):
         # passes over B x T x K floats is a kernel of its own
         self._compiled_ce = torch.compile(self_distillation_ce, dynamic=False) if cfg.train.compile else None
 
-    def ce(self, student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float,
-           tau_t: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def ce(
+        self, student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float, tau_t: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`self_distillation_ce`, compiled when train.compile is on."""
         if self._compiled_ce is None:
             return self_distillation_ce(student_logits, teacher_logits, center, tau_s, tau_t)
         # temperatures as 0-d tensors: a float is baked into the graph, so the warming-up tau_T would
         # recompile it every step
         dev = student_logits.device
-        return self._compiled_ce(student_logits, teacher_logits, center, torch.tensor(tau_s, device=dev),
-                                 torch.tensor(tau_t, device=dev))
+        return self._compiled_ce(
+            student_logits, teacher_logits, center, torch.tensor(tau_s, device=dev), torch.tensor(tau_t, device=dev)
+        )
 
     # -- schedules
     def teacher_sigma(self, n: StepNoise) -> Tensor:
@@ -159,7 +166,9 @@ class SDDiTObjective(Objective):
         training noise levels, where the timestep embedding was never trained.
         """
         _, _, c_in, _ = precond_coeffs(sigma_t.view(-1, 1, 1, 1), self.dcfg.sigma_data)
-        sigma_cond = sigma_t.clamp_min(self.scfg.teacher_cond_sigma_min) if self.scfg.teacher_cond_sigma_min > 0 else sigma_t
+        sigma_cond = (
+            sigma_t.clamp_min(self.scfg.teacher_cond_sigma_min) if self.scfg.teacher_cond_sigma_min > 0 else sigma_t
+        )
         _, _, _, c_noise = precond_coeffs(sigma_cond.view(-1, 1, 1, 1), self.dcfg.sigma_data)
         enc = self.teacher.encode(c_in * x_t, c_noise.flatten(), y, force_drop_ids=drop, stop_after_head_block=True)
         if self.align:
@@ -176,8 +185,9 @@ class SDDiTObjective(Objective):
 
         out = net(x_s, sigma_s, y, return_tokens=True, ids_keep=ids_keep, force_drop_ids=drop)
         visible = 1.0 - out.mask.float()  # (B, T)
-        per_patch = per_patch_mean(edm_loss(out.denoised.float(), x0, sigma_s.view(-1, 1, 1, 1), self.dcfg.sigma_data),
-                                   self.patch)
+        per_patch = per_patch_mean(
+            edm_loss(out.denoised.float(), x0, sigma_s.view(-1, 1, 1, 1), self.dcfg.sigma_data), self.patch
+        )
         loss_gen = masked_mean(per_patch, visible)
 
         t_out = self.teacher_tokens(x_t, sigma_t, y, drop)  # (B, [1+]T, K or D)
@@ -201,8 +211,9 @@ class SDDiTObjective(Objective):
         self.parts = {"gen": loss_gen, "disc": self.scfg.lambda_d * loss_d}
         return loss_gen + self.scfg.lambda_d * loss_d, terms
 
-    def dino_terms(self, s_out: Tensor, t_out: Tensor, t_patch: Tensor, band: Tensor | None, step: int,
-                   terms: Terms) -> Tensor:
+    def dino_terms(
+        self, s_out: Tensor, t_out: Tensor, t_patch: Tensor, band: Tensor | None, step: int, terms: Terms
+    ) -> Tensor:
         """CE_image + mean_i CE_patch_i, and each term's liveness monitors into `terms`: the teacher's
         entropy (ln K = uniform: no signal), the prototypes the batch uses, and the batch std of its
         logits (0 = the same target for every image)."""
@@ -218,9 +229,15 @@ class SDDiTObjective(Objective):
             loss_d = loss_d + loss
             # the spread monitors are over this forward's rows (per micro-batch, per rank, then averaged);
             # the logits' std at each position over the images, before the gather to the visible positions
-            terms.update({f"loss_{term}": loss.detach(), f"teacher_entropy_{term}": entropy.mean(),
-                          f"kl_teacher_student_{term}": kl.mean(), f"prototypes_used_{term}": prototypes_used(p_mean),
-                          f"teacher_logit_std_{term}": spread.std(0).mean()})
+            terms.update(
+                {
+                    f"loss_{term}": loss.detach(),
+                    f"teacher_entropy_{term}": entropy.mean(),
+                    f"kl_teacher_student_{term}": kl.mean(),
+                    f"prototypes_used_{term}": prototypes_used(p_mean),
+                    f"teacher_logit_std_{term}": spread.std(0).mean(),
+                }
+            )
         terms["tau_t"] = torch.tensor(tau_t)
         return loss_d
 
@@ -238,11 +255,16 @@ class SDDiTObjective(Objective):
             if since is None:
                 self._uniform_since[term] = since = step
             if since >= 0 and step - since >= sustain:
-                hint = "sddit.image_token=mean gives it an image-dependent token" if term == "image" else (
-                    "a lower teacher temperature or sddit.teacher_sigma=shift may help")
-                out.append(f"warning: the {term}-level teacher distribution has been within 1% of uniform "
-                           f"(entropy {h:.3f} of ln K = {self.log_k:.3f}) since step {since}: that term carries no "
-                           f"signal; {hint}")
+                hint = (
+                    "sddit.image_token=mean gives it an image-dependent token"
+                    if term == "image"
+                    else ("a lower teacher temperature or sddit.teacher_sigma=shift may help")
+                )
+                out.append(
+                    f"warning: the {term}-level teacher distribution has been within 1% of uniform "
+                    f"(entropy {h:.3f} of ln K = {self.log_k:.3f}) since step {since}: that term carries no "
+                    f"signal; {hint}"
+                )
                 self._uniform_since[term] = -1  # warned: not again until it leaves uniform
         return out
 
@@ -277,5 +299,6 @@ class SDDiTObjective(Objective):
         m = self.momentum(step)
         student = dict(unwrap(unwrap(net).model).named_parameters())
         teacher = list(self.teacher.named_parameters())
-        torch._foreach_lerp_([p for _, p in teacher], [student[n].detach().to(p.dtype) for n, p in teacher],
-                             1.0 - m)  # one call, not one per tensor
+        torch._foreach_lerp_(
+            [p for _, p in teacher], [student[n].detach().to(p.dtype) for n, p in teacher], 1.0 - m
+        )  # one call, not one per tensor

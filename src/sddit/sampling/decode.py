@@ -22,9 +22,16 @@ from ..errors import DataError
 from ..models.vae import DEFAULT_VAE, decode_latents, load_vae, vae_downsample
 
 
-def find_vae(manifest_root: str | None, vae: str | None = None, scale_factor: float | None = None, *,
-             recorded_vae: str | None = None, recorded_scale: float | None = None, default: str | None = None,
-             what: str = "this latent model") -> tuple[str, float, str]:
+def find_vae(
+    manifest_root: str | None,
+    vae: str | None = None,
+    scale_factor: float | None = None,
+    *,
+    recorded_vae: str | None = None,
+    recorded_scale: float | None = None,
+    default: str | None = None,
+    what: str = "this latent model",
+) -> tuple[str, float, str]:
     """(VAE hub id or directory, scale factor, where the VAE came from); see the module docstring."""
     manifest = None
     if manifest_root:
@@ -44,7 +51,8 @@ def find_vae(manifest_root: str | None, vae: str | None = None, scale_factor: fl
         raise DataError(
             f"{what} is a latent model, but its latent folder {manifest_root} (manifest.json, which names the VAE) is "
             f"not reachable here: pass --vae ID_OR_DIR (eval.vae in a config), the VAE it was trained with (e.g. "
-            f"{DEFAULT_VAE}), and --scale-factor if it is not {SD_SCALE_FACTOR}")
+            f"{DEFAULT_VAE}), and --scale-factor if it is not {SD_SCALE_FACTOR}"
+        )
     if scale_factor is None:
         scale_factor = recorded_scale or (float(manifest["scale_factor"]) if manifest is not None else SD_SCALE_FACTOR)
     return str(vae), float(scale_factor), origin
@@ -67,21 +75,26 @@ class LatentDecoder:
         return (3, latent_shape[1] * factor, latent_shape[2] * factor)
 
 
-def load_decoder(vae_id: str, scale_factor: float, origin: str, device: str | torch.device,
-                 latent_channels: int) -> LatentDecoder:
+def load_decoder(
+    vae_id: str, scale_factor: float, origin: str, device: str | torch.device, latent_channels: int
+) -> LatentDecoder:
     """Load the VAE and check that it decodes what the model samples."""
     vae = load_vae(vae_id, device)
     if int(vae.config.latent_channels) != latent_channels:
-        raise DataError(f"the VAE {vae_id} has {vae.config.latent_channels} latent channels but the model samples "
-                        f"{latent_channels}: pass the VAE it was trained with (--vae)")
+        raise DataError(
+            f"the VAE {vae_id} has {vae.config.latent_channels} latent channels but the model samples "
+            f"{latent_channels}: pass the VAE it was trained with (--vae)"
+        )
     return LatentDecoder(vae, vae_id, scale_factor, origin)
 
 
-def decoder_for_config(cfg, device: str | torch.device, vae: str | None = None,
-                       scale_factor: float | None = None) -> LatentDecoder | None:
+def decoder_for_config(
+    cfg, device: str | torch.device, vae: str | None = None, scale_factor: float | None = None
+) -> LatentDecoder | None:
     """The decoder of a run config's samples: None for pixel models, a loaded VAE for latent ones."""
     if cfg.data.dataset != "latents":
         return None
-    vae_id, scale, origin = find_vae(cfg.data.root, vae, scale_factor, recorded_vae=cfg.eval.vae or None,
-                                     what=f"the run {cfg.run_dir}")
+    vae_id, scale, origin = find_vae(
+        cfg.data.root, vae, scale_factor, recorded_vae=cfg.eval.vae or None, what=f"the run {cfg.run_dir}"
+    )
     return load_decoder(vae_id, scale, origin, device, cfg.model.in_channels)

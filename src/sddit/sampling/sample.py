@@ -47,8 +47,15 @@ def sample_seeds(
         labels = rnd.randint(num_classes, size=[len(seeds)], device=device)  # (b,)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         x = edm_sampler(
-            net, latents, labels.to(device), num_steps=num_steps, cfg_scale=cfg_scale, null_label=null_label,
-            solver=solver, randn_like=rnd.randn_like, **(sampler_kwargs or {}),
+            net,
+            latents,
+            labels.to(device),
+            num_steps=num_steps,
+            cfg_scale=cfg_scale,
+            null_label=null_label,
+            solver=solver,
+            randn_like=rnd.randn_like,
+            **(sampler_kwargs or {}),
         )
     return x.float().cpu(), labels.cpu()
 
@@ -84,9 +91,19 @@ def generate(
     out = []
     for start in range(0, len(seeds), batch_size):
         batch_seeds = seeds[start : start + batch_size]
-        x, _ = sample_seeds(net, batch_seeds, shape, labels[start : start + batch_size], num_steps=num_steps,
-                            cfg_scale=cfg_scale, null_label=null_label, device=device, solver=solver,
-                            sampler_kwargs=sampler_kwargs, precision=precision)
+        x, _ = sample_seeds(
+            net,
+            batch_seeds,
+            shape,
+            labels[start : start + batch_size],
+            num_steps=num_steps,
+            cfg_scale=cfg_scale,
+            null_label=null_label,
+            device=device,
+            solver=solver,
+            sampler_kwargs=sampler_kwargs,
+            precision=precision,
+        )
         out.append(x.clamp(-1, 1) if clamp else x)  # clamp=False for latents (std ~1, unbounded)
         if progress is not None:
             progress(len(batch_seeds))
@@ -123,17 +140,37 @@ def grid_classes(num_classes: int, shown: int) -> list[int]:
 
 
 def class_grid(
-    net: nn.Module, num_classes: int, per_class: int, shape: tuple[int, int, int], path: str | Path, *,
-    seed: int = 0, num_steps: int = 40, cfg_scale: float = 1.0, device: str | torch.device = "cpu",
-    classes: list[int] | None = None, decode: Callable[[Tensor], Tensor] | None = None, **kwargs,
+    net: nn.Module,
+    num_classes: int,
+    per_class: int,
+    shape: tuple[int, int, int],
+    path: str | Path,
+    *,
+    seed: int = 0,
+    num_steps: int = 40,
+    cfg_scale: float = 1.0,
+    device: str | torch.device = "cpu",
+    classes: list[int] | None = None,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    **kwargs,
 ) -> Path:
     """One row per class (all, or `classes`), `per_class` samples each, seeds seed, seed+1, ... in
     row-major order. `decode` turns latent samples into images in [-1, 1] (`decode.LatentDecoder`)."""
     rows = list(range(num_classes)) if classes is None else list(classes)
     labels = torch.tensor(rows, dtype=torch.long).repeat_interleave(per_class)
     seeds = range(seed, seed + len(labels))
-    images = generate(net, labels, seeds, shape, num_steps=num_steps, cfg_scale=cfg_scale,
-                      null_label=num_classes, device=device, clamp=decode is None, **kwargs)
+    images = generate(
+        net,
+        labels,
+        seeds,
+        shape,
+        num_steps=num_steps,
+        cfg_scale=cfg_scale,
+        null_label=num_classes,
+        device=device,
+        clamp=decode is None,
+        **kwargs,
+    )
     if decode is not None:
         images = decode(images)  # (N, 3, H, W) in [-1, 1]
     scale = max(1, 64 // images.shape[-1])

@@ -54,16 +54,30 @@ def load_source(checkpoint: str | Path, device: str | torch.device = "cpu", weig
     m, d = cfg.model, cfg.diffusion
     latent = cfg.data.dataset == "latents"
     return SampleSource(
-        net=net, shape=(m.in_channels, m.input_size, m.input_size), num_classes=m.num_classes,
-        null_label=m.num_classes, sampler_kwargs=dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max, rho=d.rho),
-        checkpoint=str(path.resolve()), kind="sddit", latent=latent,
+        net=net,
+        shape=(m.in_channels, m.input_size, m.input_size),
+        num_classes=m.num_classes,
+        null_label=m.num_classes,
+        sampler_kwargs=dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max, rho=d.rho),
+        checkpoint=str(path.resolve()),
+        kind="sddit",
+        latent=latent,
         manifest_root=cfg.data.root if latent else None,
-        describe={"objective": cfg.objective, "dataset": cfg.data.dataset}, vae=vae, scale_factor=scale, config=cfg,
+        describe={"objective": cfg.objective, "dataset": cfg.data.dataset},
+        vae=vae,
+        scale_factor=scale,
+        config=cfg,
     )
 
 
-def load_official_source(path: str | Path, model: str = "DiT-XL/2", image_size: int = 256, num_classes: int = 1000,
-                         device: str | torch.device = "cpu", model_kwargs: dict | None = None) -> SampleSource:
+def load_official_source(
+    path: str | Path,
+    model: str = "DiT-XL/2",
+    image_size: int = 256,
+    num_classes: int = 1000,
+    device: str | torch.device = "cpu",
+    model_kwargs: dict | None = None,
+) -> SampleSource:
     """An official (DDPM-trained) DiT checkpoint as an EDM denoiser (see :mod:`sddit.diffusion.vp`)."""
     from ..diffusion.vp import DiscreteVPDenoiser, load_official_dit
 
@@ -73,20 +87,33 @@ def load_official_source(path: str | Path, model: str = "DiT-XL/2", image_size: 
         raise CheckpointError(" ".join(str(e).split())) from None
     net = DiscreteVPDenoiser(dit).to(device).eval().requires_grad_(False)
     return SampleSource(
-        net=net, shape=(dit.in_channels, dit.input_size, dit.input_size), num_classes=num_classes,
-        null_label=net.null_label, sampler_kwargs=net.sampler_kwargs(), checkpoint=str(Path(path).resolve()),
-        kind="official-dit", latent=True, describe={"model": model, "image_size": image_size},
+        net=net,
+        shape=(dit.in_channels, dit.input_size, dit.input_size),
+        num_classes=num_classes,
+        null_label=net.null_label,
+        sampler_kwargs=net.sampler_kwargs(),
+        checkpoint=str(Path(path).resolve()),
+        kind="official-dit",
+        latent=True,
+        describe={"model": model, "image_size": image_size},
     )
 
 
-def resolve_vae(source: SampleSource, vae: str | None = None,
-                scale_factor: float | None = None) -> tuple[str, float, str]:
+def resolve_vae(
+    source: SampleSource, vae: str | None = None, scale_factor: float | None = None
+) -> tuple[str, float, str]:
     """(VAE id or directory, scale factor, where they came from) for a latent source.
 
     Order: ``vae``/``scale_factor`` given by the user, then what the model records, then the
     checkpoint's latent manifest, then (official DiT only) DiT's defaults (`decode.find_vae`). A
     latent sddit checkpoint with none of them is an error that says to pass ``--vae``.
     """
-    return find_vae(source.manifest_root, vae, scale_factor, recorded_vae=source.vae,
-                    recorded_scale=source.scale_factor,
-                    default=OFFICIAL_DIT_VAE if source.kind == "official-dit" else None, what=source.checkpoint)
+    return find_vae(
+        source.manifest_root,
+        vae,
+        scale_factor,
+        recorded_vae=source.vae,
+        recorded_scale=source.scale_factor,
+        default=OFFICIAL_DIT_VAE if source.kind == "official-dit" else None,
+        what=source.checkpoint,
+    )

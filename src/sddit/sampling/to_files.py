@@ -52,15 +52,38 @@ from .decode import load_decoder
 from .sample import quantize, sample_seeds
 from .sources import SampleSource, resolve_vae
 
-__all__ = ["assign_batches", "generate_samples", "sample_batch", "seed_labels", "write_image_npz",
-           "IMAGES_DIR", "NPZ_NAME", "JSON_NAME"]
+__all__ = [
+    "assign_batches",
+    "generate_samples",
+    "sample_batch",
+    "seed_labels",
+    "write_image_npz",
+    "IMAGES_DIR",
+    "NPZ_NAME",
+    "JSON_NAME",
+]
 
 IMAGES_DIR = "images"
 NPZ_NAME = "samples.npz"
 JSON_NAME = "samples.json"
 # Keys of samples.json that must match for --resume (they decide the bits of every image).
-RESUME_KEYS = ("checkpoint", "official_dit", "model", "image_size", "num_samples", "seed", "steps", "cfg_scale",
-               "labels", "precision", "batch_size", "sampler_kwargs", "vae", "scale_factor", "image_shape")
+RESUME_KEYS = (
+    "checkpoint",
+    "official_dit",
+    "model",
+    "image_size",
+    "num_samples",
+    "seed",
+    "steps",
+    "cfg_scale",
+    "labels",
+    "precision",
+    "batch_size",
+    "sampler_kwargs",
+    "vae",
+    "scale_factor",
+    "image_shape",
+)
 
 
 def seed_labels(seeds: list[int], num_classes: int, shape: tuple[int, ...], device: str | torch.device) -> torch.Tensor:
@@ -77,8 +100,14 @@ def seed_labels(seeds: list[int], num_classes: int, shape: tuple[int, ...], devi
 
 @torch.no_grad()
 def sample_batch(
-    source: SampleSource, seeds: list[int], labels: torch.Tensor | None, *, steps: int, cfg_scale: float,
-    precision: str = "fp32", device: str | torch.device = "cpu",
+    source: SampleSource,
+    seeds: list[int],
+    labels: torch.Tensor | None,
+    *,
+    steps: int,
+    cfg_scale: float,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of samples (float, on the CPU) and its labels, as NVlabs/edm ``generate.py`` draws them.
 
@@ -88,9 +117,19 @@ def sample_batch(
     latent (std ~1, beyond [-1, 1]) that the VAE decodes; pixel outputs are clamped by the caller.
     """
     source.net.eval()
-    return sample_seeds(source.net, seeds, source.shape, labels, num_classes=source.num_classes, num_steps=steps,
-                        cfg_scale=cfg_scale, null_label=source.null_label, device=device,
-                        sampler_kwargs=source.sampler_kwargs, precision=precision)
+    return sample_seeds(
+        source.net,
+        seeds,
+        source.shape,
+        labels,
+        num_classes=source.num_classes,
+        num_steps=steps,
+        cfg_scale=cfg_scale,
+        null_label=source.null_label,
+        device=device,
+        sampler_kwargs=source.sampler_kwargs,
+        precision=precision,
+    )
 
 
 def assign_batches(num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
@@ -118,16 +157,21 @@ def _read_png_rgb(path: Path, hw: tuple[int, int]) -> np.ndarray:
         with Image.open(path) as img:
             arr = np.asarray(img.convert("RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path} is unreadable ({type(e).__name__}): delete it and run again with --resume, which "
-                        "generates it again") from None
+        raise DataError(
+            f"{path} is unreadable ({type(e).__name__}): delete it and run again with --resume, which "
+            "generates it again"
+        ) from None
     if arr.shape[:2] != hw:
-        raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, expected {hw[1]}x{hw[0]}: remove stale files from "
-                        "that folder and generate again")
+        raise DataError(
+            f"{path} is {arr.shape[1]}x{arr.shape[0]}, expected {hw[1]}x{hw[0]}: remove stale files from "
+            "that folder and generate again"
+        )
     return arr
 
 
-def write_image_npz(path: str | Path, images: Iterable[np.ndarray], shape: tuple[int, int, int, int],
-                    labels: np.ndarray | None = None) -> Path:
+def write_image_npz(
+    path: str | Path, images: Iterable[np.ndarray], shape: tuple[int, int, int, int], labels: np.ndarray | None = None
+) -> Path:
     """Stream uint8 HWC images into an ``.npz`` holding ``arr_0`` (N, H, W, 3) (+ ``arr_1`` labels).
 
     Same container as ``np.savez`` (a zip of ``.npy`` members, stored uncompressed, zip64), written
@@ -137,8 +181,11 @@ def write_image_npz(path: str | Path, images: Iterable[np.ndarray], shape: tuple
     count = 0
     with atomic_write(path) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                      "shape": tuple(int(s) for s in shape)}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                "fortran_order": False,
+                "shape": tuple(int(s) for s in shape),
+            }
             np.lib.format.write_array_header_1_0(f, header)
             for image in images:
                 if image.shape != tuple(shape[1:]) or image.dtype != np.uint8:
@@ -179,18 +226,24 @@ def _check_out_dir(out: Path, settings: dict, resume: bool) -> None:
     existing = any((out / IMAGES_DIR).glob("*.png")) if (out / IMAGES_DIR).is_dir() else False
     if not resume:
         if existing:
-            raise DataError(f"{out / IMAGES_DIR} already holds PNGs from an earlier run: pass --resume to finish that "
-                            "run (same settings), or choose an empty --out")
+            raise DataError(
+                f"{out / IMAGES_DIR} already holds PNGs from an earlier run: pass --resume to finish that "
+                "run (same settings), or choose an empty --out"
+            )
         earlier = [name for name in (NPZ_NAME, JSON_NAME) if (out / name).exists()]
         if earlier:
-            raise DataError(f"{out} already holds {' and '.join(earlier)} from an earlier run, which this run would "
-                            "overwrite: choose an empty --out, or move them away")
+            raise DataError(
+                f"{out} already holds {' and '.join(earlier)} from an earlier run, which this run would "
+                "overwrite: choose an empty --out, or move them away"
+            )
         return
     meta = out / JSON_NAME
     if not meta.exists():
         if existing or (out / NPZ_NAME).exists():
-            raise DataError(f"--resume: {meta} is missing, so the files in {out} cannot be checked against these "
-                            "settings; choose an empty --out")
+            raise DataError(
+                f"--resume: {meta} is missing, so the files in {out} cannot be checked against these "
+                "settings; choose an empty --out"
+            )
         return
     try:
         old = json.loads(meta.read_text())
@@ -199,8 +252,9 @@ def _check_out_dir(out: Path, settings: dict, resume: bool) -> None:
     diff = [k for k in RESUME_KEYS if old.get(k) != settings.get(k)]
     if diff:
         changes = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
-        raise DataError(f"--resume: {out} was generated with other settings ({changes}); use the same ones or "
-                        "another --out")
+        raise DataError(
+            f"--resume: {out} was generated with other settings ({changes}); use the same ones or another --out"
+        )
 
 
 def generate_samples(
@@ -246,14 +300,24 @@ def generate_samples(
     settings = {
         "checkpoint": source.checkpoint if source.kind == "sddit" else None,
         "official_dit": source.checkpoint if source.kind == "official-dit" else None,
-        "model": source.describe.get("model"), "image_size": source.describe.get("image_size"),
-        "num_samples": num_samples, "seed": seed, "seeds": f"{seed}..{seed + num_samples - 1}",
+        "model": source.describe.get("model"),
+        "image_size": source.describe.get("image_size"),
+        "num_samples": num_samples,
+        "seed": seed,
+        "seeds": f"{seed}..{seed + num_samples - 1}",
         "labels": "balanced (i % num_classes)" if balanced else "drawn from each seed (EDM generate.py)",
-        "num_classes": source.num_classes, "sampler": "edm_heun (Karras et al. 2022, Algorithm 1, deterministic)",
-        "steps": steps, "nfe": 2 * steps - 1, "cfg_scale": cfg_scale,
+        "num_classes": source.num_classes,
+        "sampler": "edm_heun (Karras et al. 2022, Algorithm 1, deterministic)",
+        "steps": steps,
+        "nfe": 2 * steps - 1,
+        "cfg_scale": cfg_scale,
         "sampler_kwargs": {k: float(v) for k, v in source.sampler_kwargs.items()},
-        "precision": precision, "batch_size": batch_size, "vae": vae_id, "vae_from": vae_origin,
-        "scale_factor": scale_factor, "image_shape": [image_shape[1], image_shape[2], 3],
+        "precision": precision,
+        "batch_size": batch_size,
+        "vae": vae_id,
+        "vae_from": vae_origin,
+        "scale_factor": scale_factor,
+        "image_shape": [image_shape[1], image_shape[2], 3],
     }
     _check_out_dir(out, settings, resume)
     dist.barrier()  # every rank checked the folder before rank 0 writes into it
@@ -269,8 +333,11 @@ def generate_samples(
         idx = range(start, stop)
         if resume and all(_png_done(_png_path(out, i), image_shape[1:]) for i in idx):
             seeds = [seed + i for i in idx]
-            labels = (torch.tensor([i % source.num_classes for i in idx]) if balanced
-                      else seed_labels(seeds, source.num_classes, source.shape, device))
+            labels = (
+                torch.tensor([i % source.num_classes for i in idx])
+                if balanced
+                else seed_labels(seeds, source.num_classes, source.shape, device)
+            )
             labels_of.update(zip(idx, labels.tolist()))
             skipped += stop - start
         else:
@@ -285,8 +352,9 @@ def generate_samples(
         for idx in todo:
             seeds = [seed + i for i in idx]
             given = torch.tensor([i % source.num_classes for i in idx]) if balanced else None
-            x, labels = sample_batch(source, seeds, given, steps=steps, cfg_scale=cfg_scale, precision=precision,
-                                     device=device)
+            x, labels = sample_batch(
+                source, seeds, given, steps=steps, cfg_scale=cfg_scale, precision=precision, device=device
+            )
             labels_of.update(zip(idx, labels.tolist()))
             x = decoder(x) if decoder is not None else x.clamp(-1, 1)
             arr = quantize(x).permute(0, 2, 3, 1).numpy()  # (b, H, W, C) uint8
@@ -306,17 +374,27 @@ def generate_samples(
     h, w = image_shape[1], image_shape[2]
     missing = [i for i in range(num_samples) if not _png_path(out, i).exists()]
     if missing:
-        raise DataError(f"{len(missing)} PNGs are missing in {out / IMAGES_DIR} (first {missing[0]:06d}.png): "
-                        "run again with --resume")
+        raise DataError(
+            f"{len(missing)} PNGs are missing in {out / IMAGES_DIR} (first {missing[0]:06d}.png): "
+            "run again with --resume"
+        )
     log(f"packing {num_samples} images into {out / NPZ_NAME}")
     write_image_npz(out / NPZ_NAME, _pngs_in_order(out, num_samples, (h, w)), (num_samples, h, w, 3), labels_arr)
     meta = {
-        **settings, "status": "done", "npz": NPZ_NAME, "npz_layout": "arr_0 uint8 (N, H, W, 3); arr_1 int64 labels",
-        "images": f"{IMAGES_DIR}/{{i:06d}}.png", "kind": source.kind, **{k: v for k, v in source.describe.items()
-                                                                        if k not in settings},
+        **settings,
+        "status": "done",
+        "npz": NPZ_NAME,
+        "npz_layout": "arr_0 uint8 (N, H, W, 3); arr_1 int64 labels",
+        "images": f"{IMAGES_DIR}/{{i:06d}}.png",
+        "kind": source.kind,
+        **{k: v for k, v in source.describe.items() if k not in settings},
         "class_counts": np.bincount(labels_arr, minlength=source.num_classes).tolist(),
-        "world_size": world, "device": str(device), "skipped_existing": skipped if resume else None,
-        "rank0_seconds": round(seconds, 1), "git": git_commit(), "torch": torch.__version__,
+        "world_size": world,
+        "device": str(device),
+        "skipped_existing": skipped if resume else None,
+        "rank0_seconds": round(seconds, 1),
+        "git": git_commit(),
+        "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out / JSON_NAME).write_text(json.dumps(meta, indent=2))

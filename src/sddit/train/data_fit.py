@@ -18,8 +18,10 @@ def fit_model_to_data(cfg: Config, dataset: ImageDataset, log) -> None:
     """Take the shapes the user left open from the data, then check shape and labels."""
     _shapes_from_data(cfg, dataset, log)
     if dataset.shape != (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size):
-        raise ConfigError(f"data is {tuple(dataset.shape)} but the model expects ({cfg.model.in_channels}, "
-                          f"{cfg.model.input_size}, {cfg.model.input_size}); set model.in_channels/model.input_size")
+        raise ConfigError(
+            f"data is {tuple(dataset.shape)} but the model expects ({cfg.model.in_channels}, "
+            f"{cfg.model.input_size}, {cfg.model.input_size}); set model.in_channels/model.input_size"
+        )
     _check_labels(cfg, dataset)
 
 
@@ -40,13 +42,16 @@ def _shapes_from_data(cfg: Config, dataset: ImageDataset, log) -> None:
         if f"model.{name}" in chosen:
             if name == "num_classes" and now < value:
                 _check_labels(cfg, dataset)  # labels past the embedding: that error, which names the null class
-            raise ConfigError(f"model.{name}={now} was set, but {where} has {name}={value}: "
-                              f"remove the setting (it is then taken from the data) or set model.{name}={value}")
+            raise ConfigError(
+                f"model.{name}={now} was set, but {where} has {name}={value}: "
+                f"remove the setting (it is then taken from the data) or set model.{name}={value}"
+            )
         setattr(cfg.model, name, value)
         taken.append(f"model.{name}={value} (the config had {now})")
     if taken:
         cfg.validate()  # e.g. a patch size that does not divide the new input size
         log(f"note: from {where}: {', '.join(taken)}")
+
 
 def _check_labels(cfg: Config, dataset: ImageDataset) -> None:
     """Labels must lie in [0, model.num_classes): label num_classes is the CFG null class (it would
@@ -57,6 +62,8 @@ def _check_labels(cfg: Config, dataset: ImageDataset) -> None:
     else:  # latents: every label was checked against the manifest's classes when the shards opened
         lo, hi = 0, dataset.num_classes - 1
     if lo < 0 or hi >= k:
-        raise ConfigError(f"the data has labels {lo}..{hi} but model.num_classes={k}: labels must lie in [0, {k}) "
-                          f"(label {k} is the null class of classifier-free guidance); set "
-                          f"model.num_classes={max(hi + 1, dataset.num_classes)}")
+        raise ConfigError(
+            f"the data has labels {lo}..{hi} but model.num_classes={k}: labels must lie in [0, {k}) "
+            f"(label {k} is the null class of classifier-free guidance); set "
+            f"model.num_classes={max(hi + 1, dataset.num_classes)}"
+        )

@@ -15,9 +15,18 @@ from torch import Tensor, nn
 # Model attribute -> part. DiT has no split: its blocks count as "encoder" and its final layer as
 # "decoder", so its rows line up with the split models'. Fixed tables (pos_embed) have no gradient.
 PART_OF = {
-    "x_embedder": "embedders", "t_embedder": "embedders", "y_embedder": "embedders", "cls_token": "embedders",
-    "cls_pos_embed": "embedders", "blocks": "encoder", "decoder_embed": "decoder", "decoder_cond": "decoder",
-    "mask_token": "decoder", "decoder_blocks": "decoder", "final_layer": "decoder", "head": "head",
+    "x_embedder": "embedders",
+    "t_embedder": "embedders",
+    "y_embedder": "embedders",
+    "cls_token": "embedders",
+    "cls_pos_embed": "embedders",
+    "blocks": "encoder",
+    "decoder_embed": "decoder",
+    "decoder_cond": "decoder",
+    "mask_token": "decoder",
+    "decoder_blocks": "decoder",
+    "final_layer": "decoder",
+    "head": "head",
 }
 
 

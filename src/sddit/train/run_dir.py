@@ -41,10 +41,27 @@ CHANGES_NAME = "config_changes.jsonl"
 # scores itself, threads, evaluation after training) or change only its speed (compilation, TF32
 # matmuls, gradient checkpointing: the same function, rounded differently at most): they may differ
 # on resume without a word.
-FREE_KEYS = ("run_dir", "device", "train.num_threads", "train.cpu_procs", "train.log_every", "train.ckpt_every", "train.keep_last",
-             "train.fid_every", "train.fid_samples", "train.fid_ref", "train.sample_every", "train.sample_classes",
-             "train.sample_per_class", "train.loggers", "train.wandb_project", "train.gradnorm_every",
-             "train.compile", "train.tf32", "model.grad_checkpointing")
+FREE_KEYS = (
+    "run_dir",
+    "device",
+    "train.num_threads",
+    "train.cpu_procs",
+    "train.log_every",
+    "train.ckpt_every",
+    "train.keep_last",
+    "train.fid_every",
+    "train.fid_samples",
+    "train.fid_ref",
+    "train.sample_every",
+    "train.sample_classes",
+    "train.sample_per_class",
+    "train.loggers",
+    "train.wandb_project",
+    "train.gradnorm_every",
+    "train.compile",
+    "train.tf32",
+    "model.grad_checkpointing",
+)
 FREE_PREFIXES = ("eval.",)
 # Changed on resume without the flag, but recorded: extending a finished run is routine. Schedules
 # defined over train.max_steps (lr decay, SD-DiT's teacher momentum and temperature warm-up,
@@ -68,8 +85,9 @@ def make_run_dir(run_dir: Path) -> None:
             raise ConfigError(f"run directory {run_dir} is a file, not a directory: pass another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"run directory {run_dir} cannot be created (a part of its path is a file): pass another "
-                          "--run-dir") from None
+        raise ConfigError(
+            f"run directory {run_dir} cannot be created (a part of its path is a file): pass another --run-dir"
+        ) from None
     except OSError as e:  # e.g. ENAMETOOLONG, EACCES, ENOSPC: the fix depends on which
         raise RunError(_cannot(e, run_dir, "cannot create the run directory")) from None
 
@@ -115,10 +133,14 @@ class RunDirLock:
             f.close()
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 pid = holder.split()[1] if holder.startswith("pid ") else "PID"
-                raise RunError(f"{self.run_dir} is in use by another `sddit train` ({holder or 'pid unknown'}): wait "
-                               f"for it to finish, stop it (kill {pid}), or pass another --run-dir") from None
-            raise RunError(f"cannot lock {self.path} ({e.strerror or e}): this filesystem does not support file "
-                           "locks; use a run directory on a local or NFSv4 disk") from None
+                raise RunError(
+                    f"{self.run_dir} is in use by another `sddit train` ({holder or 'pid unknown'}): wait "
+                    f"for it to finish, stop it (kill {pid}), or pass another --run-dir"
+                ) from None
+            raise RunError(
+                f"cannot lock {self.path} ({e.strerror or e}): this filesystem does not support file "
+                "locks; use a run directory on a local or NFSv4 disk"
+            ) from None
         f.seek(0)
         self.stale_holder = f.read().strip()  # non-empty: the previous holder died without releasing
         try:
@@ -236,9 +258,11 @@ def check_resume_config(old: dict, new: dict, checkpoint: str, allow: bool) -> d
     if refused and not allow:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(refused.items())[:4])
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
-        raise ConfigError(f"{checkpoint} was trained with another config ({listed}{more}): resume with the same "
-                          "values, pass --allow-config-change to continue with the new ones (recorded in "
-                          f"{CHANGES_NAME}), or use another --run-dir")
+        raise ConfigError(
+            f"{checkpoint} was trained with another config ({listed}{more}): resume with the same "
+            "values, pass --allow-config-change to continue with the new ones (recorded in "
+            f"{CHANGES_NAME}), or use another --run-dir"
+        )
     return changes
 
 
@@ -247,9 +271,12 @@ def record_config_changes(run_dir: str | Path, changes: dict[str, tuple[Any, Any
     if not changes:
         return
     path = Path(run_dir) / CHANGES_NAME
-    entry = {"step": step, "changes": {k: [a, b] for k, (a, b) in changes.items()},
-             "allowed_by": "--allow-config-change" if allowed else "train.max_steps may change on resume",
-             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    entry = {
+        "step": step,
+        "changes": {k: [a, b] for k, (a, b) in changes.items()},
+        "allowed_by": "--allow-config-change" if allowed else "train.max_steps may change on resume",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     if path.is_file():
         lines = path.read_text().splitlines()
         try:

@@ -44,8 +44,9 @@ from .stop import GracefulStop, signal_name
 class Trainer:
     """Holds the state of one run; `fit()` is the loop."""
 
-    def __init__(self, cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False,
-                 warn=warn_stderr):
+    def __init__(
+        self, cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False, warn=warn_stderr
+    ):
         """`evaluate`: the caller will ask for a grid and FID after training (`sddit train`), so what
         they need is checked and loaded now, before training. `allow_config_change`: resume even if
         the run directory's config differs in keys that change the computation (recorded). `log`
@@ -69,10 +70,14 @@ class Trainer:
         # One training process per run directory (rank 0 holds the lock; released by close()).
         self.lock = rundir.RunDirLock(self.run_dir).acquire() if dist.is_main() else None
         if self.lock is not None and self.lock.stale_holder:
-            self.log(f"note: took over the lock of {self.run_dir} left by a process that is gone ({self.lock.stale_holder})")
+            self.log(
+                f"note: took over the lock of {self.run_dir} left by a process that is gone ({self.lock.stale_holder})"
+            )
         if self.lock is not None and (partial := rundir.remove_stale_temporaries(self.run_dir)):
-            self.log(f"note: removed {len(partial)} partial file(s) ({', '.join(p.name for p in partial[:3])}"
-                     f"{' ...' if len(partial) > 3 else ''}) left by a write that was killed")
+            self.log(
+                f"note: removed {len(partial)} partial file(s) ({', '.join(p.name for p in partial[:3])}"
+                f"{' ...' if len(partial) > 3 else ''}) left by a write that was killed"
+            )
         try:
             self._build()
         except BaseException:
@@ -87,9 +92,11 @@ class Trainer:
         fit_model_to_data(cfg, self.dataset, self.log)  # shapes and classes, each a one-line error
         self.sampler = EpochSampler(len(self.dataset), cfg.train.batch_size, cfg.train.seed, self.rank, self.world)
         if (cfg.train.batch_size // self.world) % cfg.train.grad_accum:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} over {self.world} processes is "
-                              f"{cfg.train.batch_size // self.world} rows each, not divisible into "
-                              f"train.grad_accum={cfg.train.grad_accum} equal micro-batches")
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} over {self.world} processes is "
+                f"{cfg.train.batch_size // self.world} rows each, not divisible into "
+                f"train.grad_accum={cfg.train.grad_accum} equal micro-batches"
+            )
 
         # student, objective (teacher lives there), sampling EMA, optimiser
         self.net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data).to(self.device)
@@ -97,8 +104,9 @@ class Trainer:
         self.ema = copy_for_ema(self.net)
         params = [p for p in self.net.parameters() if p.requires_grad]
         fused = self.device.type == "cuda"
-        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas,
-                                     weight_decay=cfg.train.weight_decay, fused=fused or None)
+        self.opt = torch.optim.AdamW(
+            params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay, fused=fused or None
+        )
         self.amp = Precision(cfg.train.precision, self.device)  # autocast; fp16: the gradient scaler
         # Per-rank streams for what is drawn outside the objectives (flips, latent posterior samples);
         # the objectives' noise, masks and label drops come from per-step generators.
@@ -112,11 +120,13 @@ class Trainer:
         tc = cfg.train
         self.monitor = None
         if dist.is_main():
-            fid_sizes = [tc.fid_samples] * (tc.fid_every > 0) + [cfg.eval.num_samples] * (self.evaluate and
-                                                                                          cfg.eval.num_samples > 0)
+            fid_sizes = [tc.fid_samples] * (tc.fid_every > 0) + [cfg.eval.num_samples] * (
+                self.evaluate and cfg.eval.num_samples > 0
+            )
             with dist.all_cores():  # the other ranks wait in DDP's first broadcast
-                self.monitor = Monitor(cfg, self.device, grids=tc.sample_every > 0 or self.evaluate,
-                                       fid_sizes=fid_sizes, log=self.log)
+                self.monitor = Monitor(
+                    cfg, self.device, grids=tc.sample_every > 0 or self.evaluate, fid_sizes=fid_sizes, log=self.log
+                )
 
         self.train_net: nn.Module = self.net
         self.ddp = None
@@ -133,11 +143,18 @@ class Trainer:
         """Everything a bit-exact resume needs: weights, EMA, teacher + centers, optimiser, data
         position, and the RNG states of every rank."""
         return {
-            "version": CHECKPOINT_VERSION, "step": self.step, "config": config_to_dict(self.cfg), "world_size": self.world,
-            "model": self.net.model.state_dict(), "ema": self.ema.model.state_dict(),
-            "optimizer": self.opt.state_dict(), "objective": self.objective.state_dict(),
-            "sampler": self.sampler.state_dict(), "rng": dict(enumerate(rng_states)),
-            "train_seconds": self.train_seconds, "scaler": self.amp.state_dict(),
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "config": config_to_dict(self.cfg),
+            "world_size": self.world,
+            "model": self.net.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "objective": self.objective.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": dict(enumerate(rng_states)),
+            "train_seconds": self.train_seconds,
+            "scaler": self.amp.state_dict(),
         }
 
     def save(self) -> Path:
@@ -145,14 +162,17 @@ class Trainer:
         path = self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
         if dist.is_main():
             try:
-                path = save_checkpoint(self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last,
-                                       warn=self.warn)
+                path = save_checkpoint(
+                    self.state(rng_states), self.run_dir, self.step, self.cfg.train.keep_last, warn=self.warn
+                )
             except OSError as e:  # e.g. a full disk: the temp file is gone, older checkpoints are intact
                 kept = list_checkpoints(self.run_dir)
                 problem = file_problem(e) or f"cannot write {e.filename or path} ({e.strerror or e})"
-                raise RunError(f"the step-{self.step} checkpoint was not saved: {problem}; "
-                               f"{'the previous one, ' + str(kept[-1]) + ', is intact' if kept else 'no earlier checkpoint exists'}; "
-                               "then re-run the same command to resume") from None
+                raise RunError(
+                    f"the step-{self.step} checkpoint was not saved: {problem}; "
+                    f"{'the previous one, ' + str(kept[-1]) + ', is intact' if kept else 'no earlier checkpoint exists'}; "
+                    "then re-run the same command to resume"
+                ) from None
             self.log(f"saved {path}")
         dist.barrier()
         self.saved_step = self.step
@@ -171,14 +191,17 @@ class Trainer:
         if state is None:
             self._drop_metrics_after(0)
             return
-        changes = rundir.check_resume_config(state["config"], config_to_dict(self.cfg), state["_path"],
-                                             self.allow_config_change)
+        changes = rundir.check_resume_config(
+            state["config"], config_to_dict(self.cfg), state["_path"], self.allow_config_change
+        )
         try:
             self.net.model.load_state_dict(state["model"])
             self.ema.model.load_state_dict(state["ema"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{state['_path']} does not match this model config ({first}); use another --run-dir") from None
+            raise CheckpointError(
+                f"{state['_path']} does not match this model config ({first}); use another --run-dir"
+            ) from None
         self.opt.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state["objective"])
         self.sampler.load_state_dict(state["sampler"])
@@ -186,16 +209,20 @@ class Trainer:
         if self.rank in state["rng"]:
             seeding.set_rng_state(state["rng"][self.rank])
         else:
-            self.warn(f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
-                     f"{state.get('world_size', '?')} processes); this rank's flips/posterior samples restart from its seed")
+            self.warn(
+                f"warning: {state['_path']} has no RNG state for rank {self.rank} (it was written by "
+                f"{state.get('world_size', '?')} processes); this rank's flips/posterior samples restart from its seed"
+            )
         self.step = state["step"]
         self.saved_step = self.step  # that checkpoint exists: a run with nothing left to train writes none
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.log(f"resumed from {state['_path']} at step {self.step}")
         if changes and dist.is_main():
             rundir.record_config_changes(self.run_dir, changes, self.step, self.allow_config_change)
-            self.log(f"note: config changed on resume ({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items())}); "
-                     f"recorded in {self.run_dir / rundir.CHANGES_NAME}")
+            self.log(
+                f"note: config changed on resume ({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items())}); "
+                f"recorded in {self.run_dir / rundir.CHANGES_NAME}"
+            )
         self._drop_metrics_after(self.step)
 
     def _drop_metrics_after(self, step: int) -> None:
@@ -204,7 +231,9 @@ class Trainer:
         if not dist.is_main():
             return
         if dropped := rundir.truncate_metrics(self.run_dir, step):
-            self.log(f"note: dropped {dropped} line(s) of metrics.jsonl after step {step} (those steps are trained again)")
+            self.log(
+                f"note: dropped {dropped} line(s) of metrics.jsonl after step {step} (those steps are trained again)"
+            )
         if dropped := truncate_events(self.run_dir, step):
             self.log(f"note: dropped {dropped} TensorBoard event(s) after step {step}")
 
@@ -222,13 +251,17 @@ class Trainer:
         loss_sum, sums = None, {}
         for m, (xm, ym) in enumerate(zip(x0.chunk(k), y.chunk(k))):
             sync = self.ddp is None or m == k - 1
-            with self.objective.micro_batch(m, k), (nullcontext() if sync else self.ddp.no_sync()):
+            with self.objective.micro_batch(m, k), nullcontext() if sync else self.ddp.no_sync():
                 with self.amp.autocast():
                     loss, terms = self.objective(self.train_net, xm, ym, self.step)
                 if not self._loss_is_finite(loss):
                     self._skip_bad_step()
                     return None
-                if m == 0 and self.cfg.train.gradnorm_every > 0 and (self.step + 1) % self.cfg.train.gradnorm_every == 0:
+                if (
+                    m == 0
+                    and self.cfg.train.gradnorm_every > 0
+                    and (self.step + 1) % self.cfg.train.gradnorm_every == 0
+                ):
                     t = time.perf_counter()
                     self.log_gradnorms()
                     self.diagnostic_seconds += time.perf_counter() - t  # kept off the training clock
@@ -254,8 +287,10 @@ class Trainer:
         if self.bad_steps >= self.cfg.train.max_bad_steps:
             last = list_checkpoints(self.run_dir)
             where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-            raise RunError(f"loss was non-finite for {self.bad_steps} steps in a row (step {self.step}); {where}; "
-                           f"lower train.lr, set train.grad_clip, or use train.precision=fp32")
+            raise RunError(
+                f"loss was non-finite for {self.bad_steps} steps in a row (step {self.step}); {where}; "
+                f"lower train.lr, set train.grad_clip, or use train.precision=fp32"
+            )
 
     def fit(self, until: int | None = None, signals: GracefulStop | None = None) -> None:
         """Train to step `until` (default train.max_steps). Schedules always see train.max_steps, so
@@ -266,8 +301,14 @@ class Trainer:
         stop = tc.max_steps if until is None else min(until, tc.max_steps)
         if dist.is_main():
             rundir.write_config(self.run_dir, config_to_dict(cfg))
-        bar = tqdm(total=tc.max_steps, initial=self.step, desc=f"train {cfg.objective}", unit="step",
-                   disable=not dist.is_main(), dynamic_ncols=True)
+        bar = tqdm(
+            total=tc.max_steps,
+            initial=self.step,
+            desc=f"train {cfg.objective}",
+            unit="step",
+            disable=not dist.is_main(),
+            dynamic_ncols=True,
+        )
         sums: dict[str, float] = {}
         count, seconds_last, step_last = 0, self.train_seconds, self.step
         first = None  # the step this process's first fit() started at (rank 0)
@@ -275,8 +316,10 @@ class Trainer:
             self.announced, first = True, self.step
             self.log(self.banner(stop))
             if tc.compile and self.step < stop:
-                self.log("note: torch.compile compiles the model during the first step (minutes for XL models): "
-                         "the first step is slow, the next ones fast")
+                self.log(
+                    "note: torch.compile compiles the model during the first step (minutes for XL models): "
+                    "the first step is slow, the next ones fast"
+                )
         while self.step < stop:
             if signals is not None and (signum := signals.requested(self.device)):
                 bar.close()
@@ -323,9 +366,12 @@ class Trainer:
                 means = dist.all_reduce_mean(means.to(self.device)).cpu()
                 # over training time only: grids, FIDs and checkpoints of the window do not count
                 window = self.train_seconds - seconds_last
-                record = {**{k: float(v) for k, v in zip(sums, means)}, "lr": lr,
-                          "img_per_s": (self.step - step_last) * tc.batch_size / max(window, 1e-9),
-                          "train_seconds": round(self.train_seconds, 2)}
+                record = {
+                    **{k: float(v) for k, v in zip(sums, means)},
+                    "lr": lr,
+                    "img_per_s": (self.step - step_last) * tc.batch_size / max(window, 1e-9),
+                    "train_seconds": round(self.train_seconds, 2),
+                }
                 self.loggers.log(self.step, record)  # metrics.jsonl (+ tensorboard / wandb); rank 0 only
                 if dist.is_main():
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
@@ -354,12 +400,14 @@ class Trainer:
         source = "scikit-learn" if cfg.data.dataset == "digits" else str(Path(cfg.data.root).expanduser().resolve())
         per_rank = tc.batch_size // self.world
         accum = f" in {tc.grad_accum} micro-batches" if tc.grad_accum > 1 else ""
-        return (f"sddit train: {cfg.objective} {m.preset or 'model'} ({params / 1e6:.2f}M parameters, "
-                f"{m.in_channels}x{m.input_size}x{m.input_size} input, {m.num_classes} classes); data: "
-                f"{len(self.dataset):,} {cfg.data.dataset} entries of {shape} from {source}; {self.world} "
-                f"process{'es' if self.world > 1 else ''} on {self.device}, {tc.precision}"
-                f"{', compiled' if tc.compile else ''}; batch {tc.batch_size} ({per_rank} per process{accum}); "
-                f"steps {self.step} -> {stop}; run dir {self.run_dir}")
+        return (
+            f"sddit train: {cfg.objective} {m.preset or 'model'} ({params / 1e6:.2f}M parameters, "
+            f"{m.in_channels}x{m.input_size}x{m.input_size} input, {m.num_classes} classes); data: "
+            f"{len(self.dataset):,} {cfg.data.dataset} entries of {shape} from {source}; {self.world} "
+            f"process{'es' if self.world > 1 else ''} on {self.device}, {tc.precision}"
+            f"{', compiled' if tc.compile else ''}; batch {tc.batch_size} ({per_rank} per process{accum}); "
+            f"steps {self.step} -> {stop}; run dir {self.run_dir}"
+        )
 
     def log_gradnorms(self) -> None:
         """Each weighted loss term's gradient norm per model part (train.gradnorm_every), mean over
@@ -374,27 +422,38 @@ class Trainer:
         `samples/step-N.png`, also sent to the loggers (rank 0; others wait)."""
         if dist.is_main():
             with dist.all_cores():
-                path = self.monitor.grid(self.ema, self.run_dir / "samples" / f"step-{self.step:07d}.png",
-                                         self.cfg.train.sample_per_class)
+                path = self.monitor.grid(
+                    self.ema, self.run_dir / "samples" / f"step-{self.step:07d}.png", self.cfg.train.sample_per_class
+                )
             self.loggers.image(self.step, "samples", path)
         dist.barrier()
 
     def _interrupted(self, signum: int) -> None:
         """Save at this step boundary (unless just saved) and stop with a one-line message."""
-        path = self.save() if self.saved_step != self.step else self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
-        raise Interrupted(f"stopped by {signal_name(signum)} at step {self.step}: saved {path}; run the same command "
-                          "again to resume", signum)
+        path = (
+            self.save() if self.saved_step != self.step else self.run_dir / "checkpoints" / f"ckpt-{self.step:07d}.pt"
+        )
+        raise Interrupted(
+            f"stopped by {signal_name(signum)} at step {self.step}: saved {path}; run the same command again to resume",
+            signum,
+        )
 
     def log_fid(self) -> None:
         """In-training FID of the sampling EMA on `train.fid_samples` samples (rank 0; others wait)."""
         if dist.is_main():
             with dist.all_cores():
                 r = self.monitor.fid(self.ema, self.cfg.train.fid_samples)
-            self.loggers.log(self.step, {"fid": r["fid"], "fid_samples": r["num_samples"], "fid_steps": r["steps"],
-                                         "fid_cfg_scale": r["cfg_scale"]})
+            self.loggers.log(
+                self.step,
+                {
+                    "fid": r["fid"],
+                    "fid_samples": r["num_samples"],
+                    "fid_steps": r["steps"],
+                    "fid_cfg_scale": r["cfg_scale"],
+                },
+            )
             self.log(f"step {self.step}: FID-{r['num_samples']} = {r['fid']:.2f}")
         dist.barrier()
-
 
 
 def train(cfg: Config, log=print, evaluate: bool = False, allow_config_change: bool = False) -> Trainer:
@@ -406,9 +465,12 @@ def train(cfg: Config, log=print, evaluate: bool = False, allow_config_change: b
         with GracefulStop() as signals:
             trainer.fit(signals=signals)
         if signals.signum:  # arrived during the last step: training is complete and saved
-            raise Interrupted(f"{signal_name(signals.signum)} after the last step ({trainer.step}), which is saved in "
-                              f"{trainer.run_dir / 'checkpoints'}; the grid and FID were skipped (`sddit eval "
-                              f"{trainer.run_dir}` computes the FID)", signals.signum)
+            raise Interrupted(
+                f"{signal_name(signals.signum)} after the last step ({trainer.step}), which is saved in "
+                f"{trainer.run_dir / 'checkpoints'}; the grid and FID were skipped (`sddit eval "
+                f"{trainer.run_dir}` computes the FID)",
+                signals.signum,
+            )
     except BaseException:
         trainer.close()
         raise
