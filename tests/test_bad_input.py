@@ -1361,6 +1361,8 @@ def test_a_runtime_error_that_is_not_memory_keeps_its_traceback(tmp_path, capsys
 CTRL_C_WHILE_IMPORTING = """
 import importlib.abc, os, signal, sys
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal: a runner started with & ignores SIGINT
+
 class CtrlC(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "torch":

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sddit import cli
+from sddit import cli, cli_parser
 from sddit.data import image_folder
 from sddit.data import prepare as prep
 from sddit.models import vae
@@ -226,7 +226,7 @@ def test_latent_dataset_reads_rows_from_the_mapped_files(single, tmp_path):
 
 def test_cli_parser_and_merge(single, image_root, vae_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    cli.add_prepare_parser(parser.add_subparsers(dest="command"))
+    cli_parser.add_prepare_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
             "prepare",
