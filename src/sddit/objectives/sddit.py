@@ -95,6 +95,8 @@ class SDDiTObjective(Objective):
         self.align = self.scfg.disc_loss == "align"
         self.teacher = student.make_teacher()
         if self.scfg.teacher_head_block:  # the teacher's tokens from another (e.g. deeper) block than the student's
+            # Config.validate says this first, before the run directory exists; with a model.preset only
+            # the built model knows its depth, so the check stays here too.
             if self.scfg.teacher_head_block > student.encoder_depth:
                 raise ConfigError(
                     f"sddit.teacher_head_block={self.scfg.teacher_head_block} is past the encoder's "
