@@ -54,6 +54,21 @@ behind DiT at equal time, by about what DiT's own curve loses over those updates
 reach DiT's final FID in half DiT's time (the project's goal stays unmet); (g) per training image
 it stays level with DiT, as at 2,400 steps.
 
+Fourth round (issue 23), the same aligned SD-DiT at 256 tokens, written before it ran:
+
+    python benchmarks/convergence.py --config 'fmnist32_{objective}' --methods dit,sddit --minutes 16 \
+        --points 2 --seeds 0,1 --name convergence32_r4 --set train.compile=true --set sddit.disc_loss=align \
+        --set sddit.image_token=cls --set model.head_block=2 --set sddit.teacher_head_block=4 \
+        --set sddit.teacher_sigma=shift --set sddit.lambda_d=0.2
+
+Its step, measured before the run (`benchmarks/step_time.py --config 'fmnist32_{objective}'` with
+the keys above, 1 thread, compiled, 2 rounds alone on the machine): 375 ms against DiT's 331, 1.14x
+(1.03-1.25), floor 1.22x; at 256 tokens the alignment drops the 1,024-prototype head that made
+the DINO step 1.50x. Hypotheses: (h) at ~1.15-1.2x DiT's step it sees ~0.85x DiT's updates and
+ends behind DiT at equal time, by less than the 49-token round's 7.5 FID; (i) it does not reach
+DiT's final FID in half DiT's time; (j) per training image it is level with DiT (as the DINO
+variant was at 256 tokens and the alignment at 49).
+
 Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
 against training images and against training minutes) and OUT/NAME.md (the table), rewritten after
 every finished run; finished runs are kept in RUNS/<method>-seed<k>.json, so a restart resumes.
