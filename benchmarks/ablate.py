@@ -87,6 +87,22 @@ The alignment that stayed level with DiT weighs 0.2. Hypotheses, before the runs
   CPUs with the same seed, so the pairing uses this machine's DiT.
     python benchmarks/ablate.py --rows r3-dit,r4-mean-l0.2 --seeds 0,1,2,3 --baseline r3-dit
 
+Fifth round (the `r5-` rows, 2026-12-06): the one SD-DiT row ever ahead of DiT beyond 2 s.e.,
+r2-block2 (-2.05 +- 0.62 over 6 seeds, head on encoder block 2), trained a [CLS] image term that was
+dead for a quarter to two thirds of its run: a lead, but not of a live configuration. Hypotheses,
+before the runs (r3-dit's seeds 0-3 of the fourth round's work folder are the baseline; DiT's code
+has not changed since, and it reproduced to the 5th decimal there):
+- X1 the lead was the patch term's, at block 2: with no image term at all (`r5-b2-patch`: head on
+  block 2, image_token none, lambda_d 1; the one term left is live) SD-DiT is ahead of r3-dit paired
+  over seeds 0-3 beyond 2 s.e. If it is level, r2-block2's lead came with the dead [CLS] term or by
+  chance (a last-bit change moves an SD-DiT run by up to 3 FID here).
+- X2 both terms live, head on block 2 (`r5-b2-mean0.2`: mean image token, lambda_d 0.2): level with
+  DiT like r4-mean-l0.2; ahead only if X1 holds (lambda_d 0.2 also scales the patch term by 1/5).
+- Liveness: each row's terms end below 0.9 ln K. Probe: if X1 holds, r5-b2-patch's encoder is ahead
+  of DiT's (spatial, sigma 0.5) beyond 2 s.e.; the linear probe then shows what the lead is made of.
+    python benchmarks/ablate.py --rows r5-b2-patch,r5-b2-mean0.2 --seeds 0,1,2,3 --baseline r3-dit \
+        --keep-weights --work <the fourth round's work folder>
+
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
     python benchmarks/ablate.py --rows dit,sddit --seeds 0
@@ -118,7 +134,15 @@ COMMON = [
 # SD-DiT rows start from the paper's mask ratio (the fmnist_sddit preset trains unmasked since this study)
 SD = [*COMMON, "sddit.mask_ratio=0.2", "sddit.image_token=cls"]  # as they ran: the preset's token is mean since r3
 # the second round: the default run's recipe, pinned (recipe.py), a third of its steps; unmasked
-R2 = [*PRESET3, "train.max_steps=2400", "train.gradnorm_every=400", "sddit.mask_ratio=0", "sddit.image_token=cls"]
+# lambda_d pinned at 1, the preset's value when these rounds ran (fmnist_sddit trains at 0.2 since 1709a2e)
+R2 = [
+    *PRESET3,
+    "train.max_steps=2400",
+    "train.gradnorm_every=400",
+    "sddit.mask_ratio=0",
+    "sddit.image_token=cls",
+    "sddit.lambda_d=1",
+]
 ROWS = [
     Row("dit", [*COMMON, "objective=dit"], "DiT, the baseline (same depth and width, no split)", config="fmnist_dit"),
     Row("sddit", SD, "SD-DiT as specified: lambda_d 1, mask 0.2, teacher at sigma_min"),
@@ -185,6 +209,17 @@ ROWS = [
         "r4-mean-l0.2",
         [*R2, "sddit.image_token=mean", "sddit.lambda_d=0.2"],
         "mean image token (live) at lambda_d 0.2, a fifth of r3-mean's",
+    ),
+    # Fifth round: r2-block2's lead (head on block 2) with only live terms
+    Row(
+        "r5-b2-patch",
+        [*R2, "model.head_block=2", "sddit.image_token=none"],
+        "head on block 2, patch term only (no image-level term: every term live)",
+    ),
+    Row(
+        "r5-b2-mean0.2",
+        [*R2, "model.head_block=2", "sddit.image_token=mean", "sddit.lambda_d=0.2"],
+        "head on block 2, mean image token, lambda_d 0.2 (both terms live)",
     ),
 ]
 
