@@ -86,15 +86,14 @@ def build(cfg, device):
     from sddit.diffusion import EDMPrecond
     from sddit.objectives import build_objective
     from sddit.models import build_model
+    from sddit.train.optim import build_optimizer
 
     torch.manual_seed(0)
     net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data).to(device)
     objective = build_objective(cfg, net)
     if hasattr(objective, "teacher"):
         objective.teacher.to(device)
-    opt = torch.optim.AdamW(
-        [p for p in net.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda" or None
-    )
+    opt = build_optimizer(net, lr=1e-4)
     return net, objective, opt
 
 

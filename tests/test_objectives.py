@@ -118,8 +118,8 @@ def test_discriminative_loss_equals_direct_cross_entropy():
 
 
 def test_sddit_compiled_cross_entropy_matches_eager():
-    """train.compile compiles the cross-entropies too: same loss and gradients, and a warming-up
-    teacher temperature must not recompile them every step."""
+    """train.compile compiles the cross-entropies and the teacher's forward too: same loss and
+    gradients, and a warming-up teacher temperature must not recompile them every step."""
     from torch._dynamo.utils import counters
 
     x0, y = digits_batch(8)
@@ -128,6 +128,7 @@ def test_sddit_compiled_cross_entropy_matches_eager():
         cfg, net, obj = make("sddit", f"train.compile={str(compile_).lower()}", "sddit.mask_ratio=0.25")
         randomize_(net)
         assert (obj._compiled_ce is not None) == compile_
+        assert (obj._teacher_run is not None) == compile_
         for step in (0, 1, 2):  # tau_T differs at each step (warm-up)
             if step == 1:
                 frames = counters["frames"]["total"]  # the patch and [CLS] graphs are built at step 0

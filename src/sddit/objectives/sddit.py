@@ -116,6 +116,9 @@ class SDDiTObjective(Objective):
         # With train.compile the cross-entropies are compiled too: eager, each of their ~12 element-wise
         # passes over B x T x K floats is a kernel of its own
         self._compiled_ce = torch.compile(self_distillation_ce, dynamic=False) if cfg.train.compile else None
+        # ... and the teacher's forward, which train.compile (the student's wrapper) does not reach: eager,
+        # it cost ~1/5 of a compiled DiT step at 256 tokens (benchmarks/step_time.py's floor column)
+        self._teacher_run = torch.compile(self._teacher_forward, dynamic=False) if cfg.train.compile else None
 
     def ce(
         self, student_logits: Tensor, teacher_logits: Tensor, center: Tensor, tau_s: float, tau_t: float
@@ -172,7 +175,12 @@ class SDDiTObjective(Objective):
             sigma_t.clamp_min(self.scfg.teacher_cond_sigma_min) if self.scfg.teacher_cond_sigma_min > 0 else sigma_t
         )
         _, _, _, c_noise = precond_coeffs(sigma_cond.view(-1, 1, 1, 1), self.dcfg.sigma_data)
-        enc = self.teacher.encode(c_in * x_t, c_noise.flatten(), y, force_drop_ids=drop, stop_after_head_block=True)
+        run = self._teacher_run or self._teacher_forward
+        return run(c_in * x_t, c_noise.flatten(), y, drop)
+
+    def _teacher_forward(self, x_in: Tensor, c_noise: Tensor, y: Tensor, drop: Tensor) -> Tensor:
+        """The teacher encoder to its head's block, then the head (dino) or nothing (align)."""
+        enc = self.teacher.encode(x_in, c_noise, y, force_drop_ids=drop, stop_after_head_block=True)
         if self.align:
             return enc.head_tokens.float()  # (B, T, D): SRA's target is the teacher's block output itself
         return self.teacher.head(enc.head_tokens).float()  # (B, [1+]T, K)

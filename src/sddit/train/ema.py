@@ -24,7 +24,7 @@ def ema_decay(step: int, decay: float, warmup: bool) -> float:
 @torch.no_grad()
 def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * net for parameters; buffers are copied."""
-    for p_ema, p in zip(ema.parameters(), net.parameters()):
-        p_ema.lerp_(p.detach(), 1.0 - decay)
+    # one call for all tensors (the same lerp as a per-tensor loop, without ~100 Python dispatches)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b)

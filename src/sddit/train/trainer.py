@@ -36,6 +36,7 @@ from .ema import copy_for_ema, ema_decay, ema_update
 from .gradnorms import gradient_norms
 from .loggers import build_loggers, truncate_events
 from .monitor import Monitor
+from .optim import build_optimizer
 from .plots import plot_metrics
 from .schedules import learning_rate
 from .stop import GracefulStop, signal_name
@@ -102,11 +103,7 @@ class Trainer:
         self.net = EDMPrecond(build_model(cfg), cfg.diffusion.sigma_data).to(self.device)
         self.objective = build_objective(cfg, self.net)
         self.ema = copy_for_ema(self.net)
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
-        self.opt = torch.optim.AdamW(
-            params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay, fused=fused or None
-        )
+        self.opt = build_optimizer(self.net, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
         self.amp = Precision(cfg.train.precision, self.device)  # autocast; fp16: the gradient scaler
         # Per-rank streams for what is drawn outside the objectives (flips, latent posterior samples);
         # the objectives' noise, masks and label drops come from per-step generators.
