@@ -68,6 +68,10 @@ the DINO step 1.50x. Hypotheses: (h) at ~1.15-1.2x DiT's step it sees ~0.85x DiT
 ends behind DiT at equal time, by less than the 49-token round's 7.5 FID; (i) it does not reach
 DiT's final FID in half DiT's time; (j) per training image it is level with DiT (as the DINO
 variant was at 256 tokens and the alignment at 49).
+After the run (docs/results/convergence32_r4.md, 2 seeds): (h) not supported: side by side the step
+cost 1.30x and 1.63x DiT's (1.45x), not ~1.15x, and SD-DiT ends 17.5 FID behind (79.7 +- 6.1 vs
+62.2 +- 2.8); (i) supported; (j) level within the spread (+0.3 and +11.2 against DiT's curve at the
+same images).
 
 Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
 against training images and against training minutes) and OUT/NAME.md (the table), rewritten after

@@ -12,6 +12,8 @@ AdamW, the teacher EMA). Prints a table with ratios to dit.
 
 For sddit it also times the teacher's forward alone (to the block its head reads, then the head):
 with nothing masked an SD-DiT step cannot cost less than a DiT step plus that, the floor column.
+The AdamW column times the optimiser's step alone (fused, as the trainer builds it), part of every
+objective's step.
 
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the process's peak RSS (ru_maxrss), which
 includes the Python/torch baseline (printed separately) and the model.
@@ -41,7 +43,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from sddit.config import load_config
     from sddit.runtime import resolve_device
-    from throughput import build, time_training  # one timing loop for both benchmarks
+    from throughput import build, median_ms, time_training  # one timing loop for both benchmarks
 
     torch.set_flush_denormal(True)
     cfg = load_config(args.config.format(objective=args.objective), [f"objective={args.objective}", *args.set])
@@ -53,12 +55,14 @@ def measure(args: argparse.Namespace) -> dict:
         net, train_net, objective, opt, cfg, device, args.batch or cfg.train.batch_size, args.steps, args.warmup
     )
     teacher_ms = time_teacher(objective, cfg, device, r["batch"], args.steps, args.warmup)
+    adamw_ms = median_ms(lambda _: opt.step(), device, args.steps, args.warmup)  # the step's optimiser share
     return {
         "objective": args.objective,
         "ms_per_step": r["ms_per_step"],
         "batch": r["batch"],
         "peak_mb": r["peak_mb"],
         "teacher_ms": teacher_ms,
+        "adamw_ms": adamw_ms,
         "baseline_rss_mb": baseline_rss if device.type == "cpu" else 0.0,
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
         "precision": cfg.train.precision,
@@ -149,6 +153,7 @@ def main() -> None:
                 "ms_per_step": statistics.median(ms),
                 "ms_per_step_runs": ms,
                 "teacher_ms": statistics.median(x["teacher_ms"] for x in runs[objective]),
+                "adamw_ms": statistics.median(x["adamw_ms"] for x in runs[objective]),
                 "peak_mb": max(x["peak_mb"] for x in runs[objective]),
                 "ratio_median": statistics.median(ratios),
                 "ratio_min": min(ratios),
@@ -163,15 +168,15 @@ def main() -> None:
     )
     print(
         f"| objective | params | ms/step (median) | x {base_name} (median) | x {base_name} (min-max) | peak MB | x {base_name} "
-        f"| teacher fwd ms | floor: 1 + teacher / {base_name} step |"
+        f"| teacher fwd ms | floor: 1 + teacher / {base_name} step | AdamW ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         floor = f"{1 + r['teacher_ms'] / base['ms_per_step']:.2f}" if r["teacher_ms"] else ""
         print(
             f"| {r['objective']} | {r['params_m']:.2f}M | {r['ms_per_step']:.0f} | {r['ratio_median']:.2f} "
             f"| {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} "
-            f"| {r['teacher_ms']:.1f} | {floor} |"
+            f"| {r['teacher_ms']:.1f} | {floor} | {r['adamw_ms']:.1f} |"
         )
     if base["device"] == "cpu":
         print(
