@@ -102,6 +102,11 @@ has not changed since, and it reproduced to the 5th decimal there):
   of DiT's (spatial, sigma 0.5) beyond 2 s.e.; the linear probe then shows what the lead is made of.
     python benchmarks/ablate.py --rows r5-b2-patch,r5-b2-mean0.2 --seeds 0,1,2,3 --baseline r3-dit \
         --keep-weights --work <the fourth round's work folder>
+The repeat (seeds 4 and 5 of r3-dit and r5-b2-patch, written after seeds 0-3 gave r5-b2-patch
+59.73, 63.96, 59.07, 60.49 against r3-dit's 66.53, 64.27, 75.14, 62.71: ahead on all four, paired
+-6.35 +- 3.52, 1.8 s.e.): if X1 holds, r5-b2-patch is ahead on both new seeds and the paired mean
+over 6 seeds passes 2 s.e.; if the lead leaned on DiT's seed-2 outlier (75.1), it shrinks toward 0.
+    python benchmarks/ablate.py --rows r3-dit,r5-b2-patch --seeds 4,5 --baseline r3-dit --keep-weights
 
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
