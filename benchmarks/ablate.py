@@ -107,6 +107,9 @@ The repeat (seeds 4 and 5 of r3-dit and r5-b2-patch, written after seeds 0-3 gav
 -6.35 +- 3.52, 1.8 s.e.): if X1 holds, r5-b2-patch is ahead on both new seeds and the paired mean
 over 6 seeds passes 2 s.e.; if the lead leaned on DiT's seed-2 outlier (75.1), it shrinks toward 0.
     python benchmarks/ablate.py --rows r3-dit,r5-b2-patch --seeds 4,5 --baseline r3-dit --keep-weights
+After the runs (docs/results/ablation_r5.md): X1 held, narrowly: r5-b2-patch ahead on all 6 seeds
+(58.13 and 63.39 on seeds 4-5 against DiT's 64.03 and 63.58), -5.25 +- 2.44 paired, 2.15 s.e.; X2
+held (-0.47 +- 2.88, 4 seeds); every term live; the probe found no encoder difference (+0.1 +- 0.4).
 
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
