@@ -73,6 +73,20 @@ cost 1.30x and 1.63x DiT's (1.45x), not ~1.15x, and SD-DiT ends 17.5 FID behind 
 62.2 +- 2.8); (i) supported; (j) level within the spread (+0.3 and +11.2 against DiT's curve at the
 same images).
 
+Fifth round (issue 23), the fifth ablation round's `r5-b2-patch` (patch term only, head on encoder
+block 2, lambda_d 1: ahead of DiT per update on 6/6 seeds, -5.25 +- 2.44 FID-1k paired at 2,400
+steps) at the default run's recipe, written before it ran:
+
+    python benchmarks/convergence.py --methods dit,sddit --minutes 10 --points 2 --seeds 0,1 \
+        --name convergence_r5 --set model.head_block=2 --set sddit.image_token=none --set sddit.lambda_d=1
+
+Hypotheses: (k) side by side its step costs ~1.4x DiT's (1 thread, eager, head on block 2: 1.44x
+in step_time.py), so it sees ~0.7x DiT's updates; (l) it ends level with DiT at equal time, within
+the spread: the ~5 FID it gains per update is about what DiT's own curve gains from 0.7x to 1x the
+updates (DiT: 66.0 at 2,400 steps, 51.6 at ~6,900, ~13.6 FID per e-fold of steps, so ~4.7 over
+0.7x -> 1x); (m) it does not reach DiT's final FID in half DiT's time; (n) per training image it is
+ahead of DiT's curve at the same images, by about its per-update lead.
+
 Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
 against training images and against training minutes) and OUT/NAME.md (the table), rewritten after
 every finished run; finished runs are kept in RUNS/<method>-seed<k>.json, so a restart resumes.
