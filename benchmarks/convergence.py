@@ -86,6 +86,10 @@ the spread: the ~5 FID it gains per update is about what DiT's own curve gains f
 updates (DiT: 66.0 at 2,400 steps, 51.6 at ~6,900, ~13.6 FID per e-fold of steps, so ~4.7 over
 0.7x -> 1x); (m) it does not reach DiT's final FID in half DiT's time; (n) per training image it is
 ahead of DiT's curve at the same images, by about its per-update lead.
+After the run (docs/results/convergence_r5.md, 2 seeds): (k) not supported: side by side its step
+cost 1.67x DiT's (130 vs 78 ms), 0.60x the updates; (l) not supported: it ends 11.7 FID behind
+(61.1 +- 1.6 vs 49.4 +- 2.4); (m) supported; (n) not shown: 1.7 below DiT's curve at the same
+images, against a mid-run DiT point, within the spread.
 
 Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
 against training images and against training minutes) and OUT/NAME.md (the table), rewritten after
