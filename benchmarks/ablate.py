@@ -111,6 +111,18 @@ After the runs (docs/results/ablation_r5.md): X1 held, narrowly: r5-b2-patch ahe
 (58.13 and 63.39 on seeds 4-5 against DiT's 64.03 and 63.58), -5.25 +- 2.44 paired, 2.15 s.e.; X2
 held (-0.47 +- 2.88, 4 seeds); every term live; the probe found no encoder difference (+0.1 +- 0.4).
 
+Sixth round (the `r6-` row, 2026-12-06): at equal wall-clock r5-b2-patch ended 11.7 FID behind DiT
+(docs/results/convergence_r5.md), its step 1.67x DiT's side by side; the 1,024-prototype head (fp32
+prototype layer, cross-entropy over B x T x K, student forward + backward and teacher) is most of
+that cost, and the run used ~300 of the 1,024 prototypes. Hypotheses, before the run:
+- Y1 a head of 256 prototypes (`r6-b2-patch-k256`, otherwise r5-b2-patch) keeps the per-update lead:
+  paired against r3-dit over seeds 0-3 it is ahead, and level with r5-b2-patch within the spread.
+- Y2 its step, alone on the machine (`benchmarks/step_time.py --objectives dit,sddit --set
+  train.compile=false --set train.num_threads=1` with the row's keys), falls from ~1.44x DiT's toward
+  ~1.25x.
+    python benchmarks/ablate.py --rows r6-b2-patch-k256 --seeds 0,1,2,3 --baseline r3-dit \
+        --work <the fourth round's work folder>
+
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
     python benchmarks/ablate.py --rows dit,sddit --seeds 0
@@ -228,6 +240,12 @@ ROWS = [
         "r5-b2-mean0.2",
         [*R2, "model.head_block=2", "sddit.image_token=mean", "sddit.lambda_d=0.2"],
         "head on block 2, mean image token, lambda_d 0.2 (both terms live)",
+    ),
+    # Sixth round: r5-b2-patch with a quarter of the prototypes (its step cost)
+    Row(
+        "r6-b2-patch-k256",
+        [*R2, "model.head_block=2", "sddit.image_token=none", "model.head_dim=256"],
+        "r5-b2-patch with 256 prototypes instead of 1,024",
     ),
 ]
 
