@@ -64,6 +64,10 @@ this run is short, 167k images for 1.9M parameters, so the gain is uncertain) ga
 (`p4-d2z-b2-s5220`) changes less than the seed spread. Decision rule: the preset takes the cheapest
 row whose two seeds both score <= 40 here, and only after the default run itself confirms it on a
 fresh clone (two seeds); otherwise it stays.
+Reading (docs/results/recipe_p4.md, 2 seeds): (o) held, more strongly: 44.31 +- 0.18 at 5,220
+steps, 4-5 above the preset; (p) refuted: 46.90 +- 0.02, +2.59 +- 0.14 paired, worse beyond the
+spread; (q) not run (stopped: with its base row 2.6 behind it could not reach 40). No row meets the
+decision rule; the preset stays.
 
 Each row trains DiT on Fashion-MNIST from the `fmnist_dit` preset (depth 6, patch 4, exact GELU)
 with an earlier recipe pinned (BASE: width 192, 1,800 steps of 64, constant lr 1e-3, CFG 2.0 at
