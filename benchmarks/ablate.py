@@ -122,6 +122,10 @@ that cost, and the run used ~300 of the 1,024 prototypes. Hypotheses, before the
   ~1.25x.
     python benchmarks/ablate.py --rows r6-b2-patch-k256 --seeds 0,1,2,3 --baseline r3-dit \
         --work <the fourth round's work folder>
+After the run (docs/results/ablation_r6.md): Y1 refuted: 70.98, 63.51, 63.12, 67.25, level with DiT
+(-0.95 +- 3.90 paired) and behind r5-b2-patch (+5.4 +- 2.4); the term stays live (0.19 ln K) but uses
+~93 prototypes, not ~300. Y2 in part: 1.76x -> 1.41x DiT's step alone (the 1,024 row is 1.76x
+today, not the 1.44x assumed above).
 
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
