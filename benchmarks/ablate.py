@@ -127,6 +127,15 @@ After the run (docs/results/ablation_r6.md): Y1 refuted: 70.98, 63.51, 63.12, 67
 ~93 prototypes, not ~300. Y2 in part: 1.76x -> 1.41x DiT's step alone (the 1,024 row is 1.76x
 today, not the 1.44x assumed above).
 
+Seventh round (the `r7-` row, 2026-12-06): the lead needs the 1,024-prototype head, and the head is
+the cost. `sddit.head_token_fraction` runs the head and the patch loss on a random subset of each
+image's patch tokens (the same positions for the teacher), keeping K. Hypotheses, before the run:
+- Z1 with a quarter of the tokens (`r7-b2-patch-t0.25`: 12 of 49 per image, otherwise
+  r5-b2-patch) the per-update lead mostly stays: ahead of r3-dit paired over seeds 0-3, within the
+  spread of r5-b2-patch (the targets are as rich; neighbouring patches carry overlapping signal).
+- Z2 its step alone falls from 1.76x DiT's to ~1.3x (the head's cost scales with its tokens).
+    python benchmarks/ablate.py --rows r3-dit,r5-b2-patch,r7-b2-patch-t0.25 --seeds 0,1,2,3 --baseline r3-dit
+
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
     python benchmarks/ablate.py --rows dit,sddit --seeds 0
@@ -250,6 +259,12 @@ ROWS = [
         "r6-b2-patch-k256",
         [*R2, "model.head_block=2", "sddit.image_token=none", "model.head_dim=256"],
         "r5-b2-patch with 256 prototypes instead of 1,024",
+    ),
+    # Seventh round: r5-b2-patch's head on a quarter of the patch tokens (its step cost, K kept)
+    Row(
+        "r7-b2-patch-t0.25",
+        [*R2, "model.head_block=2", "sddit.image_token=none", "sddit.head_token_fraction=0.25"],
+        "r5-b2-patch with the head and patch loss on 12 of the 49 tokens per image",
     ),
 ]
 

@@ -333,3 +333,36 @@ def test_alignment_loss_is_sras_smooth_l1_to_the_teachers_raw_tokens():
     obj.parts["disc"].backward()
     assert model.head.mlp[0].weight.grad.abs().sum() > 0 and model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert model.blocks[1].attn.qkv.weight.grad is None  # the student's tokens come from block 1
+
+
+def test_head_token_fraction_reads_the_same_random_patches_for_student_and_teacher():
+    """sddit.head_token_fraction < 1: the head and the patch loss see a random subset of each image's
+    patch tokens, the same positions for student and teacher; the image token still pools every patch."""
+    _, net, obj = make("sddit.image_token=mean", "sddit.mask_ratio=0", "sddit.head_token_fraction=0.5")
+    randomize_(net)
+    x0, y = batch()
+    num_tokens = obj.num_tokens(x0)
+    seen = {}
+    net.model.head.register_forward_pre_hook(lambda m, args: seen.update(student=args[0].shape) or None)
+    obj.teacher.head.register_forward_pre_hook(lambda m, args: seen.update(teacher=args[0].shape) or None)
+    loss, terms = obj(net, x0, y, 0)
+    keep = round(0.5 * num_tokens)
+    assert seen["student"][1] == seen["teacher"][1] == 1 + keep < 1 + num_tokens
+    assert torch.isfinite(loss) and terms["prototypes_used_patch"] > 1
+
+    model = net.model.eval()  # no label dropout: both forwards below must see the same labels
+    x, t, labels = torch.randn(2, 1, 8, 8), torch.zeros(2), torch.tensor([1, 2])
+    ids = torch.tensor([[0, 3], [1, 2]])
+    full = model(x, t, labels, return_tokens=True).head  # (2, 1 + T, K)
+    sub = model(x, t, labels, return_tokens=True, head_ids=ids).head  # (2, 1 + 2, K)
+    torch.testing.assert_close(sub[:, 0], full[:, 0])  # the pooled token: from all patches
+    for b in range(2):
+        torch.testing.assert_close(sub[b, 1:], full[b, 1 + ids[b]])
+
+
+def test_head_token_fraction_is_checked():
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match="head_token_fraction"):
+            load_config("digits_tiny", ["objective=sddit", f"sddit.head_token_fraction={bad}"])
+    with pytest.raises(ConfigError, match="sddit.mask_ratio=0"):
+        load_config("digits_tiny", ["objective=sddit", "sddit.mask_ratio=0.2", "sddit.head_token_fraction=0.5"])

@@ -108,6 +108,10 @@ class SDDiTConfig:
     disc_sigma_max: float = (
         0.0  # [choice] discriminative loss only on samples with sigma_S <= this (others count 0); 0 = all
     )
+    # [choice] the fraction of each image's patch tokens the head and the patch loss read (a random subset per
+    # image, the same positions for student and teacher; iBOT takes its patch loss on the masked positions
+    # only); 1 = all. At 49 tokens the head and its B x T x K loss are most of SD-DiT's extra step cost.
+    head_token_fraction: float = 1.0
     teacher_momentum: float = 0.996  # start of the cosine schedule [dino]
     teacher_momentum_final: float = 1.0
     teacher_momentum_schedule: str = "cosine"  # cosine | fixed
@@ -220,6 +224,11 @@ class Config:
             raise ConfigError(
                 f"sddit.image_token={self.sddit.image_token} has no effect with sddit.disc_loss=align "
                 "(the alignment reads patch tokens only): leave sddit.image_token at cls"
+            )
+        if self.objective == "sddit" and self.sddit.head_token_fraction < 1 and self.sddit.mask_ratio > 0:
+            raise ConfigError(
+                f"sddit.head_token_fraction={self.sddit.head_token_fraction} subsamples the patch tokens of an "
+                "unmasked student: set sddit.mask_ratio=0 or sddit.head_token_fraction=1"
             )
         if self.data.dataset == "latents" and self.data.resolution:
             raise ConfigError(

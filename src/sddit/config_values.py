@@ -70,6 +70,7 @@ RANGES = {
     "sddit.teacher_head_block": _NONNEG_INT,
     "sddit.teacher_time_shift": _UNIT,
     "sddit.disc_sigma_max": _NONNEG,
+    "sddit.head_token_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     **{f"train.{k}": _POS_INT for k in ("batch_size", "log_every", "max_bad_steps", "fid_samples")},
     **{
         f"train.{k}": _NONNEG_INT

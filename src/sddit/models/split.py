@@ -366,6 +366,7 @@ class SplitDiT(nn.Module):
         ids_keep: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         force_drop_ids: torch.Tensor | None = None,
+        head_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | SplitOutput:
         """x (B, C, H, W) noisy input (already c_in-scaled), t (B,) c_noise, y (B,) labels.
 
@@ -380,8 +381,17 @@ class SplitDiT(nn.Module):
         )  # (B, C, H, W)
         if not return_tokens:
             return out
-        head = self.head(enc.head_tokens) if self.head is not None else None  # (B, [1+]T_keep, K)
+        head = self.head(self.head_subset(enc.head_tokens, head_ids)) if self.head is not None else None
         return SplitOutput(out, enc.tokens, enc.mask, enc.ids_keep, enc.ids_restore, head)
+
+    def head_subset(self, head_tokens: torch.Tensor, head_ids: torch.Tensor | None) -> torch.Tensor:
+        """What the head reads: [image token +] the patch tokens at ``head_ids`` (B, T_head), or all of them.
+
+        The image-level token (if any) stays in front, computed from every patch token."""
+        if head_ids is None:
+            return head_tokens  # (B, [1+]T_keep, D)
+        k = int(bool(self.use_cls_token or self.head_pool))
+        return torch.cat([head_tokens[:, :k], gather_tokens(head_tokens[:, k:], head_ids)], dim=1)  # (B, [1+]T_head, D)
 
     # ------------------------------------------------------------------ teacher
     def train(self, mode: bool = True) -> "SplitDiT":

@@ -162,9 +162,11 @@ class SDDiTObjective(Objective):
 
     # -- the step
     @torch.no_grad()
-    def teacher_tokens(self, x_t: Tensor, sigma_t: Tensor, y: Tensor, drop: Tensor) -> Tensor:
+    def teacher_tokens(
+        self, x_t: Tensor, sigma_t: Tensor, y: Tensor, drop: Tensor, head_ids: Tensor | None = None
+    ) -> Tensor:
         """Teacher head logits (dino) or raw tokens (align) on [image token +] all tokens of
-        x_T = x0 + sigma_T eps, with EDM's input scaling.
+        x_T = x0 + sigma_T eps, with EDM's input scaling (only the patch tokens at `head_ids`, if given).
 
         The teacher encoder stops at the block its head reads. Its conditioning c_noise comes from
         max(sigma_T, teacher_cond_sigma_min): sigma_min itself lies ~4 sd below the student's
@@ -176,32 +178,46 @@ class SDDiTObjective(Objective):
         )
         _, _, _, c_noise = precond_coeffs(sigma_cond.view(-1, 1, 1, 1), self.dcfg.sigma_data)
         run = self._teacher_run or self._teacher_forward
-        return run(c_in * x_t, c_noise.flatten(), y, drop)
+        return run(c_in * x_t, c_noise.flatten(), y, drop, head_ids)
 
-    def _teacher_forward(self, x_in: Tensor, c_noise: Tensor, y: Tensor, drop: Tensor) -> Tensor:
+    def _teacher_forward(
+        self, x_in: Tensor, c_noise: Tensor, y: Tensor, drop: Tensor, head_ids: Tensor | None = None
+    ) -> Tensor:
         """The teacher encoder to its head's block, then the head (dino) or nothing (align)."""
         enc = self.teacher.encode(x_in, c_noise, y, force_drop_ids=drop, stop_after_head_block=True)
+        tokens = self.teacher.head_subset(enc.head_tokens, head_ids)  # (B, [1+]T_head, D)
         if self.align:
-            return enc.head_tokens.float()  # (B, T, D): SRA's target is the teacher's block output itself
-        return self.teacher.head(enc.head_tokens).float()  # (B, [1+]T, K)
+            return tokens.float()  # SRA's target is the teacher's block output itself
+        return self.teacher.head(tokens).float()  # (B, [1+]T_head, K)
+
+    def draw_head_ids(self, n: StepNoise, num_tokens: int) -> Tensor | None:
+        """(B, T_head) sorted random patch positions per image for the head (sddit.head_token_fraction), or None."""
+        fraction = self.scfg.head_token_fraction
+        if fraction >= 1:
+            return None
+        total, _ = self.global_rows(n.sigma.shape[0])
+        scores = torch.rand(total, num_tokens, device=n.eps.device, generator=n.generator)[n.rows]
+        keep = max(1, round(fraction * num_tokens))
+        return scores.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, T_head)
 
     def forward(self, net: nn.Module, x0: Tensor, y: Tensor, step: int) -> tuple[Tensor, Terms]:
         n = self.draw(x0, step)  # the same eps for student and teacher: one PF-ODE trajectory
         sigma_s, eps, drop = n.sigma, n.eps, n.drop  # drop: the teacher sees the same (maybe null) label
         ids_keep = self.draw_mask(n, self.num_tokens(x0), self.scfg.mask_ratio)  # (B, T_keep) or None
+        head_ids = self.draw_head_ids(n, self.num_tokens(x0))  # (B, T_head) or None (only when unmasked)
         sigma_t = self.teacher_sigma(n)  # (B,)
         x_s = x0 + sigma_s.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
         x_t = x0 + sigma_t.view(-1, 1, 1, 1) * eps  # (B, C, H, W)
 
-        out = net(x_s, sigma_s, y, return_tokens=True, ids_keep=ids_keep, force_drop_ids=drop)
+        out = net(x_s, sigma_s, y, return_tokens=True, ids_keep=ids_keep, force_drop_ids=drop, head_ids=head_ids)
         visible = 1.0 - out.mask.float()  # (B, T)
         per_patch = per_patch_mean(
             edm_loss(out.denoised.float(), x0, sigma_s.view(-1, 1, 1, 1), self.dcfg.sigma_data), self.patch
         )
         loss_gen = masked_mean(per_patch, visible)
 
-        t_out = self.teacher_tokens(x_t, sigma_t, y, drop)  # (B, [1+]T, K or D)
-        s_out = out.head  # (B, [1+]T_keep, K or D)
+        t_out = self.teacher_tokens(x_t, sigma_t, y, drop, head_ids)  # (B, [1+]T or T_head, K or D)
+        s_out = out.head  # (B, [1+]T_keep or T_head, K or D)
         k = self.n_img
         t_patch = t_out[:, k:]  # (B, T, K or D)
         if ids_keep is not None:  # unmasked, the student's positions are all of them, in order
