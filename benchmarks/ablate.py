@@ -135,6 +135,9 @@ image's patch tokens (the same positions for the teacher), keeping K. Hypotheses
   spread of r5-b2-patch (the targets are as rich; neighbouring patches carry overlapping signal).
 - Z2 its step alone falls from 1.76x DiT's to ~1.3x (the head's cost scales with its tokens).
     python benchmarks/ablate.py --rows r3-dit,r5-b2-patch,r7-b2-patch-t0.25 --seeds 0,1,2,3 --baseline r3-dit
+After the run (docs/results/ablation_r7.md): Z1 refuted: 64.10, 70.43, 67.68, 68.87, level with DiT
+(+0.60 +- 3.37 paired), behind r5-b2-patch on all 4 seeds (+6.96 +- 0.98), the term as live (0.27 ln
+K); Z2 held: 1.36x DiT's step alone. The lead needs the full head.
 
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
