@@ -139,6 +139,13 @@ After the run (docs/results/ablation_r7.md): Z1 refuted: 64.10, 70.43, 67.68, 68
 (+0.60 +- 3.37 paired), behind r5-b2-patch on all 4 seeds (+6.96 +- 0.98), the term as live (0.27 ln
 K); Z2 held: 1.36x DiT's step alone. The lead needs the full head.
 
+Eighth round (the `r8-` rows, 2026-12-06): does r5-b2-patch's per-update lead last to the default
+run's length? Both rows at 8,160 steps (3.4x the fifth round's; the default run's recipe and
+scoring, 1-thread eager), seeds 0-1; r8-dit seed 0 should reproduce recipe_p3's p3-preset (39.4).
+Hypotheses, before the run: W1 SD-DiT is ahead of DiT on both seeds; W2 by less than at 2,400 steps
+in FID (about -2 to -3: differences compress as both models improve).
+    python benchmarks/ablate.py --rows r8-dit-8160,r8-b2-patch-8160 --seeds 0,1 --baseline r8-dit-8160
+
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
     python benchmarks/ablate.py --rows dit,sddit --seeds 0
@@ -268,6 +275,13 @@ ROWS = [
         "r7-b2-patch-t0.25",
         [*R2, "model.head_block=2", "sddit.image_token=none", "sddit.head_token_fraction=0.25"],
         "r5-b2-patch with the head and patch loss on 12 of the 49 tokens per image",
+    ),
+    # Eighth round: r5-b2-patch and DiT at the default run's 8,160 steps
+    Row("r8-dit-8160", [*R2, "objective=dit", "train.max_steps=8160"], "DiT at 8,160 steps", config="fmnist_dit"),
+    Row(
+        "r8-b2-patch-8160",
+        [*R2, "model.head_block=2", "sddit.image_token=none", "train.max_steps=8160"],
+        "r5-b2-patch at 8,160 steps",
     ),
 ]
 
