@@ -39,7 +39,7 @@ from .layers import (
     dit_init_,
     get_2d_sincos_pos_embed,
 )
-from .tokens import gather_tokens, masking_from_ids_keep, random_masking, unpatchify, unshuffle
+from .tokens import gather_tokens, masking_from_ids_keep, random_masking, select_patch_tokens, unpatchify, unshuffle
 
 __all__ = ["EncoderOutput", "SplitOutput", "SplitDiT", "SplitDiT_models", "PARTS", "count_params", "format_param_table"]
 
@@ -381,17 +381,9 @@ class SplitDiT(nn.Module):
         )  # (B, C, H, W)
         if not return_tokens:
             return out
-        head = self.head(self.head_subset(enc.head_tokens, head_ids)) if self.head is not None else None
+        n_img = int(bool(self.use_cls_token or self.head_pool))  # head_ids: a subset of the patch tokens
+        head = self.head(select_patch_tokens(enc.head_tokens, n_img, head_ids)) if self.head is not None else None
         return SplitOutput(out, enc.tokens, enc.mask, enc.ids_keep, enc.ids_restore, head)
-
-    def head_subset(self, head_tokens: torch.Tensor, head_ids: torch.Tensor | None) -> torch.Tensor:
-        """What the head reads: [image token +] the patch tokens at ``head_ids`` (B, T_head), or all of them.
-
-        The image-level token (if any) stays in front, computed from every patch token."""
-        if head_ids is None:
-            return head_tokens  # (B, [1+]T_keep, D)
-        k = int(bool(self.use_cls_token or self.head_pool))
-        return torch.cat([head_tokens[:, :k], gather_tokens(head_tokens[:, k:], head_ids)], dim=1)  # (B, [1+]T_head, D)
 
     # ------------------------------------------------------------------ teacher
     def train(self, mode: bool = True) -> "SplitDiT":

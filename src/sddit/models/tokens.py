@@ -110,6 +110,14 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def select_patch_tokens(x: torch.Tensor, n_img: int, ids: torch.Tensor | None) -> torch.Tensor:
+    """x (B, n_img + T, D) -> (B, n_img + K, D): the leading image-level token(s) (computed from every
+    patch, so kept as they are) and the patch tokens at ids (B, K); all of x when ids is None."""
+    if ids is None:
+        return x
+    return torch.cat([x[:, :n_img], gather_tokens(x[:, n_img:], ids)], dim=1)
+
+
 def unshuffle(
     x_visible: torch.Tensor, ids_restore: torch.Tensor, fill: torch.Tensor | float | None = None
 ) -> torch.Tensor:

@@ -14,7 +14,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..diffusion import EDMPrecond, edm_loss, precond_coeffs
 from ..distributed import all_reduce_mean
-from ..models.tokens import gather_tokens, per_patch_mean
+from ..models.tokens import gather_tokens, per_patch_mean, select_patch_tokens
 from ..runtime import unwrap
 from .base import Objective, StepNoise, Terms, masked_mean
 
@@ -185,7 +185,7 @@ class SDDiTObjective(Objective):
     ) -> Tensor:
         """The teacher encoder to its head's block, then the head (dino) or nothing (align)."""
         enc = self.teacher.encode(x_in, c_noise, y, force_drop_ids=drop, stop_after_head_block=True)
-        tokens = self.teacher.head_subset(enc.head_tokens, head_ids)  # (B, [1+]T_head, D)
+        tokens = select_patch_tokens(enc.head_tokens, self.n_img, head_ids)  # (B, [1+]T_head, D)
         if self.align:
             return tokens.float()  # SRA's target is the teacher's block output itself
         return self.teacher.head(tokens).float()  # (B, [1+]T_head, K)
