@@ -145,6 +145,8 @@ scoring, 1-thread eager), seeds 0-1; r8-dit seed 0 should reproduce recipe_p3's 
 Hypotheses, before the run: W1 SD-DiT is ahead of DiT on both seeds; W2 by less than at 2,400 steps
 in FID (about -2 to -3: differences compress as both models improve).
     python benchmarks/ablate.py --rows r8-dit-8160,r8-b2-patch-8160 --seeds 0,1 --baseline r8-dit-8160
+After the run (docs/results/ablation_r8.md): W1 refuted: 39.08 / 39.80 against DiT's 39.44 / 37.97,
++0.73 +- 1.10 paired: level; the 2,400-step lead does not last. r8-dit seed 0 reproduces p3-preset.
 
     python benchmarks/ablate.py --rows r2-dit,r2-sddit,r2-lambda0,r2-lambda0.1,r2-block2,r2-cond --seeds 0,1,2
     python benchmarks/ablate.py --seeds 0,1,2             # the first round's rows (~5 h on 2 cores)
