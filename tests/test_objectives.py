@@ -9,7 +9,7 @@ from sddit.config import load_config
 from sddit.data import load_digits
 from sddit.diffusion import EDMPrecond
 from sddit.objectives import MaskDiTObjective, build_objective
-from sddit.objectives.sddit import cosine_schedule, self_distillation_ce, teacher_temperature
+from sddit.objectives.sddit import batch_spread, cosine_schedule, self_distillation_ce, teacher_temperature
 from sddit.train.ema import copy_for_ema
 from sddit.sampling import generate
 from sddit.models import build_model
@@ -115,6 +115,20 @@ def test_discriminative_loss_equals_direct_cross_entropy():
         assert kl[i].item() == pytest.approx(expected - entropy[i].item(), rel=1e-5, abs=1e-6)
         p_sum = [a + b / 2 for a, b in zip(p_sum, pt)]
     assert p_mean.tolist() == pytest.approx(p_sum, rel=1e-5)  # the batch-mean teacher distribution
+
+
+def test_batch_spread_is_the_mean_of_the_batch_std():
+    """The liveness monitor's in-place std equals torch's unbiased std over dim 0, also on a strided view
+    and in bf16 (computed in fp32), and is 0 when every image carries the same logits."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 5, 16, generator=g) * 3 + 2
+    assert batch_spread(x).item() == pytest.approx(x.std(0).mean().item(), rel=1e-6)
+    view = torch.randn(8, 6, 16, generator=g)[:, 1:]
+    assert batch_spread(view).item() == pytest.approx(view.std(0).mean().item(), rel=1e-6)
+    half = x.bfloat16()
+    assert batch_spread(half).item() == pytest.approx(half.float().std(0).mean().item(), rel=1e-6)
+    assert batch_spread(x[:1].expand(8, 5, 16)).item() == pytest.approx(0.0, abs=1e-5)
+    assert x.std(0).mean().item() == pytest.approx(batch_spread(x).item())  # the input is left as it was
 
 
 def test_sddit_compiled_cross_entropy_matches_eager():

@@ -64,6 +64,16 @@ def prototypes_used(p_mean: Tensor) -> Tensor:
     return torch.exp(-(p_mean * p_mean.clamp_min(1e-30).log()).sum())
 
 
+@torch.no_grad()
+def batch_spread(x: Tensor) -> Tensor:
+    """Mean over positions of the unbiased std over the batch (dim 0), as `x.std(0).mean()`: 0 means
+    every image gets the same target. Two passes written in place: on the CPU torch's `std(0)` of a
+    (32, 49, 1024) tensor took 12 ms (a tenth of an SD-DiT step), this 0.6. (B, ...) -> ()."""
+    x = x.float()
+    d = x - x.mean(0)  # (B, ...)
+    return d.mul_(d).sum(0).div_(x.shape[0] - 1).sqrt_().mean()
+
+
 def batch_mean(values: Tensor, weight: Tensor | None) -> Tensor:
     """Mean over tokens, then over the batch, samples weighted by `weight` (B,) when given (0 = left
     out, counted in the mean as 0). Dividing by the batch, not by the weights' sum, keeps the mean of
@@ -226,7 +236,7 @@ class SDDiTObjective(Objective):
         terms: Terms = {"loss_gen": loss_gen.detach()}
         if self.align:
             loss_d = batch_mean(alignment_loss(s_out[:, k:], t_patch), band)
-            terms.update(loss_align=loss_d.detach(), teacher_token_std=t_out.std(0).mean())  # per position, over images
+            terms.update(loss_align=loss_d.detach(), teacher_token_std=batch_spread(t_out))  # per position, over images
         else:
             loss_d = self.dino_terms(s_out, t_out, t_patch, band, step, terms)
             # The centers move after the loss used the old ones [ibot], and only once the step is taken
@@ -261,7 +271,7 @@ class SDDiTObjective(Objective):
                     f"teacher_entropy_{term}": entropy.mean(),
                     f"kl_teacher_student_{term}": kl.mean(),
                     f"prototypes_used_{term}": prototypes_used(p_mean),
-                    f"teacher_logit_std_{term}": spread.std(0).mean(),
+                    f"teacher_logit_std_{term}": batch_spread(spread),
                 }
             )
         terms["tau_t"] = torch.tensor(tau_t)
