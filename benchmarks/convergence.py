@@ -91,6 +91,21 @@ cost 1.67x DiT's (130 vs 78 ms), 0.60x the updates; (l) not supported: it ends 1
 (61.1 +- 1.6 vs 49.4 +- 2.4); (m) supported; (n) not shown: 1.7 below DiT's curve at the same
 images, against a mid-run DiT point, within the spread.
 
+Sixth round (issue 23), `r5-b2-patch` at 256 tokens (the issue's equal-wall-clock study of the best
+configuration at both token counts; the fourth round ran the then-best aligned SD-DiT there), compiled
+as in the fourth round, written before it ran:
+
+    python benchmarks/convergence.py --config 'fmnist32_{objective}' --methods dit,sddit --minutes 16 \
+        --points 2 --seeds 0,1 --name convergence32_r5 --set train.compile=true --set sddit.mask_ratio=0 \
+        --set model.head_block=2 --set sddit.image_token=none --set sddit.lambda_d=1
+
+Since the fifth round the liveness monitor's batch std no longer costs a tenth of the eager step (its
+torch `std(0)` ran outside the compiled graph). Hypotheses: (o) side by side its step costs >= 1.4x
+DiT's (the DINO head at 256 tokens cost 1.50x compiled, alone, with the image term too), so it sees
+<= 0.7x DiT's updates; (p) it ends behind DiT at equal time beyond the spread; (q) it does not reach
+DiT's final FID in half DiT's time; (r) per training image it is level with DiT, as at 8,160 steps
+and 49 tokens (ablation_r8), unless 5x the patch tokens per image give the patch term more to teach.
+
 Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
 against training images and against training minutes) and OUT/NAME.md (the table), rewritten after
 every finished run; finished runs are kept in RUNS/<method>-seed<k>.json, so a restart resumes.
