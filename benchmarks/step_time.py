@@ -48,6 +48,8 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_flush_denormal(True)
     cfg = load_config(args.config.format(objective=args.objective), [f"objective={args.objective}", *args.set])
     device = resolve_device(args.device)
+    if cfg.train.num_threads > 0:  # as the trainer does (before, only OMP_NUM_THREADS set the threads)
+        torch.set_num_threads(cfg.train.num_threads)
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     net, objective, opt = build(cfg, device)
     train_net = torch.compile(net) if cfg.train.compile else net
@@ -68,6 +70,7 @@ def measure(args: argparse.Namespace) -> dict:
         "precision": cfg.train.precision,
         "compile": cfg.train.compile,
         "device": str(device),
+        "threads": torch.get_num_threads(),  # the measuring process's own (the provenance line is the parent's)
     }
 
 
