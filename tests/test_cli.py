@@ -93,6 +93,13 @@ def test_train_sample_eval(tmp_path, objective, capsys):
     )
     assert json.loads((tmp_path / "e2.json").read_text())["cfg_interval"] == [0.3, 5.0]
     assert "cfg 2.0 at sigma in (0.3, 5]" in capsys.readouterr().out
+    # EDM's stochastic sampler: recorded, printed, and not the ODE's samples
+    churn_args = ["eval", str(run), "--num-samples", "20", "--steps", "3", "--churn", "10"]
+    assert main([*churn_args, "--json", str(tmp_path / "e3.json")]) == 0
+    e, e3 = (json.loads((tmp_path / f).read_text()) for f in ("e.json", "e3.json"))
+    assert (e["sampler"], e["churn"], e3["sampler"], e3["churn"]) == ("edm_heun", 0.0, "edm_stochastic", 10.0)
+    assert e3["fid"] != e["fid"]
+    assert "3 Heun steps with S_churn 10," in capsys.readouterr().out
 
 
 def test_rerun_resumes_instead_of_restarting(tmp_path):

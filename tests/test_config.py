@@ -40,6 +40,7 @@ def test_unknown_key_names_the_valid_ones():
         ("lr", "must look like key=value"),
         ("eval.cfg_interval=5,0.3", "is empty: give lo < hi"),
         ("eval.cfg_interval=-1,3", "two noise levels >= 0"),
+        ("eval.churn=-1", "a finite number >= 0"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, fragment):

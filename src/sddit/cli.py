@@ -171,6 +171,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.eval.inception_precision = args.inception_precision
     if args.cfg_interval is not None:  # validated as the config key is
         cfg.eval.cfg_interval = load_config(None, [f"eval.cfg_interval={args.cfg_interval}"]).eval.cfg_interval
+    if args.churn is not None:
+        cfg.eval.churn = load_config(None, [f"eval.churn={args.churn}"]).eval.churn
     result = evaluate_generator(
         source.net,
         cfg,
@@ -186,11 +188,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(
         f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
         f"{_reference_words(result, cfg, args.ref)}; "
-        f"{result['steps']} Heun steps, cfg {result['cfg_scale']}{_interval_words(result)})"
+        f"{result['steps']} Heun steps{_churn_words(result)}, cfg {result['cfg_scale']}{_interval_words(result)})"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _churn_words(result: dict) -> str:
+    return f" with S_churn {result['churn']:g}" if result.get("churn", 0) > 0 else ""
 
 
 def _interval_words(result: dict) -> str:

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cfg-scale", type=float, default=None)
     e.add_argument("--cfg-interval", metavar="LO,HI", help="guide only at LO < sigma <= HI (eval.cfg_interval)")
     e.add_argument("--steps", type=int, default=None)
+    e.add_argument(
+        "--churn",
+        type=float,
+        default=None,
+        help="EDM's S_churn (stochastic sampling, Algorithm 2, S_min 0.05, S_max 50, S_noise 1.003; eval.churn; 0 = Heun ODE)",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
         "--batch-size",

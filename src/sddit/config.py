@@ -167,6 +167,9 @@ class EvalConfig:
     steps: int = 18  # Heun steps of the post-training FID (SPEC's 40 is the ImageNet protocol)
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] = (0.0, math.inf)  # guide only at sigma in (lo, hi]; elsewhere conditional
+    churn: float = (
+        0.0  # EDM's S_churn for the FID samples (Algorithm 2, its ImageNet S_min/S_max/S_noise); 0 = Heun ODE
+    )
     batch_size: int = 250
     precision: str = "fp32"  # fp32 | bf16: the network's precision while sampling for FID and grids
     grid_steps: int = 40

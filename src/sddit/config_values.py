@@ -83,6 +83,7 @@ RANGES = {
     **{f"eval.{k}": _POS_INT for k in ("steps", "batch_size", "grid_steps")},
     "eval.num_samples": _NONNEG_INT,
     "eval.cfg_scale": _FINITE,
+    "eval.churn": _NONNEG,
     "eval.grid_cfg_scale": _FINITE,
     "eval.cfg_interval": (lambda v: v >= 0 and not math.isnan(v), "two noise levels >= 0 (inf allowed)"),
 }

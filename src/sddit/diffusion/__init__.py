@@ -2,7 +2,7 @@
 wrapper that samples official DDPM-trained DiT checkpoints with the same sampler (`vp.py`)."""
 
 from .edm import EDMPrecond, as_batch_sigma, edm_loss, loss_weight, precond_coeffs, sample_sigma
-from .sampler import StackedRandomGenerator, edm_sampler, guided_denoiser, sigma_steps
+from .sampler import EDM_CHURN_RANGE, StackedRandomGenerator, edm_sampler, guided_denoiser, sigma_steps
 
 __all__ = [
     "EDMPrecond",
@@ -11,6 +11,7 @@ __all__ = [
     "loss_weight",
     "precond_coeffs",
     "sample_sigma",
+    "EDM_CHURN_RANGE",
     "StackedRandomGenerator",
     "edm_sampler",
     "guided_denoiser",

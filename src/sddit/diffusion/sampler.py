@@ -132,6 +132,11 @@ def guided_denoiser(
     return denoise
 
 
+# EDM's stochastic sampling range and noise inflation for ImageNet-64 (Karras et al. 2022, Table 5):
+# what `eval.churn` / `sddit eval --churn` use with S_churn.
+EDM_CHURN_RANGE = {"S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}
+
+
 @torch.no_grad()
 def edm_sampler(
     net: Callable[..., Tensor],

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..data import build_dataset
+from ..diffusion import EDM_CHURN_RANGE
 from ..errors import ConfigError
 from ..sampling import decoder_for_config, generate, quantize
 from ..seeding import reference_subset
@@ -101,6 +102,7 @@ def evaluate_generator(
     steps: int | None = None,
     cfg_scale: float | None = None,
     cfg_interval: tuple[float, float] | None = None,
+    churn: float | None = None,
     seed: int = 0,
     batch_size: int | None = None,
     decode=None,
@@ -122,6 +124,7 @@ def evaluate_generator(
     cfg_scale = cfg.eval.cfg_scale if cfg_scale is None else cfg_scale
     cfg_interval = tuple(cfg.eval.cfg_interval if cfg_interval is None else cfg_interval)
     batch_size = cfg.eval.batch_size if batch_size is None else batch_size
+    churn = cfg.eval.churn if churn is None else churn
     if steps < 1 or batch_size < 1 or num_samples < 2:
         raise ConfigError(
             f"FID needs steps >= 1 (got {steps}), batch size >= 1 (got {batch_size}) and at least 2 "
@@ -141,6 +144,8 @@ def evaluate_generator(
         rho=cfg.diffusion.rho,
         cfg_interval=cfg_interval,
     )
+    if churn > 0:  # EDM Algorithm 2 with the paper's ImageNet-64 S_min, S_max, S_noise
+        sampler.update(S_churn=churn, **EDM_CHURN_RANGE)
     feats, sample_s, feature_s = [], 0.0, 0.0
     with tqdm(total=num_samples, desc=f"sample + inception ({steps} Heun steps)", unit="img") as bar:
         for start in range(0, num_samples, batch_size):
@@ -180,7 +185,8 @@ def evaluate_generator(
         "cfg_scale": cfg_scale,
         "cfg_interval": list(cfg_interval),
         "seed": seed,
-        "sampler": "edm_heun",
+        "sampler": "edm_stochastic" if churn > 0 else "edm_heun",
+        "churn": churn,
         "precision": cfg.eval.precision,
         "inception_precision": cfg.eval.inception_precision,
         "sample_seconds": round(sample_s, 1),
