@@ -10,6 +10,12 @@ within 0.5%).
     python benchmarks/eval_speed.py                      # 2 x 1000 images, both precisions (~6 min)
     python benchmarks/eval_speed.py --num 200            # quicker, noisier
     python benchmarks/eval_speed.py --smoke --json /tmp/e.json   # seconds-long check (used by the tests)
+    python benchmarks/eval_speed.py --batch-sweep 8,16,32,50 --rounds 2 --json docs/results/inception_batch.json
+
+`--batch-sweep` times bf16 features of one set of images at each Inception batch size instead,
+the sizes alternating over `--rounds`, and checks every size gives the features of the first (a
+batch's images do not interact: any difference is the kernels'). On a 2-core CPU a smaller batch
+keeps a layer's activations in cache.
 
 Writes docs/results/eval_speed.json (with provenance) unless --json says otherwise.
 """
@@ -30,6 +36,8 @@ def main() -> None:
     p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--json", default="docs/results/eval_speed.json")
     p.add_argument("--smoke", action="store_true", help="8 digits images per set: checks the script runs")
+    p.add_argument("--batch-sweep", default="", help="comma-separated Inception batch sizes to time (bf16)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of --batch-sweep")
     args = p.parse_args()
 
     import torch
@@ -44,6 +52,8 @@ def main() -> None:
     idx = reference_subset(len(ds), 2 * num)
     sets = ds.images[idx[:num]], ds.images[idx[num:]]
     model = load_inception()
+    if args.batch_sweep:
+        return batch_sweep(args, model, sets[0])
     rows = []
     for precision in ("fp32", "bf16"):
         extractor = InceptionFeatures(model, batch_size=args.batch, precision=precision)
@@ -73,6 +83,38 @@ def main() -> None:
         f"(bar: within 0.5%)"
     )
     write_result(args.json, sys.argv, **summary)
+
+
+def batch_sweep(args, model, images) -> None:
+    """Seconds for the bf16 features of `images` at each batch size, alternating over rounds."""
+    import numpy as np
+    import torch
+
+    from sddit.eval import InceptionFeatures
+
+    sizes = [int(b) for b in args.batch_sweep.split(",")]
+    seconds: dict[int, list[float]] = {b: [] for b in sizes}
+    first, max_diff = None, {}
+    for r in range(args.rounds):
+        for b in sizes if r % 2 == 0 else sizes[::-1]:
+            extractor = InceptionFeatures(model, batch_size=b, precision="bf16")
+            extractor(images[:b])  # warm-up: oneDNN picks its kernels per input shape
+            t0 = time.perf_counter()
+            feats = extractor(images)
+            seconds[b].append(time.perf_counter() - t0)
+            first = feats if first is None else first
+            max_diff[b] = max(max_diff.get(b, 0.0), float(np.abs(feats - first).max()))
+            print(f"round {r} batch {b}: {seconds[b][-1]:.1f} s for {len(images)} images", flush=True)
+    rows = [
+        {
+            "batch": b,
+            "seconds": seconds[b],
+            "ms_per_image": 1000 * min(seconds[b]) / len(images),
+            "max_abs_diff_vs_first": max_diff[b],
+        }
+        for b in sizes
+    ]
+    write_result(args.json, sys.argv, images=len(images), threads=torch.get_num_threads(), precision="bf16", rows=rows)
 
 
 if __name__ == "__main__":

@@ -285,6 +285,17 @@ def test_eval_speed_smoke(tmp_path):
     assert [r["precision"] for r in result["rows"]] == ["fp32", "bf16"]
     assert all(r["fid"] > 0 and r["ms_per_image"] > 0 for r in result["rows"])
     assert result["speedup"] > 0 and abs(result["fid_rel_diff"]) < 1  # a ratio, not a percentage
+    sweep = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "eval_speed.py"), "--smoke", "--batch-sweep", "3,8"]
+        + ["--rounds", "1", "--json", str(tmp_path / "b.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["batch"] for r in rows] == [3, 8] and all(len(r["seconds"]) == 1 for r in rows)
+    assert rows[1]["max_abs_diff_vs_first"] < 1e-2  # the same images' features whatever the batch
 
 
 def test_guidance_smoke(tmp_path):
