@@ -461,7 +461,7 @@ def main() -> None:
             "fid_steps": args.fid_steps,
             "cfg_scale": args.cfg_scale,
             "reference": args.fid_samples,
-            "sampler": "edm_heun",
+            "sampler": "edm_stochastic" if any(s.startswith("eval.churn=") for s in args.set) else "edm_heun",
             "network": "sampling EMA",
         },
         "protocol": f"each (method, seed) in its own 1-thread process, {args.workers} at a time on "

@@ -295,7 +295,10 @@ def test_eval_speed_smoke(tmp_path):
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["batch"] for r in rows] == [3, 8] and all(len(r["seconds"]) == 1 for r in rows)
-    assert rows[1]["max_abs_diff_vs_first"] < 1e-2  # the same images' features whatever the batch
+    assert rows[0]["max_abs_diff_vs_first"] == 0.0
+    assert (
+        rows[1]["max_relative_l2_vs_first"] < 0.02
+    )  # the same images' features whatever the batch (bf16 kernels may round apart)
 
 
 def test_guidance_smoke(tmp_path):

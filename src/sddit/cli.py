@@ -81,7 +81,7 @@ def _grid_and_fid(cfg, trainer, run_dir: Path, train_s: float, t0: float) -> int
         (run_dir / "fid.json").write_text(json.dumps(result, indent=2))
         print(
             f"FID-{result['num_samples']} = {result['fid']:.2f} ({result['num_samples']} samples vs "
-            f"{_reference_words(result, cfg)}; {result['steps']} Heun steps, "
+            f"{_reference_words(result, cfg)}; {result['steps']} Heun steps{_churn_words(result)}, "
             f"cfg {result['cfg_scale']}{_interval_words(result)}); train {train_s / 60:.1f} min, total {result['total_seconds'] / 60:.1f} min"
         )
     trainer.close()

@@ -147,7 +147,8 @@ def evaluate_generator(
     if churn > 0:  # EDM Algorithm 2 with the paper's ImageNet-64 S_min, S_max, S_noise
         sampler.update(S_churn=churn, **EDM_CHURN_RANGE)
     feats, sample_s, feature_s = [], 0.0, 0.0
-    with tqdm(total=num_samples, desc=f"sample + inception ({steps} Heun steps)", unit="img") as bar:
+    label = f"{steps} Heun steps" + (f", S_churn {churn:g}" if churn > 0 else "")
+    with tqdm(total=num_samples, desc=f"sample + inception ({label})", unit="img") as bar:
         for start in range(0, num_samples, batch_size):
             t0 = time.perf_counter()
             stop = min(num_samples, start + batch_size)
