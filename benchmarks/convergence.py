@@ -105,6 +105,11 @@ DiT's (the DINO head at 256 tokens cost 1.50x compiled, alone, with the image te
 <= 0.7x DiT's updates; (p) it ends behind DiT at equal time beyond the spread; (q) it does not reach
 DiT's final FID in half DiT's time; (r) per training image it is level with DiT, as at 8,160 steps
 and 49 tokens (ablation_r8), unless 5x the patch tokens per image give the patch term more to teach.
+After the run (docs/results/convergence32_r5.md, 2 seeds): (o) supported: side by side its step cost
+1.42x and 1.55x DiT's (0.68x the updates); (p) supported: it ends 20.5 FID behind (83.5 +- 7.3 vs
+63.0 +- 3.1); (q) supported: at half its time it scores 117.7 against DiT's final 63.0; (r) level
+within the spread: +5.3 and -1.1 against DiT's curve (drawn straight between its two points) at the
+same images. The term stayed live (0.32-0.36 ln K, 350-450 prototypes used at the end).
 
 Writes OUT/NAME.json (every FID point, the command, git commit, machine and date), OUT/NAME.png (FID
 against training images and against training minutes) and OUT/NAME.md (the table), rewritten after
