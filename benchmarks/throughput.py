@@ -98,18 +98,19 @@ def build(cfg, device):
 
 
 def compile_modules(net, objective, mode: str):
-    """'full': torch.compile the whole student (what `train.compile` does); 'regional': compile each
-    transformer block in place (identical blocks share one compiled graph: far shorter cold start);
-    'none': eager."""
+    """'full': torch.compile the whole student (`train.compile_scope: model`); 'regional': compile
+    each transformer block in place, the teacher's too (`compile_scope: blocks`: identical blocks
+    share one compiled graph, a far shorter cold start); 'none': eager."""
     import torch
+
+    from sddit.runtime import compile_blocks
 
     if mode == "full":
         return torch.compile(net)
     if mode == "regional":
-        mods = [*net.modules(), *(objective.teacher.modules() if hasattr(objective, "teacher") else [])]
-        for m in mods:
-            if type(m).__name__.endswith("Block"):
-                m.compile()
+        compile_blocks(net)
+        if hasattr(objective, "teacher"):
+            compile_blocks(objective.teacher)
     return net
 
 

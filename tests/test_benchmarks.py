@@ -414,3 +414,18 @@ def test_sweep_paired_difference_uses_shared_seeds_only():
     # per-seed differences of both signs (+1, -2, +4): within the spread
     assert not _paired({"seeds": [0, 1, 2], "fid": [10.0, 8.0, 15.0]}, base)["paired_beyond"]
     assert _paired({"seeds": [2, 5], "fid": [1.0, 2.0]}, base) == {}  # one shared seed: no spread
+
+
+def test_compile_scope_smoke(tmp_path):
+    out = tmp_path / "c.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compile_scope.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {"command", "git_commit", "machine", "date"} <= set(result)
+    assert sorted(r["scope"] for r in result["runs"]) == ["blocks", "model"]
+    assert all(r["first_step_s"] > 0 and len(r["ms_per_step_blocks"]) == 3 for r in result["runs"])

@@ -144,6 +144,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step; the global batch stays batch_size (docs/randomness.md)
     tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
     compile: bool = False  # torch.compile the student
+    compile_scope: str = (
+        "model"  # [choice] model: one graph of the whole student | blocks: each transformer block in place
+    )
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 1000
@@ -197,6 +200,7 @@ class Config:
         choices = {
             "objective": (self.objective, ("dit", "maskdit", "sddit")),
             "train.precision": (self.train.precision, ("fp32", "bf16", "fp16")),
+            "train.compile_scope": (self.train.compile_scope, ("model", "blocks")),
             "eval.precision": (self.eval.precision, ("fp32", "bf16")),
             "eval.inception_precision": (self.eval.inception_precision, ("fp32", "bf16")),
             "train.lr_schedule": (self.train.lr_schedule, ("constant", "cosine", "linear")),

@@ -19,7 +19,7 @@ from ..sampling import decoder_for_config, generate, quantize
 from ..seeding import reference_subset
 from . import shipped
 from .files import reference_statistics
-from .inception import InceptionFeatures, find_inception_weights, load_inception
+from .inception import InceptionFeatures, find_inception_weights, load_inception, run_batch_size
 from .metrics import feature_stats, frechet_distance, load_stats, save_stats
 
 LATENT_REF_HINT = (
@@ -45,7 +45,11 @@ def check_reference(cfg, ref: str | None = None) -> None:
 def inception_extractor(cfg, weights: Path, device: str | torch.device) -> InceptionFeatures:
     """The Inception feature extractor of a run's FID (eval.inception_precision)."""
     return InceptionFeatures(
-        load_inception(weights), device=device, batch_size=50, progress=False, precision=cfg.eval.inception_precision
+        load_inception(weights),
+        device=device,
+        batch_size=run_batch_size(device),
+        progress=False,
+        precision=cfg.eval.inception_precision,
     )
 
 
