@@ -55,7 +55,7 @@ warm-up row ran in a separate invocation). Depth 4 and lr 4e-3 are the rows to r
 seeds before any change.
 
 Fourth round (the `p4-` rows, issue 26: cut the default run's wall-clock by ~25% at FID-1k <= 40;
-written before they ran). On the machine of docs/results/default_run.json the line took 9.3 min,
+written before they ran). On the machine of docs/results/default_run_c2f2a71.json the line took 9.3 min,
 6.3 of them in the 8,160 steps; cutting ~2.3 min means 0.64x the steps (5,220). Hypotheses: (o) the
 preset at 5,220 steps (`p4-s5220`) scores ~2-3 above its 8,160-step 39.4-40.2: the model is still
 update-limited; (p) a linear decay to 0 over the whole run after the warm-up (`p4-d2z-s5220`; in LLM training
