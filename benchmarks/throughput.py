@@ -103,7 +103,7 @@ def compile_modules(net, objective, mode: str):
     share one compiled graph, a far shorter cold start); 'none': eager."""
     import torch
 
-    from sddit.runtime import compile_blocks
+    from sddit.models import compile_blocks
 
     if mode == "full":
         return torch.compile(net)

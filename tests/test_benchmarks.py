@@ -12,15 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_step_time_smoke(tmp_path):
-    out = tmp_path / "st.json"
+def run_benchmark(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run benchmarks/<script> with args in a fresh process; fail with its stderr's tail unless it exits 0."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_step_time_smoke(tmp_path):
+    out = tmp_path / "st.json"
+    proc = run_benchmark("step_time.py", "--smoke", "--json", str(out), timeout=300)
     assert [
         line.split("|")[1].strip()
         for line in proc.stdout.splitlines()
@@ -41,13 +44,7 @@ def test_step_time_smoke(tmp_path):
 
 def test_dit_speed_smoke(tmp_path):
     out = tmp_path / "ds.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "dit_speed.py"), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_benchmark("dit_speed.py", "--smoke", "--json", str(out), timeout=300)
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
     rows = result["rows"]
@@ -56,13 +53,7 @@ def test_dit_speed_smoke(tmp_path):
 
 
 def test_convergence_smoke(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_benchmark("convergence.py", "--smoke", "--out", str(tmp_path))
     result = json.loads((tmp_path / "convergence.json").read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result["provenance"])
     # two FID points per method, at increasing steps, each a finite positive FID
@@ -273,32 +264,20 @@ def test_ablation_and_probe_smoke(tmp_path):
 
 def test_eval_speed_smoke(tmp_path):
     out = tmp_path / "e.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "eval_speed.py"), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_benchmark("eval_speed.py", "--smoke", "--json", str(out))
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
     assert [r["precision"] for r in result["rows"]] == ["fp32", "bf16"]
     assert all(r["fid"] > 0 and r["ms_per_image"] > 0 for r in result["rows"])
     assert result["speedup"] > 0 and abs(result["fid_rel_diff"]) < 1  # a ratio, not a percentage
-    sweep = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "eval_speed.py"), "--smoke", "--batch-sweep", "3,8"]
-        + ["--rounds", "1", "--json", str(tmp_path / "b.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_benchmark(
+        "eval_speed.py", "--smoke", "--batch-sweep", "3,8", "--rounds", "1", "--json", str(tmp_path / "b.json")
     )
-    assert sweep.returncode == 0, sweep.stderr[-2000:]
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["batch"] for r in rows] == [3, 8] and all(len(r["seconds"]) == 1 for r in rows)
     assert rows[0]["max_abs_diff_vs_first"] == 0.0
-    assert (
-        rows[1]["max_relative_l2_vs_first"] < 0.02
-    )  # the same images' features whatever the batch (bf16 kernels may round apart)
+    # the same images' features whatever the batch (bf16 kernels may round apart)
+    assert rows[1]["max_relative_l2_vs_first"] < 0.02
 
 
 def test_guidance_smoke(tmp_path):
@@ -352,13 +331,7 @@ def test_gpu_convergence_script_smoke(tmp_path):
 def test_latent_memory_smoke(tmp_path):
     """Two dataset sizes x both loaders, one child process each: every row reads the same 24 batches of 64."""
     out = tmp_path / "lm.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "latent_memory.py"), "--smoke", "--in-memory", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_benchmark("latent_memory.py", "--smoke", "--in-memory", "--json", str(out), timeout=300)
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
     rows = result["rows"]
@@ -418,13 +391,7 @@ def test_sweep_paired_difference_uses_shared_seeds_only():
 
 def test_compile_scope_smoke(tmp_path):
     out = tmp_path / "c.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compile_scope.py"), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_benchmark("compile_scope.py", "--smoke", "--json", str(out))
     result = json.loads(out.read_text())
     assert {"command", "git_commit", "machine", "date"} <= set(result)
     assert sorted(r["scope"] for r in result["runs"]) == ["blocks", "model"]

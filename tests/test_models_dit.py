@@ -369,8 +369,7 @@ def test_compile_blocks_keeps_names_and_values():
     import copy
 
     from sddit.config import load_config
-    from sddit.models import build_model
-    from sddit.runtime import compile_blocks
+    from sddit.models import build_model, compile_blocks
 
     torch.manual_seed(0)
     net = build_model(load_config("digits_tiny"))

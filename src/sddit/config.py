@@ -144,9 +144,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step; the global batch stays batch_size (docs/randomness.md)
     tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
     compile: bool = False  # torch.compile the student
-    compile_scope: str = (
-        "model"  # [choice] model: one graph of the whole student | blocks: each transformer block in place
-    )
+    compile_scope: str = "model"  # [choice] model: one graph of the student | blocks: each block in place
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 1000
@@ -170,9 +168,7 @@ class EvalConfig:
     steps: int = 18  # Heun steps of the post-training FID (SPEC's 40 is the ImageNet protocol)
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] = (0.0, math.inf)  # guide only at sigma in (lo, hi]; elsewhere conditional
-    churn: float = (
-        0.0  # EDM's S_churn for the FID samples (Algorithm 2, its ImageNet S_min/S_max/S_noise); 0 = Heun ODE
-    )
+    churn: float = 0.0  # EDM's S_churn of the FID samples (Algorithm 2); 0 = the Heun ODE
     batch_size: int = 250
     precision: str = "fp32"  # fp32 | bf16: the network's precision while sampling for FID and grids
     grid_steps: int = 40

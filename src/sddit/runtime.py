@@ -140,19 +140,6 @@ def unwrap(net: nn.Module) -> nn.Module:
             return net
 
 
-def compile_blocks(net: nn.Module) -> int:
-    """torch.compile each transformer block of `net` in place (`train.compile_scope: blocks`).
-
-    Identical blocks share one compiled graph, so the cold start compiles one block, not the whole
-    model; the embedders, final layer and loss stay eager. The parameters keep their names (no
-    `_orig_mod.` prefix) and copies made before (the sampling EMA, the teacher) stay eager.
-    Returns the number of blocks compiled."""
-    blocks = [m for m in net.modules() if type(m).__name__.endswith("Block")]
-    for block in blocks:
-        block.compile()
-    return len(blocks)
-
-
 def git_commit() -> dict[str, Any] | None:
     """`{"commit": sha, "dirty": bool}` of the checkout this package runs from, or None outside git."""
     try:

@@ -8,6 +8,7 @@ from .heads import DINOHead
 from .layers import (
     Attention,
     DiTBlock,
+    compile_blocks,
     FinalLayer,
     LabelEmbedder,
     Mlp,
@@ -23,6 +24,7 @@ __all__ = [
     "Attention",
     "DiT",
     "DiTBlock",
+    "compile_blocks",
     "DiT_models",
     "FinalLayer",
     "LabelEmbedder",

@@ -26,9 +26,9 @@ from ..config import Config, config_to_dict
 from ..data import EpochSampler, ImageDataset, build_dataset
 from ..diffusion import EDMPrecond
 from ..errors import CheckpointError, ConfigError, Interrupted, RunError, file_problem
-from ..models import build_model
+from ..models import build_model, compile_blocks
 from ..objectives import Terms, build_objective
-from ..runtime import compile_blocks, resolve_device, warn as warn_stderr
+from ..runtime import resolve_device, warn as warn_stderr
 from . import run_dir as rundir
 from .amp import Precision
 from .data_fit import fit_model_to_data
@@ -134,7 +134,7 @@ class Trainer:
             self.train_net = self.ddp = DDP(self.net, device_ids=ids)
         if cfg.train.compile and cfg.train.compile_scope == "blocks":
             compile_blocks(self.net)  # in place: train_net (the net or its DDP wrapper) runs them
-        elif cfg.train.compile:
+        elif cfg.train.compile:  # scope "model": one graph
             self.train_net = torch.compile(self.train_net)
 
     # ------------------------------------------------------------------ checkpoints
